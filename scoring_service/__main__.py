@@ -1,0 +1,3 @@
+from scoring_service.cli import app
+
+app(prog_name="python -m scoring_service")

@@ -1,0 +1,140 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; nothing happens at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.dataset import open_store
+from scoring_service import metrics
+from scoring_service.errors import UNEXPECTED_MESSAGE, FeatureStoreUnavailable, ScoringError
+from scoring_service.features import FeastOnlineReader
+from scoring_service.observability import RequestIdMiddleware, current_request_id
+from scoring_service.registry import ModelRegistry
+from scoring_service.routes import health, score
+from scoring_service.scoring import Scorer
+from scoring_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _error(status: int, code: str, stage: str, message: str, headers=None) -> JSONResponse:  # noqa: ANN001
+    metrics.ERRORS.labels(code, stage).inc()
+    return JSONResponse(
+        {"code": code, "stage": stage, "message": message, "request_id": current_request_id()},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One sentence per invalid field, naming the field and what it must be."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
+        kind = err.get("type", "")
+        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if kind == "missing":
+            msg = "is required"
+        elif kind == "extra_forbidden":
+            msg = "is not a field of this request; remove it"
+        elif kind == "json_invalid":
+            loc, msg = "body", "is not valid JSON"
+        elif kind in ("finite_number",):
+            msg = "must be a finite number"
+        parts.append(f"{loc or 'body'}: {msg}")
+    more = len(exc.errors()) - len(parts)
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return "; ".join(parts) + suffix
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every refusal leaves as {code, stage, message, request_id}."""
+
+    @app.exception_handler(ScoringError)
+    async def _scoring_error(_: Request, exc: ScoringError) -> JSONResponse:
+        if exc.status_code >= 500:
+            logger.warning("%s at %s: %s", exc.code, exc.stage, exc.message, exc_info=exc.__cause__)
+        return _error(exc.status_code, exc.code, exc.stage, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", "request", validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        message = {
+            404: "No such route; see /docs for the API.",
+            405: "This route does not accept that method; see /docs for the API.",
+        }.get(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, code, "request", message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unexpected error", exc_info=exc)
+        return _error(500, "internal_error", "service", UNEXPECTED_MESSAGE)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the scoring service; resources open in the lifespan and close with it."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.feature_repo, settings.feature_store_yaml)
+        registry = ModelRegistry(
+            settings.model_root,
+            store,
+            device=settings.device,
+            intra_op_threads=settings.intra_op_threads,
+        )
+        model = registry.load(settings.model_name, settings.model_version)
+        reader = FeastOnlineReader(store, model.layout)
+        try:
+            try:
+                reader.ping()
+            except FeatureStoreUnavailable:
+                logger.warning("online store not reachable at start-up; not ready until it is")
+            app.state.registry = registry
+            app.state.scorer = Scorer(model, reader)
+            logger.info(
+                "ready: model %s on %s, store %s",
+                model.version_label,
+                model.device,
+                store.config.online_store.type,
+            )
+            yield
+        finally:
+            app.state.scorer = None
+            reader.close()
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="Fraud scoring service",
+        version="0.1.0",
+        description="Scores payments with Feast online features and an ONNX model, answering "
+        "with a business label: not_fraud, suspicious, highly_suspicious or uncertain.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.scorer = None
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(score.router)
+    app.include_router(health.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

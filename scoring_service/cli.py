@@ -1,0 +1,92 @@
+"""Command line of the service: ``python -m scoring_service serve|score-sample``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The fraud scoring service.", no_args_is_help=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default SCORING_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SCORING_PORT).")] = None,
+) -> None:
+    """Run the service with uvicorn (settings from SCORING_* variables)."""
+    import uvicorn
+
+    from scoring_service.app import create_app
+    from scoring_service.observability import configure_logging
+    from scoring_service.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command("score-sample")
+def score_sample(
+    url: Annotated[str, typer.Option(help="Base URL of a running service.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    transactions: Annotated[Path, typer.Option(help="Transactions to sample from.")] = Path(
+        "data/transactions.parquet"
+    ),
+    wait: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
+) -> None:
+    """Wait for a running service, then score a recent legitimate and a recent fraudulent
+    transaction from the generated data and print the answers."""
+    import httpx
+    import pandas as pd
+
+    deadline = time.monotonic() + wait
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        while True:
+            try:
+                if client.get("/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise typer.Exit(f"service at {url} not ready after {wait:.0f} s")  # type: ignore[arg-type]
+            time.sleep(0.5)
+        frame = pd.read_parquet(transactions).sort_values("event_timestamp")
+        recent = frame.tail(max(len(frame) // 10, 1))
+        picks = [recent[recent.is_fraud == 0].iloc[-1]]
+        fraud = recent[recent.is_fraud == 1]
+        if len(fraud):
+            picks.append(fraud.iloc[-1])
+        for row in picks:
+            body = {
+                "transaction_id": row.transaction_id,
+                "amount": float(row.amount),
+                "currency": row.currency,
+                "ip_address": row.ip_address,
+                "card_id": row.card_id,
+                "merchant_id": row.merchant_id,
+                "card_country": row.card_country,
+                "ip_country": row.ip_country,
+                "merchant_country": row.merchant_country,
+            }
+            answer = client.post("/v1/transactions/score", json=body)
+            kind = "fraud" if row.is_fraud else "legitimate"
+            typer.echo(f"\n{kind} transaction (ground truth, pattern {row.fraud_pattern}):")
+            typer.echo("POST /v1/transactions/score " + json.dumps(body))
+            typer.echo(f"-> {answer.status_code} " + json.dumps(answer.json(), indent=2))
+            if answer.status_code == 200:
+                data = answer.json()
+                typer.echo(f"label={data['label']} score={data['score']:.4f}")

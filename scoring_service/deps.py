@@ -1,0 +1,28 @@
+"""Dependencies of the routes, as Annotated aliases so tests can override them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from scoring_service.errors import NotReady
+from scoring_service.scoring import Scorer
+from scoring_service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings
+
+
+def get_scorer(request: Request) -> Scorer:
+    """The live scorer, or 503 not_ready while starting or stopping."""
+    scorer = getattr(request.app.state, "scorer", None)
+    if scorer is None:
+        raise NotReady("The scoring service is starting or stopping; retry in a moment.")
+    return scorer
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]

@@ -1,0 +1,58 @@
+"""Business -> data domain: a transaction becomes entity keys and request-time values.
+
+The mapping (request field -> join key, request features) is declared by the model package, so a
+new model can read other entities without a code change here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.package import Manifest
+from scoring_service.errors import EntityMappingError
+
+
+@dataclass
+class MappedRequests:
+    """n requests in the data domain."""
+
+    keys: dict[str, list[str | None]]  # join key -> n values (None: not part of the request)
+    request_values: np.ndarray  # float32 [n, len(request_features)], NaN when absent
+
+
+def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests:
+    """Map validated transactions (objects with attributes) to entity keys and request values."""
+    keys: dict[str, list[str | None]] = {}
+    for field, join_key in manifest.entity_mapping.items():
+        try:
+            keys[join_key] = [getattr(r, field) for r in records]
+        except AttributeError as exc:
+            raise EntityMappingError(
+                f"model {manifest.name}/{manifest.version} maps request field {field!r} to "
+                f"entity {join_key!r}, but the request has no such field"
+            ) from exc
+    values = np.empty((len(records), len(manifest.request_features)), dtype=np.float32)
+    for j, name in enumerate(manifest.request_features):
+        try:
+            values[:, j] = [float(getattr(r, name)) for r in records]
+        except AttributeError as exc:
+            raise EntityMappingError(
+                f"model {manifest.name}/{manifest.version} needs request field {name!r}"
+            ) from exc
+    return MappedRequests(keys=keys, request_values=values)
+
+
+def map_entity(join_key: str, entity_id: str, manifest: Manifest) -> MappedRequests:
+    """An entity-id call: one known key, every other entity and request value absent."""
+    if join_key not in manifest.entity_mapping.values():
+        raise EntityMappingError(
+            f"model {manifest.name}/{manifest.version} does not read entity {join_key!r}"
+        )
+    keys: dict[str, list[str | None]] = {
+        key: [entity_id if key == join_key else None] for key in manifest.entity_mapping.values()
+    }
+    values = np.full((1, len(manifest.request_features)), np.nan, dtype=np.float32)
+    return MappedRequests(keys=keys, request_values=values)

@@ -1,0 +1,86 @@
+"""Errors in business terms: a stable code, the stage that refused, a sentence to act on.
+
+Every failure the service knows about is a subclass of ``ScoringError``; handlers turn them into
+``{code, stage, message, request_id}``. Third-party exceptions are mapped where they happen
+(``raise FeatureStoreUnavailable(...) from exc``); anything unknown gets a generic message, never
+the exception's text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ScoringError(Exception):
+    """Base of all errors the service reports to callers."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    stage: ClassVar[str] = "service"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequest(ScoringError):
+    """The request does not describe a valid transaction."""
+
+    status_code = 422
+    code = "invalid_request"
+    stage = "request"
+
+
+class BatchTooLarge(ScoringError):
+    """A batch call carried more transactions than allowed."""
+
+    status_code = 413
+    code = "batch_too_large"
+    stage = "request"
+
+
+class EntityMappingError(ScoringError):
+    """The transaction lacks a field the model's entity mapping needs."""
+
+    status_code = 422
+    code = "entity_mapping_failed"
+    stage = "domain_mapping"
+
+
+class FeatureStoreUnavailable(ScoringError):
+    """The online store could not be read."""
+
+    status_code = 503
+    code = "feature_store_unavailable"
+    stage = "features"
+
+
+class ModelUnavailable(ScoringError):
+    """The model could not produce a score."""
+
+    status_code = 503
+    code = "model_unavailable"
+    stage = "predict"
+
+
+class ModelPackageInvalid(ScoringError):
+    """A model package is damaged or does not match the live feature store."""
+
+    status_code = 409
+    code = "model_package_invalid"
+    stage = "registry"
+
+
+class NotReady(ScoringError):
+    """The service has not finished starting (or is shutting down)."""
+
+    status_code = 503
+    code = "not_ready"
+    stage = "service"
+
+
+UNEXPECTED_MESSAGE = (
+    "The service hit an unexpected error; it has been logged under this request id. "
+    "Retry, and report the request id if it persists."
+)

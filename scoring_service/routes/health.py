@@ -1,0 +1,49 @@
+"""Health: liveness (the process is up) and readiness (store reachable, model loaded)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.schemas import HealthResponse
+
+router = APIRouter(prefix="/health", tags=["health"])
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 1.0
+
+
+@router.get("/live", response_model=HealthResponse)
+async def live() -> HealthResponse:
+    """The process is up and answering."""
+    return HealthResponse(status="alive")
+
+
+@router.get("/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def ready(request: Request) -> JSONResponse:
+    """Ready when a model is loaded and the online store answers a real read."""
+    scorer = getattr(request.app.state, "scorer", None)
+    checks: dict[str, str] = {}
+    if scorer is None:
+        checks["model"] = "not loaded"
+        checks["feature_store"] = "unknown"
+    else:
+        checks["model"] = "loaded"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(scorer.reader.ping), READY_TIMEOUT_S)
+            checks["feature_store"] = "reachable"
+        except (FeatureStoreUnavailable, TimeoutError):
+            checks["feature_store"] = "unreachable"
+    ok = all(v in ("loaded", "reachable") for v in checks.values())
+    body = HealthResponse(
+        status="ready" if ok else "not_ready",
+        checks=checks,
+        model_version=scorer.model.version_label if scorer else None,
+        device=scorer.model.device if scorer else None,
+        graph=scorer.model.graph if scorer else None,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

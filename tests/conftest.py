@@ -1,0 +1,183 @@
+"""Shared fixtures: small real artefacts built once per session.
+
+A tiny generated dataset, a copy of the feature repository applied and materialized with the
+plain Feast CLI (SQLite and a real redis-server), and a small trained model package. Nothing is
+mocked: the redis-server binary runs on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURE_REPO = ROOT / "feature_repo"
+FEAST = Path(sys.executable).parent / "feast"
+TEST_ROWS = 20_000
+TEST_SEED = 11
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server process on loopback that tests can stop and start again."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; run `make setup` (apt-get install redis-server)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session."""
+    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def data_end() -> datetime:
+    """Generated data ends at the start of the current minute, so features are fresh."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@pytest.fixture(scope="session")
+def transactions(data_end: datetime) -> pd.DataFrame:
+    """A small synthetic transaction history."""
+    from feature_pipelines.generate import generate_transactions
+
+    return generate_transactions(n_rows=TEST_ROWS, seed=TEST_SEED, days=35, end=data_end)
+
+
+@pytest.fixture(scope="session")
+def transactions_path(transactions: pd.DataFrame, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("raw") / "transactions.parquet"
+    transactions.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def feature_tables(transactions: pd.DataFrame, data_end: datetime) -> dict[str, pd.DataFrame]:
+    from feature_pipelines.aggregate import aggregate
+
+    return aggregate(transactions, end=data_end)
+
+
+def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    """Copy the feature repository's definitions and write its offline sources."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in FEATURE_REPO.iterdir():
+        if item.suffix in (".py", ".yaml") or item.name == ".feastignore":
+            shutil.copy(item, target / item.name)
+    (target / "data").mkdir(exist_ok=True)
+    for name, frame in tables.items():
+        frame.to_parquet(target / "data" / f"{name}_features.parquet", index=False)
+    return target
+
+
+def feast_cli(repo: Path, *args: str, yaml: str = "feature_store.yaml", env=None):
+    """Run the plain Feast CLI inside a repository; fail the test with its output on error."""
+    result = subprocess.run(
+        [str(FEAST), "-f", yaml, *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"feast {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def materialize_end(data_end: datetime) -> str:
+    return (data_end + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.fixture(scope="session")
+def sqlite_repo(tmp_path_factory, feature_tables, data_end) -> Path:
+    """Feature repo on the embedded default, applied and materialized with the Feast CLI."""
+    repo = copy_repo(tmp_path_factory.mktemp("repo_sqlite") / "feature_repo", feature_tables)
+    feast_cli(repo, "apply")
+    feast_cli(repo, "materialize-incremental", materialize_end(data_end))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def redis_repo(tmp_path_factory, feature_tables, data_end, redis_server) -> Path:
+    """The same repo on a real redis-server."""
+    repo = copy_repo(tmp_path_factory.mktemp("repo_redis") / "feature_repo", feature_tables)
+    env = {"REDIS_CONNECTION_STRING": redis_server.connection_string}
+    os.environ.update(env)  # FeatureStore objects in this process expand it too
+    feast_cli(repo, "apply", yaml="feature_store.redis.yaml", env=env)
+    feast_cli(
+        repo, "materialize-incremental", materialize_end(data_end),
+        yaml="feature_store.redis.yaml", env=env,
+    )
+    return repo
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory, sqlite_repo, transactions_path) -> Path:
+    """A small model package trained through the real pipeline."""
+    from models.train import train
+
+    root = tmp_path_factory.mktemp("packages")
+    train(
+        repo_path=sqlite_repo,
+        transactions_path=transactions_path,
+        output_root=root,
+        num_boost_round=80,
+    )
+    return root

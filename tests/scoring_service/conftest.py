@@ -1,0 +1,67 @@
+"""Fixtures for the service: the app with its lifespan running, on SQLite and on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from scoring_service.app import create_app
+from scoring_service.settings import Settings
+
+
+def settings_for(repo: Path, model_root: Path, yaml: str | None = None, **extra) -> Settings:
+    return Settings(
+        feature_repo=repo,
+        feature_store_yaml=repo / yaml if yaml else None,
+        model_root=model_root,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session", params=["sqlite", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def client(store_kind: str, request: pytest.FixtureRequest, model_root: Path) -> Iterator[TestClient]:
+    """A client of the app on the given store, lifespan running."""
+    if store_kind == "sqlite":
+        repo = request.getfixturevalue("sqlite_repo")
+        settings = settings_for(repo, model_root, max_batch_size=50)
+    else:
+        repo = request.getfixturevalue("redis_repo")
+        settings = settings_for(repo, model_root, "feature_store.redis.yaml", max_batch_size=50)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def as_request(row: pd.Series) -> dict:
+    """A generated transaction as a business API body."""
+    return {
+        "transaction_id": row.transaction_id,
+        "amount": float(row.amount),
+        "currency": row.currency,
+        "ip_address": row.ip_address,
+        "card_id": row.card_id,
+        "merchant_id": row.merchant_id,
+        "card_country": row.card_country,
+        "ip_country": row.ip_country,
+        "merchant_country": row.merchant_country,
+    }
+
+
+@pytest.fixture(scope="session")
+def recent(transactions: pd.DataFrame) -> pd.DataFrame:
+    """The last day of transactions: their entities are in the online store."""
+    end = transactions.event_timestamp.max()
+    return transactions[transactions.event_timestamp > end - pd.Timedelta(days=1)]
+
+
+@pytest.fixture()
+def valid_body(recent: pd.DataFrame) -> dict:
+    return as_request(recent.iloc[-1])

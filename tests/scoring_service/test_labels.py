@@ -1,0 +1,105 @@
+"""Label mapping: thresholds at their edges and the uncertain policy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models.package import LabelThresholds, UncertainPolicy
+from scoring_service.features import MISSING, NOT_REQUESTED, PRESENT, STALE
+from scoring_service.labels import LabelPolicy
+
+FEATURES = ["ip_distinct_cards_24h", "card_amount_mean_30d", "amount"]
+
+
+def policy(**uncertain) -> LabelPolicy:
+    return LabelPolicy(
+        LabelThresholds(suspicious=0.3, highly_suspicious=0.8),
+        UncertainPolicy(**uncertain),
+        FEATURES,
+    )
+
+
+ALL_PRESENT = {"ip_address": PRESENT, "card_id": PRESENT, "merchant_id": PRESENT}
+ROW = np.array([1.0, 50.0, 60.0], dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("score", "label"),
+    [
+        (0.0, "not_fraud"),
+        (math.nextafter(0.3, 0.0), "not_fraud"),
+        (0.3, "suspicious"),
+        (math.nextafter(0.8, 0.0), "suspicious"),
+        (0.8, "highly_suspicious"),
+        (1.0, "highly_suspicious"),
+    ],
+)
+def test_threshold_edges(score: float, label: str) -> None:
+    assert policy().decide(score, ROW, ALL_PRESENT)[0] == label
+
+
+def test_equal_thresholds_skip_suspicious() -> None:
+    p = LabelPolicy(LabelThresholds(suspicious=0.5, highly_suspicious=0.5), UncertainPolicy(), [])
+    assert p.score_label(0.5) == "highly_suspicious"
+    assert p.score_label(0.49) == "not_fraud"
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="must not exceed"):
+        LabelThresholds(suspicious=0.9, highly_suspicious=0.1)
+
+
+def test_one_unknown_entity_is_tolerated_and_named() -> None:
+    statuses = {**ALL_PRESENT, "ip_address": MISSING}
+    label, reasons = policy().decide(0.1, ROW, statuses)
+    assert label == "not_fraud"
+    assert "unknown_ip_address" in reasons
+
+
+def test_two_unknown_entities_are_uncertain() -> None:
+    statuses = {"ip_address": MISSING, "card_id": STALE, "merchant_id": PRESENT}
+    label, reasons = policy().decide(0.5, ROW, statuses)
+    assert label == "uncertain"
+    assert reasons[0] == "insufficient_evidence"
+    assert {"unknown_ip_address", "stale_features_card_id"} <= set(reasons)
+
+
+def test_high_score_is_reported_even_on_thin_evidence() -> None:
+    statuses = {"ip_address": MISSING, "card_id": MISSING, "merchant_id": PRESENT}
+    assert policy().decide(0.95, ROW, statuses)[0] == "highly_suspicious"
+    assert policy(report_label_at_or_above="never").decide(0.95, ROW, statuses)[0] == "uncertain"
+
+
+def test_required_entity() -> None:
+    statuses = {**ALL_PRESENT, "card_id": MISSING}
+    assert policy(required_entities=["card_id"]).decide(0.1, ROW, statuses)[0] == "uncertain"
+    assert policy().decide(0.1, ROW, statuses)[0] == "not_fraud"
+
+
+def test_stale_may_count_as_known() -> None:
+    statuses = {"ip_address": STALE, "card_id": STALE, "merchant_id": PRESENT}
+    assert policy(stale_counts_as_unknown=False).decide(0.1, ROW, statuses)[0] == "not_fraud"
+    assert policy().decide(0.1, ROW, statuses)[0] == "uncertain"
+
+
+def test_not_requested_entities_do_not_count() -> None:
+    statuses = {"ip_address": PRESENT, "card_id": NOT_REQUESTED, "merchant_id": NOT_REQUESTED}
+    assert policy().decide(0.1, ROW, statuses) == ("not_fraud", [])
+
+
+def test_no_model_answer_is_uncertain() -> None:
+    assert policy().decide(None, ROW, ALL_PRESENT) == ("uncertain", ["no_model_answer"])
+
+
+def test_red_flags_only_on_suspicious_labels() -> None:
+    row = np.array([7.0, 20.0, 500.0], dtype=np.float32)
+    label, reasons = policy().decide(0.9, row, ALL_PRESENT)
+    assert label == "highly_suspicious"
+    assert reasons == ["ip_shared_by_many_cards", "amount_far_above_card_usual"]
+    assert policy().decide(0.1, row, ALL_PRESENT) == ("not_fraud", [])
+
+
+def test_unknown_feature_values_raise_no_flag() -> None:
+    row = np.array([np.nan, np.nan, 500.0], dtype=np.float32)
+    assert policy().decide(0.9, row, ALL_PRESENT) == ("highly_suspicious", [])
