@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 import redis
 
+from feature_pipelines.tables import write_feature_tables
+
 ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = ROOT / "feature_repo"
 FEAST = Path(sys.executable).parent / "feast"
@@ -120,9 +122,7 @@ def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
     for item in FEATURE_REPO.iterdir():
         if item.suffix in (".py", ".yaml") or item.name == ".feastignore":
             shutil.copy(item, target / item.name)
-    (target / "data").mkdir(exist_ok=True)
-    for name, frame in tables.items():
-        frame.to_parquet(target / "data" / f"{name}_features.parquet", index=False)
+    write_feature_tables(tables, target / "data")
     return target
 
 

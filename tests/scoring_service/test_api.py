@@ -58,7 +58,7 @@ def test_fraud_scores_higher_than_legit(client, transactions) -> None:
     """Direction: recent known fraud gets a higher mean score than recent legit traffic."""
     tail = transactions[transactions.event_timestamp > transactions.event_timestamp.max() - pd.Timedelta(days=3)]
     fraud = tail[tail.is_fraud == 1].tail(40)
-    legit = tail[tail.is_fraud == 0].tail(200)
+    legit = tail[tail.is_fraud == 0].tail(50)
     def scores(frame):
         body = {"transactions": [as_request(r) for _, r in frame.iterrows()]}
         response = client.post("/v1/transactions/score-batch", json=body)
