@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from feature_pipelines.schema import ENTITY_JOIN_KEYS
+
 # File name of each entity's table inside the feature repository's data folder.
-TABLE_FILES = {
-    "ip": "ip_features.parquet",
-    "card": "card_features.parquet",
-    "merchant": "merchant_features.parquet",
-}
+TABLE_FILES = {entity: f"{entity}_features.parquet" for entity in ENTITY_JOIN_KEYS}
 
 
 def write_feature_table(frame: pd.DataFrame, path: Path) -> Path:

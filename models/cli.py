@@ -28,7 +28,9 @@ def _configure(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     # Feast logs every registry refresh at INFO; keep its warnings only.
-    logging.getLogger("feast").setLevel(max(logging.WARNING, logging.getLevelName(log_level.upper())))
+    logging.getLogger("feast").setLevel(
+        max(logging.WARNING, logging.getLevelName(log_level.upper()))
+    )
 
 
 @app.command()

@@ -107,9 +107,7 @@ def retrieve_training_set(
     snapshot within the TTL) are NaN.
     """
     service = store.get_feature_service(feature_service)
-    logger.info(
-        "retrieving %d rows through feature service %s", len(entity_df), feature_service
-    )
+    logger.info("retrieving %d rows through feature service %s", len(entity_df), feature_service)
     job = store.get_historical_features(entity_df=entity_df, features=service)
     frame = job.to_df()
     layout = feature_layout(store, feature_service)

@@ -38,7 +38,7 @@ def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 def rules_baseline(frame: pd.DataFrame) -> np.ndarray:
     """A hand-written rule score of the kind fraud teams start with: one point per red flag."""
 
-    def flag(column: str, predicate) -> np.ndarray:  # noqa: ANN001
+    def flag(column: str, predicate) -> np.ndarray:
         values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):
             return np.where(np.isnan(values), 0.0, predicate(values).astype(np.float64))

@@ -103,9 +103,7 @@ class Manifest(BaseModel):
     request_features: list[str] = Field(
         default_factory=list, description="Request fields used as model inputs, in order."
     )
-    entity_mapping: dict[str, str] = Field(
-        description="Business request field -> Feast join key."
-    )
+    entity_mapping: dict[str, str] = Field(description="Business request field -> Feast join key.")
     label_thresholds: LabelThresholds
     uncertain_policy: UncertainPolicy = Field(default_factory=UncertainPolicy)
     graphs: dict[str, GraphInfo] = Field(description="'cpu' (required) and 'gpu' graphs.")

@@ -178,8 +178,8 @@ def train(
     # Keep exactly the trees we evaluate and export.
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
 
-    valid_scores = booster.predict(x_valid.astype(np.float64))
-    hold_scores = booster.predict(x_hold.astype(np.float64))
+    valid_scores = np.asarray(booster.predict(x_valid.astype(np.float64)), dtype=np.float64)
+    hold_scores = np.asarray(booster.predict(x_hold.astype(np.float64)), dtype=np.float64)
     thresholds = evaluate.choose_thresholds(y_valid, valid_scores)
 
     metrics = {
@@ -236,11 +236,13 @@ def train(
         uncertain_policy=UncertainPolicy(),
         graphs={
             "cpu": GraphInfo(
-                file=CPU_GRAPH_FILE, sha256=sha256_bytes(files[CPU_GRAPH_FILE]),
+                file=CPU_GRAPH_FILE,
+                sha256=sha256_bytes(files[CPU_GRAPH_FILE]),
                 kind="tree_ensemble",
             ),
             "gpu": GraphInfo(
-                file=GPU_GRAPH_FILE, sha256=sha256_bytes(files[GPU_GRAPH_FILE]),
+                file=GPU_GRAPH_FILE,
+                sha256=sha256_bytes(files[GPU_GRAPH_FILE]),
                 kind="standard_ops",
             ),
         },

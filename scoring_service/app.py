@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def _error(status: int, code: str, stage: str, message: str, headers=None) -> JSONResponse:  # noqa: ANN001
+def _error(status: int, code: str, stage: str, message: str, headers=None) -> JSONResponse:
     metrics.ERRORS.labels(code, stage).inc()
     return JSONResponse(
         {"code": code, "stage": stage, "message": message, "request_id": current_request_id()},

@@ -22,7 +22,12 @@ from scoring_service.errors import FeatureStoreUnavailable
 logger = logging.getLogger(__name__)
 
 PRESENT, MISSING, STALE, NOT_REQUESTED = 0, 1, 2, 3
-STATUS_NAMES = {PRESENT: "present", MISSING: "missing", STALE: "stale", NOT_REQUESTED: "not_requested"}
+STATUS_NAMES = {
+    PRESENT: "present",
+    MISSING: "missing",
+    STALE: "stale",
+    NOT_REQUESTED: "not_requested",
+}
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,27 @@ from scoring_service.features import MISSING, STALE
 # Red flags: (reason code, features it needs, predicate on {feature: value}).
 RedFlag = tuple[str, tuple[str, ...], Callable[[dict[str, float]], bool]]
 RED_FLAGS: list[RedFlag] = [
-    ("ip_shared_by_many_cards", ("ip_distinct_cards_24h",), lambda f: f["ip_distinct_cards_24h"] >= 3),
+    (
+        "ip_shared_by_many_cards",
+        ("ip_distinct_cards_24h",),
+        lambda f: f["ip_distinct_cards_24h"] >= 3,
+    ),
     ("ip_has_chargebacks", ("ip_fraud_rate_30d",), lambda f: f["ip_fraud_rate_30d"] > 0.05),
     (
         "card_used_from_several_countries",
         ("card_distinct_countries_24h",),
         lambda f: f["card_distinct_countries_24h"] >= 2,
     ),
-    ("card_used_from_several_ips", ("card_distinct_ips_24h",), lambda f: f["card_distinct_ips_24h"] >= 3),
-    ("card_testing_pattern", ("card_small_txn_count_24h",), lambda f: f["card_small_txn_count_24h"] >= 3),
+    (
+        "card_used_from_several_ips",
+        ("card_distinct_ips_24h",),
+        lambda f: f["card_distinct_ips_24h"] >= 3,
+    ),
+    (
+        "card_testing_pattern",
+        ("card_small_txn_count_24h",),
+        lambda f: f["card_small_txn_count_24h"] >= 3,
+    ),
     (
         "merchant_with_high_fraud_rate",
         ("merchant_fraud_rate_30d",),

@@ -53,10 +53,23 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed; run `make setup` (apt-get install redis-server)")
+            pytest.fail(
+                "redis-server is not installed; run `make setup` (apt-get install redis-server)"
+            )
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -162,8 +175,11 @@ def redis_repo(tmp_path_factory, feature_tables, data_end, redis_server) -> Path
     os.environ.update(env)  # FeatureStore objects in this process expand it too
     feast_cli(repo, "apply", yaml="feature_store.redis.yaml", env=env)
     feast_cli(
-        repo, "materialize-incremental", materialize_end(data_end),
-        yaml="feature_store.redis.yaml", env=env,
+        repo,
+        "materialize-incremental",
+        materialize_end(data_end),
+        yaml="feature_store.redis.yaml",
+        env=env,
     )
     return repo
 

@@ -68,9 +68,7 @@ def planted(tmp_path_factory) -> pd.DataFrame:
     transactions = pd.DataFrame(
         {
             "transaction_id": ["at_T", "before", "old_ip"],
-            "event_timestamp": pd.to_datetime(
-                [T, T - timedelta(hours=2), T], utc=True
-            ),
+            "event_timestamp": pd.to_datetime([T, T - timedelta(hours=2), T], utc=True),
             "ip_address": [ip, ip, old_ip],
             "card_id": ["card_1", "card_1", "card_1"],
             "merchant_id": ["m_1", "m_1", "m_1"],

@@ -28,7 +28,9 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def client(store_kind: str, request: pytest.FixtureRequest, model_root: Path) -> Iterator[TestClient]:
+def client(
+    store_kind: str, request: pytest.FixtureRequest, model_root: Path
+) -> Iterator[TestClient]:
     """A client of the app on the given store, lifespan running."""
     if store_kind == "sqlite":
         repo = request.getfixturevalue("sqlite_repo")

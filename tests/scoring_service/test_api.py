@@ -56,14 +56,18 @@ def test_same_answer_on_both_paths(client, recent) -> None:
 
 def test_fraud_scores_higher_than_legit(client, transactions) -> None:
     """Direction: recent known fraud gets a higher mean score than recent legit traffic."""
-    tail = transactions[transactions.event_timestamp > transactions.event_timestamp.max() - pd.Timedelta(days=3)]
+    tail = transactions[
+        transactions.event_timestamp > transactions.event_timestamp.max() - pd.Timedelta(days=3)
+    ]
     fraud = tail[tail.is_fraud == 1].tail(40)
     legit = tail[tail.is_fraud == 0].tail(50)
+
     def scores(frame):
         body = {"transactions": [as_request(r) for _, r in frame.iterrows()]}
         response = client.post("/v1/transactions/score-batch", json=body)
         assert response.status_code == 200, response.text
         return [r["score"] for r in response.json()["results"]]
+
     assert len(fraud) >= 10
     assert sum(scores(fraud)) / len(fraud) > 3 * sum(scores(legit)) / len(legit)
 
@@ -79,7 +83,9 @@ def test_unknown_entities_are_uncertain(client, valid_body) -> None:
     result = client.post("/v1/transactions/score", json=body).json()
     statuses = {k: v["status"] for k, v in result["feature_freshness"].items()}
     assert statuses == {"ip_address": "missing", "card_id": "missing", "merchant_id": "missing"}
-    assert {"unknown_ip_address", "unknown_card_id", "unknown_merchant_id"} <= set(result["reasons"])
+    assert {"unknown_ip_address", "unknown_card_id", "unknown_merchant_id"} <= set(
+        result["reasons"]
+    )
     if result["label"] != "highly_suspicious":
         assert result["label"] == "uncertain"
         assert result["reasons"][0] == "insufficient_evidence"
@@ -114,8 +120,11 @@ def test_entity_call_canonicalizes_ipv6(client) -> None:
 def test_docs_and_openapi(client) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/transactions/score", "/v1/transactions/score-batch",
-            "/v1/ip-addresses/{ip_address}/score"} <= set(paths)
+    assert {
+        "/v1/transactions/score",
+        "/v1/transactions/score-batch",
+        "/v1/ip-addresses/{ip_address}/score",
+    } <= set(paths)
 
 
 def test_metrics(client, valid_body) -> None:

@@ -30,7 +30,9 @@ def test_invalid_field(client, valid_body, case, change, field, text) -> None:
     assert body["request_id"] == response.headers["x-request-id"]
 
 
-@pytest.mark.parametrize("field", ["transaction_id", "amount", "currency", "ip_address", "card_id", "merchant_id"])
+@pytest.mark.parametrize(
+    "field", ["transaction_id", "amount", "currency", "ip_address", "card_id", "merchant_id"]
+)
 def test_missing_field(client, valid_body, field) -> None:
     body = {k: v for k, v in valid_body.items() if k != field}
     response = client.post("/v1/transactions/score", json=body)
