@@ -58,10 +58,16 @@ def as_request(row: pd.Series) -> dict:
 
 
 @pytest.fixture(scope="session")
-def recent(transactions: pd.DataFrame) -> pd.DataFrame:
-    """The last day of transactions: their entities are in the online store."""
+def recent(transactions: pd.DataFrame, feature_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Transactions of the last day whose three entities all have a materialized snapshot."""
     end = transactions.event_timestamp.max()
-    return transactions[transactions.event_timestamp > end - pd.Timedelta(days=1)]
+    frame = transactions[transactions.event_timestamp > end - pd.Timedelta(days=1)]
+    for entity, key in (("ip", "ip_address"), ("card", "card_id"), ("merchant", "merchant_id")):
+        table = feature_tables[entity]
+        fresh = table[table.event_timestamp > end - pd.Timedelta(days=6)]
+        frame = frame[frame[key].isin(set(fresh[key]))]
+    assert len(frame) > 20, "the test data should have recent transactions of known entities"
+    return frame
 
 
 @pytest.fixture()
