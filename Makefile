@@ -29,22 +29,28 @@ YAML_OPT :=
 endif
 
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
-	materialize train dataset serve run test lint format bench clean
+	materialize train dataset serve run test lint format bench clean soak bench-predict \
+	replay stream produce skew-check train-compare bench-freshness
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# ONNX Runtime build of the venv: the `cpu` extra (onnxruntime) unless `make setup-gpu` swapped in
+# onnxruntime-gpu; on a GPU machine pass ORT=gpu (or gpu-cuda) so a reinstall keeps it.
+ORT ?= cpu
+GPU_EXTRA ?= gpu
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,$(ORT)]'
 	@touch $(STAMP)
 
 setup: $(STAMP) system-deps ## Virtual environment with all dependencies, plus redis-server
 
-setup-gpu: $(STAMP) ## Swap the CPU onnxruntime for onnxruntime-gpu (CUDA 12, cuDNN 9)
-	$(PY) -m pip uninstall --quiet -y onnxruntime
-	$(PY) -m pip install --quiet -e '.[gpu]'
+setup-gpu: $(STAMP) ## Swap onnxruntime for onnxruntime-gpu (CUDA 13 + cuDNN 9; GPU_EXTRA=gpu-cuda pulls them from pip)
+	$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
+	$(PY) -m pip install --quiet -e '.[dev,$(GPU_EXTRA)]'
+	$(PY) -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 system-deps: ## redis-server (and wrk for benchmarks) from Debian when missing
 	@command -v redis-server >/dev/null && command -v wrk >/dev/null || { \
@@ -70,7 +76,11 @@ aggregate: $(STAMP) ## Hourly entity features -> feature_repo/data/*.parquet
 	$(PY) -m feature_pipelines aggregate --transactions data/transactions.parquet \
 		--out-dir feature_repo/data
 
-data: generate aggregate ## generate + aggregate
+replay: $(STAMP) ## Streaming window features of the history (the consumer's code) -> feature_repo/data
+	$(PY) -m feature_pipelines replay --transactions data/transactions.parquet \
+		--out-dir feature_repo/data
+
+data: generate aggregate replay ## generate + aggregate + replay
 
 apply: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## feast apply (plain Feast CLI)
 	cd feature_repo && ../$(FEAST) -f $(FS_YAML) apply
@@ -84,18 +94,58 @@ dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
 train: $(STAMP) ## Train, export ONNX, check parity, publish models/packages/fraud_model/<v>
 	$(PY) -m models train --feature-service $(FEATURE_SERVICE) $(YAML_OPT)
 
-serve: $(STAMP) ## Run the scoring service on HOST:PORT
-	SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve
+train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics side by side
+	$(PY) -m models train --feature-service fraud_model_v1 --feature-service fraud_model_v2 \
+		$(YAML_OPT)
+
+# The stream and the window state live in Redis (redis-up) whatever the online store is.
+stream: $(STAMP) redis-up ## Stream consumer: events -> windowed features pushed to Feast (Ctrl-C stops)
+	$(PY) -m feature_pipelines stream --repo feature_repo $(YAML_OPT) \
+		--redis $(REDIS_CONNECTION_STRING)
+
+produce: $(STAMP) redis-up ## Append the latest 1,000 transactions to the stream, shifted to now
+	$(PY) -m feature_pipelines produce --last 1000 --shift-to-now --redis $(REDIS_CONNECTION_STRING)
+
+SKEW_SERVICE ?= fraud_model_v2
+skew-check: $(STAMP) ## Online vs offline point-in-time feature vectors now; fails on skew
+	$(PY) -m feature_pipelines skew-check --feature-service $(SKEW_SERVICE) $(YAML_OPT)
+
+# Secure by default: the service does not start without API keys. Locally, serve and run make
+# key files in data/ once (mode 0600) and pass their sha256 digests; export
+# SCORING_API_KEY_HASHES / SCORING_ADMIN_KEY_HASHES to use keys of your own instead (and
+# SCORING_API_KEY for score-sample).
+DEV_API_KEY ?= data/dev_api_key
+DEV_ADMIN_KEY ?= data/dev_admin_key
+KEY_ENV = SCORING_API_KEY_HASHES="$${SCORING_API_KEY_HASHES:-$$($(PY) -m scoring_service dev-key --file $(DEV_API_KEY))}" \
+	SCORING_ADMIN_KEY_HASHES="$${SCORING_ADMIN_KEY_HASHES:-$$($(PY) -m scoring_service dev-key --file $(DEV_ADMIN_KEY))}"
+
+serve: $(STAMP) ## Run the scoring service on HOST:PORT (key in data/dev_api_key)
+	$(KEY_ENV) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve
 
 run: setup data apply materialize train ## Whole path on a fresh machine, then serve
-	@SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve & \
+	@$(KEY_ENV) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve & \
 	SERVER=$$!; trap 'kill $$SERVER 2>/dev/null' INT TERM EXIT; \
-	$(PY) -m scoring_service score-sample --url http://$(HOST):$(PORT) || exit 1; \
+	$(PY) -m scoring_service score-sample --url http://$(HOST):$(PORT) \
+		--api-key-file $(DEV_API_KEY) || exit 1; \
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
 test: setup ## Unit, integration (real redis-server) and end-to-end tests
 	$(PY) -m pytest -q
+
+SOAK_SECONDS ?= 600
+soak: $(STAMP) system-deps $(if $(filter redis,$(STORE)),redis-up) ## Soak: 10 min at half the measured max rate -> bench/results/soak.json
+	$(PY) bench/soak.py --duration $(SOAK_SECONDS) --out bench/results/soak.json
+
+bench: setup ## Score path vs feast serve, trivial FastAPI and Feast's SDK (wrk, own Redis) -> bench/results/latest.json
+	$(PY) -m bench.run --out bench/results
+
+bench-predict: $(STAMP) ## Predict throughput by batch size: CPU graphs, and CUDA when present -> bench/results/predict_devices.json
+	$(PY) bench/predict_devices.py --out bench/results/predict_devices.json
+
+FRESHNESS_EVENTS ?= 1000
+bench-freshness: $(STAMP) system-deps ## Event appended -> changed score, p50/p99 (own Redis, v2) -> bench/results/freshness.json
+	$(PY) bench/freshness.py --events $(FRESHNESS_EVENTS) --out bench/results/freshness.json
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .

@@ -6,10 +6,31 @@ service reads the same service online, so the two cannot drift apart silently.
 
 from feast import FeatureService
 from feature_views import card_features, ip_features, merchant_features
+from on_demand_features import amount_context, geo_context
+from stream_features import card_stream_features, ip_stream_features
 
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[ip_features, card_features, merchant_features],
     description="Batch (hourly) features of the sender IP, the card and the merchant.",
     tags={"model": "fraud_model", "version": "v1"},
+)
+
+# Streaming views come before the batch views of the same entities: the scoring service reports
+# one status per entity, that of the entity's last view in this list, so an entity's status stays
+# "has it a batch snapshot" and a quiet entity without a streaming row is not called unknown.
+fraud_model_v2 = FeatureService(
+    name="fraud_model_v2",
+    features=[
+        ip_stream_features,
+        card_stream_features,
+        ip_features,
+        card_features,
+        merchant_features,
+        amount_context,
+        geo_context,
+    ],
+    description="Batch features, minute-fresh streaming windows per IP and card, and on-demand "
+    "request features (amount ratios, cross-border flags).",
+    tags={"model": "fraud_model", "version": "v2"},
 )

@@ -50,6 +50,7 @@ def dataset(
     """Retrieve a point-in-time correct training set through a FeatureService."""
     from models.dataset import (
         entity_dataframe,
+        feature_layout,
         load_transactions,
         open_store,
         retrieve_training_set,
@@ -60,6 +61,7 @@ def dataset(
         load_transactions(transactions),
         start=_utc(start),
         end=_utc(end),
+        request_fields=feature_layout(store, feature_service).request_fields,
     )
     frame = retrieve_training_set(store, feature_service, entity_df)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,13 @@ def dataset(
 def train(
     repo: RepoOption = Path("feature_repo"),
     transactions: TransactionsOption = Path("data/transactions.parquet"),
-    feature_service: ServiceOption = "fraud_model_v1",
+    feature_service: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FeatureService that defines the features; repeat it to train several "
+            "versions on the same time split and print their holdout metrics side by side.",
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
         "models/packages"
     ),
@@ -87,18 +95,77 @@ def train(
     yaml: YamlOption = None,
 ) -> None:
     """Train LightGBM on the point-in-time training set and publish an ONNX model package."""
+    from models.train import compare_summary
     from models.train import train as run_training
 
-    result = run_training(
+    services = feature_service or ["fraud_model_v1"]
+    if version is not None and len(services) > 1:
+        raise typer.BadParameter(
+            "--version names one package; leave it out when training several services",
+            param_hint="--version",
+        )
+    results = []
+    for service in services:
+        result = run_training(
+            repo_path=repo,
+            transactions_path=transactions,
+            output_root=output,
+            feature_service=service,
+            model_name=name,
+            model_version=version,
+            yaml_path=yaml,
+            num_boost_round=rounds,
+            seed=seed,
+        )
+        typer.echo(result.summary())
+        typer.echo("")
+        results.append(result)
+    if len(results) > 1:
+        typer.echo(compare_summary(results))
+
+
+@app.command("batch-score")
+def batch_score(
+    transactions: Annotated[
+        Path, typer.Option(help="Transactions to score (parquet; any number of rows).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write transaction_id, score, label.")],
+    device: Annotated[
+        str,
+        typer.Option(help="auto (GPU graph when CUDA is usable), cpu or cuda (fail without it)."),
+    ] = "auto",
+    repo: RepoOption = Path("feature_repo"),
+    yaml: YamlOption = None,
+    model_root: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
+        "models/packages"
+    ),
+    name: Annotated[str, typer.Option(help="Model name.")] = "fraud_model",
+    version: Annotated[str, typer.Option(help="Model version.")] = "v1",
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(help="Read every row's features as of this time (UTC); default: its own."),
+    ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Transactions per feature read and model call.")
+    ] = 100_000,
+) -> None:
+    """Score a parquet of transactions offline with the served model package and label policy."""
+    from models.batch_score import batch_score as run_batch_score
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    result = run_batch_score(
+        transactions,
+        out,
         repo_path=repo,
-        transactions_path=transactions,
-        output_root=output,
-        feature_service=feature_service,
+        yaml_path=yaml,
+        model_root=model_root,
         model_name=name,
         model_version=version,
-        yaml_path=yaml,
-        num_boost_round=rounds,
-        seed=seed,
+        device=device,
+        chunk_rows=chunk_rows,
+        as_of=_utc(as_of),
+        progress=lambda step: typer.echo(step.line(), err=True),
     )
     typer.echo(result.summary())
 

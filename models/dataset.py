@@ -9,7 +9,7 @@ within the view's TTL, through the model's FeatureService.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -32,16 +32,36 @@ LABEL_COLUMN = "is_fraud"
 
 
 @dataclass(frozen=True)
+class OnDemandLayout:
+    """An on-demand feature view of a FeatureService: what it needs and what it computes."""
+
+    request_fields: list[str]  # fields of its request sources
+    source_views: list[str]  # feature views it reads
+    features: list[str]  # outputs the service selects, in model order
+
+
+@dataclass(frozen=True)
 class FeatureLayout:
     """The feature views of a FeatureService, in the order the model reads them."""
 
     feature_service: str
     views: dict[str, tuple[str, int | None, list[str]]]  # view -> (join key, ttl s, features)
+    on_demand: dict[str, OnDemandLayout] = field(default_factory=dict)
 
     @property
     def stored_features(self) -> list[str]:
         """Stored feature names in model order."""
         return [f for _, _, feats in self.views.values() for f in feats]
+
+    @property
+    def on_demand_features(self) -> list[str]:
+        """On-demand feature names in model order (after the stored ones)."""
+        return [f for view in self.on_demand.values() for f in view.features]
+
+    @property
+    def request_fields(self) -> list[str]:
+        """Request fields the on-demand views need (columns of the entity dataframe)."""
+        return list(dict.fromkeys(f for v in self.on_demand.values() for f in v.request_fields))
 
 
 def open_store(repo_path: Path, yaml_path: Path | None = None) -> FeatureStore:
@@ -55,7 +75,19 @@ def feature_layout(store: FeatureStore, feature_service: str) -> FeatureLayout:
     """Read a FeatureService's views, join keys, TTLs and features from the registry."""
     service = store.get_feature_service(feature_service)
     views: dict[str, tuple[str, int | None, list[str]]] = {}
+    on_demand: dict[str, OnDemandLayout] = {}
+    on_demand_names = {v.name for v in store.list_on_demand_feature_views(allow_cache=True)}
     for projection in service.feature_view_projections:
+        if projection.name in on_demand_names:
+            odfv = store.get_on_demand_feature_view(projection.name)
+            on_demand[projection.name_to_use()] = OnDemandLayout(
+                request_fields=[
+                    f.name for source in odfv.source_request_sources.values() for f in source.schema
+                ],
+                source_views=sorted(p.name for p in odfv.source_feature_view_projections.values()),
+                features=[feature.name for feature in projection.features],
+            )
+            continue
         view = store.get_feature_view(projection.name)
         join_keys = [column.name for column in view.entity_columns]
         if len(join_keys) != 1:
@@ -66,7 +98,7 @@ def feature_layout(store: FeatureStore, feature_service: str) -> FeatureLayout:
             ttl,
             [feature.name for feature in projection.features],
         )
-    return FeatureLayout(feature_service=feature_service, views=views)
+    return FeatureLayout(feature_service=feature_service, views=views, on_demand=on_demand)
 
 
 def load_transactions(path: Path) -> pd.DataFrame:
@@ -80,15 +112,25 @@ def entity_dataframe(
     transactions: pd.DataFrame,
     start: datetime | None = None,
     end: datetime | None = None,
+    request_fields: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Labelled transactions in [start, end) as Feast's entity dataframe."""
-    columns = [
-        "transaction_id",
-        "event_timestamp",
-        *ENTITY_MAPPING,
-        *REQUEST_FEATURES,
-        LABEL_COLUMN,
-    ]
+    """Labelled transactions in [start, end) as Feast's entity dataframe.
+
+    ``request_fields`` adds the request columns that on-demand views read (``FeatureLayout.
+    request_fields``): Feast computes them per row from these, as the service does per request.
+    """
+    columns = list(
+        dict.fromkeys(
+            [
+                "transaction_id",
+                "event_timestamp",
+                *ENTITY_MAPPING,
+                *REQUEST_FEATURES,
+                *(request_fields or []),
+                LABEL_COLUMN,
+            ]
+        )
+    )
     frame = transactions[columns].copy()
     if start is not None:
         frame = frame[frame["event_timestamp"] >= pd.Timestamp(start)]
@@ -111,7 +153,7 @@ def retrieve_training_set(
     job = store.get_historical_features(entity_df=entity_df, features=service)
     frame = job.to_df()
     layout = feature_layout(store, feature_service)
-    for name in layout.stored_features:
+    for name in layout.stored_features + layout.on_demand_features:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float64)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return frame.sort_values(["event_timestamp", "transaction_id"]).reset_index(drop=True)

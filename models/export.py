@@ -54,7 +54,9 @@ def tree_ensemble_graph(booster: lgb.Booster, n_features: int) -> onnx.ModelProt
 
 def _float32_at_or_below(value: float) -> np.float32:
     """Largest float32 <= value: for float32 x, x <= value iff x <= this."""
-    rounded = np.float32(value)
+    # LightGBM writes 1e300 for a split above every value; it rounds to inf, then down to max.
+    with np.errstate(over="ignore"):
+        rounded = np.float32(value)
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(-np.inf))
     return rounded
@@ -87,7 +89,8 @@ def _round_thresholds_down(model: onnx.ModelProto, booster: lgb.Booster) -> None
     lookup: dict[tuple[int, float], np.float32] = {}
     for feature, thresholds in by_feature.items():
         for t in thresholds:
-            key = (feature, float(np.float32(t)))
+            with np.errstate(over="ignore"):  # 1e300 thresholds: see _float32_at_or_below
+                key = (feature, float(np.float32(t)))
             down = _float32_at_or_below(t)
             if key in lookup and lookup[key] != down:
                 raise ParityError(

@@ -49,6 +49,19 @@ class FeatureViewInfo(BaseModel):
     features: list[str]
 
 
+class OnDemandViewInfo(BaseModel):
+    """An on-demand feature view read by the model: its inputs, outputs and code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_fields: list[str] = Field(description="Request fields of its request sources.")
+    source_views: list[str] = Field(description="Feature views it reads.")
+    stored_inputs: list[str] = Field(description="Stored features its function reads.")
+    features: list[str] = Field(description="Outputs the model reads, in model order.")
+    function: str = Field(description="`module:function` computing it in training and serving.")
+    code_sha256: str = Field(description="sha256 of the function's source at training time.")
+
+
 class LabelThresholds(BaseModel):
     """Score cut-offs; a score >= a threshold gets that label (the highest one reached)."""
 
@@ -98,8 +111,13 @@ class Manifest(BaseModel):
     version: str
     created_at: datetime
     feature_service: str = Field(description="Feast FeatureService the model reads.")
-    features: list[str] = Field(description="Ordered model input: stored, then request features.")
+    features: list[str] = Field(
+        description="Ordered model input: stored, then on-demand, then request features."
+    )
     feature_views: dict[str, FeatureViewInfo]
+    on_demand_views: dict[str, OnDemandViewInfo] = Field(
+        default_factory=dict, description="On-demand feature views, in model order."
+    )
     request_features: list[str] = Field(
         default_factory=list, description="Request fields used as model inputs, in order."
     )
@@ -119,10 +137,10 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         stored = [f for fv in self.feature_views.values() for f in fv.features]
-        if self.features != stored + self.request_features:
+        if self.features != stored + self.on_demand_features + self.request_features:
             raise ValueError(
-                "features must be the feature views' features in order followed by the "
-                "request features"
+                "features must be the feature views' features in order, then the on-demand "
+                "views' features, then the request features"
             )
         if "cpu" not in self.graphs:
             raise ValueError("a package needs a 'cpu' graph")
@@ -136,6 +154,11 @@ class Manifest(BaseModel):
     def stored_features(self) -> list[str]:
         """Features read from the online store, in model order."""
         return [f for fv in self.feature_views.values() for f in fv.features]
+
+    @property
+    def on_demand_features(self) -> list[str]:
+        """Features computed per request by on-demand views, in model order."""
+        return [f for view in self.on_demand_views.values() for f in view.features]
 
 
 def sha256_file(path: Path) -> str:

@@ -23,6 +23,7 @@ from models.dataset import (
     ENTITY_MAPPING,
     LABEL_COLUMN,
     REQUEST_FEATURES,
+    FeatureLayout,
     entity_dataframe,
     feature_layout,
     feature_matrix,
@@ -35,6 +36,7 @@ from models.package import (
     GraphInfo,
     LabelThresholds,
     Manifest,
+    OnDemandViewInfo,
     UncertainPolicy,
     sha256_bytes,
     write_package,
@@ -86,6 +88,39 @@ class TrainResult:
         )
 
 
+def compare_summary(results: list[TrainResult]) -> str:
+    """Holdout metrics of several versions side by side (they share one time split)."""
+    names = [r.manifest.feature_service for r in results]
+    width = max(16, *(len(n) + 2 for n in names))
+
+    def row(label: str, values: list[str]) -> str:
+        return f"{label:<24}" + "".join(f"{v:>{width}}" for v in values)
+
+    def metric(key: str) -> list[str]:
+        return [f"{r.manifest.metrics['holdout'][key]:.4f}" for r in results]
+
+    lines = [
+        row("", names),
+        row("inputs", [str(len(r.manifest.features)) for r in results]),
+        row("holdout rows", [str(r.manifest.metrics["holdout"]["n_rows"]) for r in results]),
+        row("holdout fraud rate", metric("fraud_rate")),
+        row("holdout ROC-AUC", metric("roc_auc")),
+        row("holdout PR-AUC", metric("pr_auc")),
+        row("rules baseline PR-AUC", metric("rules_baseline_pr_auc")),
+        row("package", [f"{r.manifest.name}/{r.manifest.version}" for r in results]),
+    ]
+    splits = {
+        (r.manifest.training["validation_from"], r.manifest.training["holdout_from"])
+        for r in results
+    }
+    if len(splits) == 1:
+        valid_from, hold_from = next(iter(splits))
+        lines.append(f"same time split: validation from {valid_from}, holdout from {hold_from}")
+    else:
+        lines.append(f"WARNING: the versions were split differently: {sorted(splits)}")
+    return "\n".join(lines)
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shaped the package."""
     out = {"python": platform.python_version()}
@@ -129,6 +164,29 @@ def default_params(seed: int) -> dict[str, object]:
     }
 
 
+def on_demand_info(layout: FeatureLayout) -> dict[str, OnDemandViewInfo]:
+    """Manifest entries of the layout's on-demand views, naming the code that computes them."""
+    from scoring_service.on_demand import TRANSFORMS
+
+    out = {}
+    for view, info in layout.on_demand.items():
+        transform = TRANSFORMS.get(view)
+        if transform is None:
+            raise ValueError(
+                f"on-demand view {view} has no transform in scoring_service.on_demand; the "
+                "service could not compute it"
+            )
+        out[view] = OnDemandViewInfo(
+            request_fields=info.request_fields,
+            source_views=info.source_views,
+            stored_inputs=list(transform.stored_inputs),
+            features=info.features,
+            function=transform.reference,
+            code_sha256=transform.code_sha256,
+        )
+    return out
+
+
 def train(
     repo_path: Path,
     transactions_path: Path,
@@ -146,10 +204,15 @@ def train(
     model_version = model_version or feature_service.rsplit("_", 1)[-1]
     store = open_store(repo_path, yaml_path)
     layout = feature_layout(store, feature_service)
-    features = layout.stored_features + REQUEST_FEATURES
+    features = layout.stored_features + layout.on_demand_features + REQUEST_FEATURES
+    on_demand_views = on_demand_info(layout)
 
     transactions = load_transactions(transactions_path)
-    frame = retrieve_training_set(store, feature_service, entity_dataframe(transactions))
+    frame = retrieve_training_set(
+        store,
+        feature_service,
+        entity_dataframe(transactions, request_fields=layout.request_fields),
+    )
     train_df, valid_df, hold_df = split_by_time(frame, valid_share, holdout_share)
     if min(len(train_df), len(valid_df), len(hold_df)) == 0:
         raise ValueError("not enough rows to split into train, validation and holdout")
@@ -230,6 +293,7 @@ def train(
             view: FeatureViewInfo(join_key=key, ttl_seconds=ttl, features=feats)
             for view, (key, ttl, feats) in layout.views.items()
         },
+        on_demand_views=on_demand_views,
         request_features=REQUEST_FEATURES,
         entity_mapping=ENTITY_MAPPING,
         label_thresholds=LabelThresholds(**thresholds, rule=evaluate.THRESHOLD_RULE),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -47,14 +49,25 @@ def score_sample(
         "data/transactions.parquet"
     ),
     wait: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
+    api_key_file: Annotated[
+        Path,
+        typer.Option(help="File holding the API key (SCORING_API_KEY, when set, wins)."),
+    ] = Path("data/dev_api_key"),
 ) -> None:
     """Wait for a running service, then score a recent legitimate and a recent fraudulent
     transaction from the generated data and print the answers."""
     import httpx
     import pandas as pd
 
+    key = os.environ.get("SCORING_API_KEY") or (
+        api_key_file.read_text().strip() if api_key_file.is_file() else ""
+    )
+    if not key:
+        raise SystemExit(
+            f"no API key: set SCORING_API_KEY or create {api_key_file} (`make serve` does)"
+        )
     deadline = time.monotonic() + wait
-    with httpx.Client(base_url=url, timeout=5.0) as client:
+    with httpx.Client(base_url=url, timeout=5.0, headers={"X-API-Key": key}) as client:
         while True:
             try:
                 if client.get("/health/ready").status_code == 200:
@@ -90,3 +103,33 @@ def score_sample(
             if answer.status_code == 200:
                 data = answer.json()
                 typer.echo(f"label={data['label']} score={data['score']:.4f}")
+
+
+@app.command("hash-key")
+def hash_key_command() -> None:
+    """Read an API key on standard input, print its sha256 hex digest: the form
+    SCORING_API_KEY_HASHES and SCORING_ADMIN_KEY_HASHES take (the key never enters argv)."""
+    from scoring_service.security import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise SystemExit("no key on standard input")
+    typer.echo(hash_key(key))
+
+
+@app.command("dev-key")
+def dev_key(
+    file: Annotated[Path, typer.Option(help="Key file; created (mode 0600) when missing.")] = Path(
+        "data/dev_api_key"
+    ),
+) -> None:
+    """Make a local development key file once and print its sha256 hex digest, so that
+    `make serve` works out of the box without ever running the service open."""
+    from scoring_service.security import hash_key, new_key
+
+    if not file.is_file():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(new_key() + "\n")
+    typer.echo(hash_key(file.read_text().strip()))

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from scoring_service.errors import NotReady
+from scoring_service.resilience import Deadline, ScoringGuard, get_batch_deadline, get_deadline
 from scoring_service.scoring import Scorer
 from scoring_service.settings import Settings
 
@@ -24,5 +25,13 @@ def get_scorer(request: Request) -> Scorer:
     return scorer
 
 
+def get_guard(request: Request) -> ScoringGuard:
+    """Admission, deadline and outage policy around the scorer."""
+    return request.app.state.guard
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+GuardDep = Annotated[ScoringGuard, Depends(get_guard)]
+DeadlineDep = Annotated[Deadline, Depends(get_deadline)]
+BatchDeadlineDep = Annotated[Deadline, Depends(get_batch_deadline)]

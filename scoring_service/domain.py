@@ -6,6 +6,7 @@ new model can read other entities without a code change here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ class MappedRequests:
 
     keys: dict[str, list[str | None]]  # join key -> n values (None: not part of the request)
     request_values: np.ndarray  # float32 [n, len(request_features)], NaN when absent
+    # Raw request fields the on-demand views read (field -> n values, None when absent).
+    request_fields: dict[str, list[object]] = dataclasses.field(default_factory=dict)
 
 
 def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests:
@@ -42,7 +45,17 @@ def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests
             raise EntityMappingError(
                 f"model {manifest.name}/{manifest.version} needs request field {name!r}"
             ) from exc
-    return MappedRequests(keys=keys, request_values=values)
+    fields: dict[str, list[object]] = {}
+    for view in manifest.on_demand_views.values():
+        for name in view.request_fields:
+            try:
+                fields[name] = [getattr(r, name) for r in records]
+            except AttributeError as exc:
+                raise EntityMappingError(
+                    f"model {manifest.name}/{manifest.version} needs request field {name!r} "
+                    "for its on-demand features"
+                ) from exc
+    return MappedRequests(keys=keys, request_values=values, request_fields=fields)
 
 
 def map_entity(join_key: str, entity_id: str, manifest: Manifest) -> MappedRequests:
@@ -55,4 +68,7 @@ def map_entity(join_key: str, entity_id: str, manifest: Manifest) -> MappedReque
         key: [entity_id if key == join_key else None] for key in manifest.entity_mapping.values()
     }
     values = np.full((1, len(manifest.request_features)), np.nan, dtype=np.float32)
-    return MappedRequests(keys=keys, request_values=values)
+    fields: dict[str, list[object]] = {
+        name: [None] for view in manifest.on_demand_views.values() for name in view.request_fields
+    }
+    return MappedRequests(keys=keys, request_values=values, request_fields=fields)

@@ -80,6 +80,46 @@ class NotReady(ScoringError):
     stage = "service"
 
 
+class PayloadTooLarge(ScoringError):
+    """The request body is larger than the service accepts."""
+
+    status_code = 413
+    code = "payload_too_large"
+    stage = "request"
+
+
+class Unauthorized(ScoringError):
+    """No API key, or one the service does not know."""
+
+    status_code = 401
+    code = "unauthorized"
+    stage = "auth"
+
+
+class Forbidden(ScoringError):
+    """A known API key without the scope the route needs."""
+
+    status_code = 403
+    code = "forbidden"
+    stage = "auth"
+
+
+class Overloaded(ScoringError):
+    """More work in flight than the service accepts; refused at once instead of queued."""
+
+    status_code = 503
+    code = "overloaded"
+    stage = "service"
+
+
+class ConfigurationInvalid(ScoringError):
+    """The service's own configuration prevents it from starting safely."""
+
+    status_code = 500
+    code = "configuration_invalid"
+    stage = "service"
+
+
 UNEXPECTED_MESSAGE = (
     "The service hit an unexpected error; it has been logged under this request id. "
     "Retry, and report the request id if it persists."

@@ -69,6 +69,8 @@ class FeatureBatch:
     values: np.ndarray  # float32 [n, width], NaN where missing or stale
     status: dict[str, np.ndarray] = field(default_factory=dict)  # join key -> int8 [n]
     age_seconds: dict[str, np.ndarray] = field(default_factory=dict)  # join key -> float64 [n]
+    # join key -> event time in epoch seconds, float64 [n]; NaN when missing or not requested
+    event_timestamp: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class OnlineFeatureReader(Protocol):
@@ -115,6 +117,7 @@ def assemble(
     for view in layout.views:
         status = np.full(n, NOT_REQUESTED, dtype=np.int8)
         age = np.full(n, np.nan)
+        event = np.full(n, np.nan)
         requested = [i for i, k in enumerate(keys[view.join_key]) if k is not None]
         rows, stamps = per_view.get(view.name, ([], []))
         for i, row, stamp in zip(requested, rows, stamps, strict=True):
@@ -122,6 +125,7 @@ def assemble(
                 status[i] = MISSING
                 continue
             age[i] = now - stamp
+            event[i] = stamp
             if view.ttl_seconds is not None and age[i] > view.ttl_seconds:
                 status[i] = STALE
                 continue
@@ -130,6 +134,7 @@ def assemble(
             block[:] = [np.nan if v is None else v for v in row]
         batch.status[view.join_key] = status
         batch.age_seconds[view.join_key] = age
+        batch.event_timestamp[view.join_key] = event
     return batch
 
 

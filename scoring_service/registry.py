@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
@@ -19,14 +19,20 @@ from pydantic import ValidationError
 
 from models.dataset import feature_layout
 from models.package import Manifest, checksums, package_dir, read_manifest, sha256_file
+from scoring_service import metrics
 from scoring_service.errors import ModelPackageInvalid
 from scoring_service.features import StoreLayout
 from scoring_service.labels import LabelPolicy
-from scoring_service.predictor import Predictor
+from scoring_service.on_demand import OnDemandFeatures, for_manifest, on_demand_problems
+from scoring_service.predictor import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DEFAULT_GPU_MIN_BATCH,
+    CudaUnavailable,
+    Predictor,
+)
 
 logger = logging.getLogger(__name__)
-
-CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 @dataclass
@@ -40,6 +46,8 @@ class LoadedModel:
     policy: LabelPolicy
     device: str
     graph: str
+    # The on-demand block of the model input (empty for models without on-demand views).
+    on_demand: OnDemandFeatures = field(default_factory=lambda: OnDemandFeatures({}, []))
 
     @property
     def version_label(self) -> str:
@@ -48,7 +56,11 @@ class LoadedModel:
 
 
 def choose_device(requested: str, manifest: Manifest) -> tuple[str, str, list[str]]:
-    """(device, graph key, providers) for a `device` setting of auto, cpu or cuda."""
+    """(device, graph key, providers) for a `device` setting of auto, cpu or cuda.
+
+    This is the plan; the Predictor then proves CUDA really initializes (``load_package``
+    refuses ``cuda`` and falls back to the CPU for ``auto`` when it does not).
+    """
     cuda_available = CUDA_PROVIDER in ort.get_available_providers()
     has_gpu_graph = "gpu" in manifest.graphs
     if requested == "cuda":
@@ -64,8 +76,8 @@ def choose_device(requested: str, manifest: Manifest) -> tuple[str, str, list[st
                 "has no GPU graph; retrain to add one, or set SCORING_DEVICE=auto."
             )
     if requested in ("cuda", "auto") and cuda_available and has_gpu_graph:
-        return "cuda", "gpu", [CUDA_PROVIDER, "CPUExecutionProvider"]
-    return "cpu", "cpu", ["CPUExecutionProvider"]
+        return "cuda", "gpu", [CUDA_PROVIDER, CPU_PROVIDER]
+    return "cpu", "cpu", [CPU_PROVIDER]
 
 
 def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout:
@@ -106,6 +118,12 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
             f"package {manifest.name}/{manifest.version} does not match live feature service "
             f"{manifest.feature_service}: " + "; ".join(problems)
         )
+    problems = on_demand_problems(manifest, live.on_demand)
+    if problems:
+        raise ModelPackageInvalid(
+            f"package {manifest.name}/{manifest.version} does not match live feature service "
+            f"{manifest.feature_service}: " + "; ".join(problems)
+        )
     ttls = {view: info.ttl_seconds for view, info in manifest.feature_views.items()}
     return StoreLayout.from_views(
         {view: (key, ttls[view], feats) for view, (key, _, feats) in live.views.items()}
@@ -113,9 +131,20 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
 
 
 def load_package(
-    path: Path, store: FeatureStore, *, device: str = "auto", intra_op_threads: int = 1
+    path: Path,
+    store: FeatureStore,
+    *,
+    device: str = "auto",
+    intra_op_threads: int = 1,
+    gpu_min_batch: int = DEFAULT_GPU_MIN_BATCH,
+    gpu_device_id: int = 0,
 ) -> LoadedModel:
-    """Read, verify and open a package; raises ModelPackageInvalid naming what is wrong."""
+    """Read, verify and open a package; raises ModelPackageInvalid naming what is wrong.
+
+    On CUDA the predictor holds two sessions: the GPU graph for batches of at least
+    ``gpu_min_batch`` rows and the CPU graph for smaller ones. ``device="cuda"`` is refused when
+    CUDA does not really initialize; ``auto`` then serves from the CPU graph.
+    """
     path = Path(path)
     try:
         manifest = read_manifest(path)
@@ -136,30 +165,63 @@ def load_package(
                 f"file is {actual[:12]}...; the package is damaged"
             )
     layout = verify_against_store(manifest, store)
-    device_name, graph_key, providers = choose_device(device, manifest)
-    graph = manifest.graphs[graph_key]
+    device_name, _, _ = choose_device(device, manifest)
+    cpu_graph = manifest.graphs["cpu"]
+    gpu_graph = manifest.graphs["gpu"] if device_name == "cuda" else None
+    label = f"{manifest.name}/{manifest.version}"
     try:
-        predictor = Predictor(
-            (path / graph.file).read_bytes(),
-            len(manifest.features),
-            providers=providers,
-            intra_op_threads=intra_op_threads,
-            input_name=graph.input_name,
-            output_name=graph.output_name,
-        )
-        predictor.warm_up()
-    except Exception as exc:
-        raise ModelPackageInvalid(
-            f"graph {graph_key} ({graph.file}) of {manifest.name}/{manifest.version} does not "
-            "load in ONNX Runtime; the file is corrupt or was built for another runtime"
-        ) from exc
+        cpu_bytes = (path / cpu_graph.file).read_bytes()
+        gpu_bytes = (path / gpu_graph.file).read_bytes() if gpu_graph else None
+    except OSError as exc:
+        raise ModelPackageInvalid(f"graphs of {label} cannot be read: {exc}") from exc
+
+    def open_predictor(with_gpu: bool) -> Predictor:
+        files = cpu_graph.file + (f" / {gpu_graph.file}" if with_gpu and gpu_graph else "")
+        try:
+            predictor = Predictor(
+                cpu_bytes,
+                len(manifest.features),
+                providers=[CPU_PROVIDER],
+                intra_op_threads=intra_op_threads,
+                input_name=cpu_graph.input_name,
+                output_name=cpu_graph.output_name,
+                gpu_graph=gpu_bytes if with_gpu else None,
+                gpu_input_name=gpu_graph.input_name if gpu_graph else "features",
+                gpu_output_name=gpu_graph.output_name if gpu_graph else "probabilities",
+                gpu_min_batch=gpu_min_batch,
+                gpu_device_id=gpu_device_id,
+            )
+            predictor.warm_up()
+        except CudaUnavailable:
+            raise
+        except Exception as exc:
+            raise ModelPackageInvalid(
+                f"graph {files} of {label} does not load in ONNX Runtime; the file is corrupt "
+                "or was built for another runtime"
+            ) from exc
+        return predictor
+
+    try:
+        predictor = open_predictor(with_gpu=gpu_bytes is not None)
+    except CudaUnavailable as exc:
+        if device == "cuda":
+            raise ModelPackageInvalid(
+                f"device=cuda was requested but CUDA is not usable: {exc}. Fix the GPU setup, "
+                "or set SCORING_DEVICE=auto (or cpu) to serve from the CPU graph."
+            ) from exc
+        logger.warning("device=auto: CUDA is not usable (%s); predicting on the CPU", exc)
+        predictor = open_predictor(with_gpu=False)
+    device_name = predictor.device
     logger.info(
-        "loaded model %s/%s from %s on %s (graph %s, providers %s)",
-        manifest.name,
-        manifest.version,
+        "loaded model %s from %s on %s: graphs %s (%s), providers %s",
+        label,
         path,
         device_name,
-        graph.file,
+        predictor.graphs,
+        f"{gpu_graph.file if gpu_graph else ''} on CUDA device {gpu_device_id} for batches >= "
+        f"{gpu_min_batch} rows, {cpu_graph.file} on the CPU below"
+        if device_name == "cuda"
+        else f"{cpu_graph.file} on the CPU",
         predictor.providers,
     )
     return LoadedModel(
@@ -169,7 +231,8 @@ def load_package(
         predictor=predictor,
         policy=LabelPolicy(manifest.label_thresholds, manifest.uncertain_policy, manifest.features),
         device=device_name,
-        graph=graph_key,
+        graph=predictor.graphs,
+        on_demand=for_manifest(manifest),
     )
 
 
@@ -177,14 +240,25 @@ class ModelRegistry:
     """Holds the live model; a failed reload leaves it in place."""
 
     def __init__(
-        self, root: Path, store: FeatureStore, *, device: str = "auto", intra_op_threads: int = 1
+        self,
+        root: Path,
+        store: FeatureStore,
+        *,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        gpu_min_batch: int = DEFAULT_GPU_MIN_BATCH,
+        gpu_device_id: int = 0,
     ) -> None:
         self.root = Path(root)
         self.store = store
         self.device = device
         self.intra_op_threads = intra_op_threads
+        self.gpu_min_batch = gpu_min_batch
+        self.gpu_device_id = gpu_device_id
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._current: LoadedModel | None = None
+        self._info_labels: tuple[str, str, str, str] | None = None
 
     @property
     def current(self) -> LoadedModel | None:
@@ -198,7 +272,43 @@ class ModelRegistry:
             self.store,
             device=self.device,
             intra_op_threads=self.intra_op_threads,
+            gpu_min_batch=self.gpu_min_batch,
+            gpu_device_id=self.gpu_device_id,
+        )
+        info = (
+            loaded.version_label,
+            loaded.device,
+            loaded.graph,
+            str(loaded.predictor.gpu_min_batch if loaded.device == "cuda" else 0),
         )
         with self._lock:
             self._current = loaded
+            # 1 for what serves now, 0 for what it replaced (clear() is unavailable in
+            # prometheus_client's multi-process mode, which Feast switches on).
+            if self._info_labels is not None and self._info_labels != info:
+                metrics.MODEL_INFO.labels(*self._info_labels).set(0)
+            metrics.MODEL_INFO.labels(*info).set(1)
+            self._info_labels = info
         return loaded
+
+    def reload(self, name: str, version: str) -> LoadedModel:
+        """Verify a version against the live feature store as it is now, then swap it in.
+
+        The feature registry is re-read first, so a FeatureService changed since start-up is
+        compared as it is. On any refusal (ModelPackageInvalid, naming the mismatch) the
+        running version keeps serving. One reload at a time.
+        """
+        with self._reload_lock:
+            self.store.refresh_registry()
+            previous = self._current
+            try:
+                return self.load(name, version)
+            except ModelPackageInvalid as exc:
+                logger.warning(
+                    "reload of %s/%s refused, %s keeps serving: %s",
+                    name,
+                    version,
+                    previous.version_label if previous else "nothing",
+                    exc.message,
+                )
+                raise

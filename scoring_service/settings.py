@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Settings(BaseSettings):
@@ -17,6 +20,8 @@ class Settings(BaseSettings):
         extra="ignore",
         use_attribute_docstrings=True,
         protected_namespaces=(),
+        # Errors must not echo values: a key pasted where its hash belongs would reach the log.
+        hide_input_in_errors=True,
     )
 
     feature_repo: Path = Path("feature_repo")
@@ -51,4 +56,106 @@ class Settings(BaseSettings):
     """ONNX Runtime intra-op threads per session (1 is best for small batches)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to predict: auto (CUDA when usable and the package has a GPU graph), cpu, cuda."""
+    """Where to predict: auto (CUDA when ONNX Runtime offers it, it really initializes and the
+    package has a GPU graph; else the CPU), cpu, or cuda (refuse to start without usable CUDA)."""
+
+    gpu_min_batch: int = Field(default=256, ge=1, le=10_000_000)
+    """On CUDA, batches of at least this many rows run the standard-operator graph on the GPU;
+    smaller ones run the TreeEnsemble graph on the CPU, which answers them sooner. 256 is where an
+    H100 was 6.8x faster than one Xeon thread (1 row: 25x slower; `make bench-predict`, README's
+    GPU section). 1 sends everything to the GPU."""
+
+    gpu_device_id: int = Field(default=0, ge=0, le=63)
+    """CUDA device ordinal used when predicting on a GPU."""
+
+    # Performance: the fast path (see scoring_service/batcher.py, redis_reader.py, `make bench`).
+
+    redis_reader: Literal["fast", "feast"] = "fast"
+    """How to read a Redis online store: fast (pipelined HMGETs of Feast's own layout on the
+    event loop, proven equal to Feast's get_online_features) or feast (Feast's SDK). Other
+    stores (SQLite) and Redis Cluster/Sentinel always read through Feast's SDK."""
+
+    micro_batching: bool = True
+    """Gather concurrent scoring calls into one feature read and one model call."""
+
+    batch_max_wait_ms: float = Field(default=1.0, ge=0.0, le=100.0)
+    """Longest a call waits for others to join its micro-batch. An idle service does not wait:
+    a batch leaves at once when none is in progress."""
+
+    batch_max_rows: int = Field(default=64, ge=1, le=10_000)
+    """Rows at which a micro-batch leaves without waiting; calls of this many rows or more
+    (score-batch) are scored on their own."""
+
+    # Reliability: deadlines, outage policy, overload (see scoring_service/resilience.py).
+
+    deadline_ms: int = Field(default=50, ge=1, le=60_000)
+    """Time budget of one request, from arrival to answer. A caller may ask for less with the
+    X-Deadline-Ms header, never for more."""
+
+    batch_deadline_ms: int = Field(default=2_000, ge=1, le=600_000)
+    """Time budget of one score-batch call (up to max_batch_size transactions, one read and
+    one model call); X-Deadline-Ms may shorten it too."""
+
+    outage_policy: Literal["fail", "degrade"] = "fail"
+    """What to answer when the online store is unreachable or too slow for the deadline:
+    fail (503 feature_store_unavailable with Retry-After) or degrade (200, label uncertain,
+    reason feature_store_unavailable, score = fallback_score)."""
+
+    fallback_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Score reported by degraded answers (label stays uncertain); None reports no score."""
+
+    retry_after_s: int = Field(default=1, ge=1, le=3600)
+    """Retry-After (seconds) sent with 503 answers (store unavailable, overloaded)."""
+
+    store_timeout_ms: int = Field(default=50, ge=1, le=60_000)
+    """Socket read/write timeout of online-store calls: it bounds how long a read abandoned at
+    its deadline keeps its worker thread. Every Redis reader of the service honours it."""
+
+    store_connect_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    """Connect timeout of online-store connections (every Redis reader of the service)."""
+
+    store_pool_size: int = Field(default=16, ge=1, le=1024)
+    """Most connections to the online store per process (Redis connection pool size)."""
+
+    max_in_flight: int = Field(default=64, ge=1, le=100_000)
+    """Most scoring calls waiting for their answer at once; past it the service answers 503
+    overloaded at once instead of queueing."""
+
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    """Consecutive failed store reads that open the circuit: errors, or deadline overruns while
+    no call at all has got its features for breaker_reset_ms (a hung store, not a busy
+    machine). While open, requests get the outage policy's answer at once."""
+
+    breaker_reset_ms: int = Field(default=250, ge=1, le=600_000)
+    """How long the circuit stays open before one trial read is let through."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
+    """Largest request body accepted (413 payload_too_large past it, counted as bytes arrive,
+    chunked bodies included). The default holds a full batch of the longest valid transactions."""
+
+    # Security: API keys, given as sha256 hex digests (see scoring_service/security.py).
+
+    api_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    """sha256 hex digests of the API keys allowed on the scoring routes, comma-separated.
+    The service does not start without at least one (`python -m scoring_service hash-key`)."""
+
+    admin_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    """sha256 hex digests of the keys allowed on /admin routes, comma-separated; none disables
+    the admin routes (every call answers 401)."""
+
+    @field_validator("api_key_hashes", "admin_key_hashes", mode="before")
+    @classmethod
+    def _key_hashes(cls, value: object) -> object:
+        """Comma-separated text or a sequence; every item must be a sha256 hex digest."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        hashes = tuple(str(item).strip().lower() for item in items if str(item).strip())
+        for digest in hashes:
+            if not _SHA256_HEX.match(digest):
+                # Never echo the value: an operator may have pasted a key instead of its hash.
+                raise ValueError(
+                    "every key hash must be 64 hex characters (the sha256 of the key, e.g. from "
+                    "`python -m scoring_service hash-key`), not the key itself"
+                )
+        return hashes

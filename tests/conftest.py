@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ import pandas as pd
 import pytest
 import redis
 
+from feature_pipelines.stream import write_stream_tables
 from feature_pipelines.tables import write_feature_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,9 +126,11 @@ def transactions_path(transactions: pd.DataFrame, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def feature_tables(transactions: pd.DataFrame, data_end: datetime) -> dict[str, pd.DataFrame]:
+    """Hourly batch snapshots plus the streaming views' replayed rows ("ip_stream", ...)."""
     from feature_pipelines.aggregate import aggregate
+    from feature_pipelines.stream import stream_tables
 
-    return aggregate(transactions, end=data_end)
+    return {**aggregate(transactions, end=data_end), **stream_tables(transactions)}
 
 
 def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
@@ -136,6 +140,7 @@ def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
         if item.suffix in (".py", ".yaml") or item.name == ".feastignore":
             shutil.copy(item, target / item.name)
     write_feature_tables(tables, target / "data")
+    write_stream_tables(tables, target / "data")
     return target
 
 
@@ -197,3 +202,99 @@ def model_root(tmp_path_factory, sqlite_repo, transactions_path) -> Path:
         num_boost_round=80,
     )
     return root
+
+
+# --- real-time features: streaming views, on-demand views, model v2 ------------------------------
+
+RIG_YAML = "feature_store.rig.yaml"
+
+
+@dataclass
+class StreamRig:
+    """A feature repo on a redis-server of its own, applied once, for tests that write to its
+    stores (stream consumer, skew check, v2 end to end). Each test starts with ``reset`` or
+    ``load``; Feast is slow to import, so one rig serves them all."""
+
+    repo: Path
+    server: RedisServer
+    client: redis.Redis
+
+    @property
+    def yaml(self) -> Path:
+        return self.repo / RIG_YAML
+
+    def store(self):  # type: ignore[no-untyped-def]
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(self.repo), fs_yaml_file=self.yaml)
+
+    def reset(self) -> None:
+        """Empty Redis (streams, window state, online rows) and the streaming offline tables."""
+        from feature_pipelines.stream import empty_stream_tables, write_stream_tables
+
+        self.client.flushall()
+        write_stream_tables(empty_stream_tables(), self.repo / "data")
+
+    def load(self, stream: dict[str, pd.DataFrame], end: datetime) -> None:
+        """Reset, write these streaming offline rows, and materialize every view up to ``end``."""
+        from feature_pipelines.stream import write_stream_tables
+
+        self.reset()
+        write_stream_tables(stream, self.repo / "data")
+        self.store().materialize(start_date=end - timedelta(days=31), end_date=end)
+
+
+@pytest.fixture(scope="session")
+def stream_rig(tmp_path_factory, feature_tables) -> Iterator[StreamRig]:
+    """The feature repo with the batch tables, bound to its own redis-server and applied."""
+    from feature_pipelines.stream import empty_stream_tables
+
+    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis_rig"))
+    server.start()
+    batch = {k: feature_tables[k] for k in ("ip", "card", "merchant")}
+    repo = copy_repo(
+        tmp_path_factory.mktemp("repo_rig") / "feature_repo", {**batch, **empty_stream_tables()}
+    )
+    # A literal address, unlike ${REDIS_CONNECTION_STRING}: the shared redis_repo owns that.
+    text = (repo / "feature_store.redis.yaml").read_text()
+    (repo / RIG_YAML).write_text(
+        text.replace("${REDIS_CONNECTION_STRING}", server.connection_string)
+    )
+    feast_cli(repo, "apply", yaml=RIG_YAML)
+    client = redis.Redis(port=server.port)
+    yield StreamRig(repo, server, client)
+    client.close()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def v1_v2_training(tmp_path_factory, sqlite_repo, transactions_path) -> tuple[Path, str]:
+    """One `python -m models train` run of fraud_model_v1 and fraud_model_v2: (root, output)."""
+    from typer.testing import CliRunner
+
+    from models.cli import app
+
+    root = tmp_path_factory.mktemp("packages_v1_v2")
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--repo",
+            str(sqlite_repo),
+            "--transactions",
+            str(transactions_path),
+            "--output",
+            str(root),
+            "--feature-service",
+            "fraud_model_v1",
+            "--feature-service",
+            "fraud_model_v2",
+            # Early stopping ends well before; fewer rounds leave the streaming features unused.
+            "--rounds",
+            "300",
+        ],
+    )
+    if result.exit_code != 0:
+        trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        pytest.fail(f"train failed:\n{result.output}\n{trace}")
+    return root, result.output

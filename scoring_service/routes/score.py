@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Security
 
 from scoring_service import metrics
-from scoring_service.deps import ScorerDep, SettingsDep
+from scoring_service.deps import BatchDeadlineDep, DeadlineDep, GuardDep, ScorerDep, SettingsDep
 from scoring_service.domain import map_entity, map_records
 from scoring_service.errors import BatchTooLarge, InvalidRequest
 from scoring_service.observability import current_request_id
@@ -21,13 +21,23 @@ from scoring_service.schemas import (
     Transaction,
     canonical_ip,
 )
+from scoring_service.security import KeyScope, require_scope
 
-router = APIRouter(prefix="/v1", tags=["scoring"])
+# The key check sits on the router, so a route added here later cannot forget it.
+router = APIRouter(
+    prefix="/v1", tags=["scoring"], dependencies=[Security(require_scope(KeyScope.SCORE))]
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "Batch larger than allowed."},
+    401: {"model": ErrorResponse, "description": "No API key, or an unknown one."},
+    403: {"model": ErrorResponse, "description": "The key may not call scoring routes."},
+    413: {"model": ErrorResponse, "description": "Body or batch larger than allowed."},
     422: {"model": ErrorResponse, "description": "The request is not a valid transaction."},
-    503: {"model": ErrorResponse, "description": "Feature store or model unavailable."},
+    503: {
+        "model": ErrorResponse,
+        "description": "feature_store_unavailable (outage policy `fail`), model_unavailable, "
+        "overloaded or not_ready; Retry-After says when to try again.",
+    },
 }
 ENTITY_ID = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
@@ -35,10 +45,13 @@ ENTITY_ID = Annotated[
 
 
 @router.post("/transactions/score", response_model=ScoreResponse, responses=ERRORS)
-async def score_transaction(transaction: Transaction, scorer: ScorerDep) -> ScoreResponse:
+async def score_transaction(
+    transaction: Transaction, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
+) -> ScoreResponse:
     """Score one transaction: fraud probability, business label and reasons."""
     with metrics.REQUEST_SECONDS.labels("score").time():
-        (result,) = await scorer.score(map_records([transaction], scorer.model.manifest))
+        mapped = map_records([transaction], scorer.model.manifest)
+        (result,) = await guard.score(scorer, mapped, deadline)
     return ScoreResponse(
         transaction_id=transaction.transaction_id,
         score=result.score,
@@ -52,7 +65,11 @@ async def score_transaction(transaction: Transaction, scorer: ScorerDep) -> Scor
 
 @router.post("/transactions/score-batch", response_model=ScoreBatchResponse, responses=ERRORS)
 async def score_batch(
-    body: ScoreBatchRequest, scorer: ScorerDep, settings: SettingsDep
+    body: ScoreBatchRequest,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+    guard: GuardDep,
+    deadline: BatchDeadlineDep,
 ) -> ScoreBatchResponse:
     """Score up to `max_batch_size` transactions with one feature read and one model call."""
     if len(body.transactions) > settings.max_batch_size:
@@ -61,7 +78,8 @@ async def score_batch(
             f"{len(body.transactions)}; split it into smaller calls"
         )
     with metrics.REQUEST_SECONDS.labels("score_batch").time():
-        results = await scorer.score(map_records(body.transactions, scorer.model.manifest))
+        mapped = map_records(body.transactions, scorer.model.manifest)
+        results = await guard.score(scorer, mapped, deadline)
     version = scorer.model.version_label
     return ScoreBatchResponse(
         results=[
@@ -80,10 +98,18 @@ async def score_batch(
     )
 
 
-async def _score_entity(scorer: ScorerDep, entity: str, join_key: str, entity_id: str):
+async def _score_entity(
+    scorer: ScorerDep,
+    guard: GuardDep,
+    deadline: DeadlineDep,
+    entity: str,
+    join_key: str,
+    entity_id: str,
+) -> EntityScoreResponse:
     manifest = scorer.model.manifest
     with metrics.REQUEST_SECONDS.labels(f"score_{entity}").time():
-        (result,) = await scorer.score(map_entity(join_key, entity_id, manifest))
+        mapped = map_entity(join_key, entity_id, manifest)
+        (result,) = await guard.score(scorer, mapped, deadline)
     return EntityScoreResponse(
         entity=entity,
         entity_id=entity_id,
@@ -100,23 +126,30 @@ async def _score_entity(scorer: ScorerDep, entity: str, join_key: str, entity_id
     "/ip-addresses/{ip_address}/score", response_model=EntityScoreResponse, responses=ERRORS
 )
 async def score_ip_address(
-    ip_address: Annotated[str, Path(max_length=45)], scorer: ScorerDep
+    ip_address: Annotated[str, Path(max_length=45)],
+    scorer: ScorerDep,
+    guard: GuardDep,
+    deadline: DeadlineDep,
 ) -> EntityScoreResponse:
     """Risk of a typical payment from this IP address, from what the store knows of it."""
     try:
         canonical = canonical_ip(ip_address)
     except ValueError as exc:
         raise InvalidRequest(f"ip_address: {exc}") from None
-    return await _score_entity(scorer, "ip_address", "ip_address", canonical)
+    return await _score_entity(scorer, guard, deadline, "ip_address", "ip_address", canonical)
 
 
 @router.get("/cards/{card_id}/score", response_model=EntityScoreResponse, responses=ERRORS)
-async def score_card(card_id: ENTITY_ID, scorer: ScorerDep) -> EntityScoreResponse:
+async def score_card(
+    card_id: ENTITY_ID, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
+) -> EntityScoreResponse:
     """Risk of a typical payment with this card."""
-    return await _score_entity(scorer, "card", "card_id", card_id)
+    return await _score_entity(scorer, guard, deadline, "card", "card_id", card_id)
 
 
 @router.get("/merchants/{merchant_id}/score", response_model=EntityScoreResponse, responses=ERRORS)
-async def score_merchant(merchant_id: ENTITY_ID, scorer: ScorerDep) -> EntityScoreResponse:
+async def score_merchant(
+    merchant_id: ENTITY_ID, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
+) -> EntityScoreResponse:
     """Risk of a typical payment to this merchant."""
-    return await _score_entity(scorer, "merchant", "merchant_id", merchant_id)
+    return await _score_entity(scorer, guard, deadline, "merchant", "merchant_id", merchant_id)

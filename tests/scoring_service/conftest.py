@@ -10,15 +10,29 @@ import pytest
 from fastapi.testclient import TestClient
 
 from scoring_service.app import create_app
+from scoring_service.security import hash_key
 from scoring_service.settings import Settings
+
+API_KEY = "test-scoring-key"
+ADMIN_KEY = "test-admin-key"
+API_HEADERS = {"X-API-Key": API_KEY}
+ADMIN_HEADERS = {"X-API-Key": ADMIN_KEY}
 
 
 def settings_for(repo: Path, model_root: Path, yaml: str | None = None, **extra) -> Settings:
+    """Settings of a test app: the test keys, and deadlines too generous to flake on a busy
+    machine (tests of deadlines set their own)."""
+    defaults: dict = {
+        "api_key_hashes": (hash_key(API_KEY),),
+        "admin_key_hashes": (hash_key(ADMIN_KEY),),
+        "deadline_ms": 5_000,
+        "batch_deadline_ms": 10_000,
+    }
     return Settings(
         feature_repo=repo,
         feature_store_yaml=repo / yaml if yaml else None,
         model_root=model_root,
-        **extra,
+        **{**defaults, **extra},
     )
 
 
@@ -38,7 +52,7 @@ def client(
     else:
         repo = request.getfixturevalue("redis_repo")
         settings = settings_for(repo, model_root, "feature_store.redis.yaml", max_batch_size=50)
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), headers=API_HEADERS) as test_client:
         yield test_client
 
 

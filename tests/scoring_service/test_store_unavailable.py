@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from scoring_service.app import create_app
 from tests.conftest import free_port
-from tests.scoring_service.conftest import settings_for
+from tests.scoring_service.conftest import API_HEADERS, settings_for
 
 
 def test_unreachable_redis(redis_repo, model_root, valid_body) -> None:
@@ -18,7 +18,7 @@ def test_unreachable_redis(redis_repo, model_root, valid_body) -> None:
         .replace("${REDIS_CONNECTION_STRING}", dead)
     )
     settings = settings_for(redis_repo, model_root, yaml.name)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=API_HEADERS) as client:
         ready = client.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["feature_store"] == "unreachable"

@@ -1,0 +1,1 @@
+"""Benchmarks of the scoring platform (``make bench``); not part of the test suite."""

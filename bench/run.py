@@ -1,0 +1,554 @@
+"""``make bench``: the scoring path measured side by side with its anchors, in one run.
+
+On this machine, against one Redis server started here on a free port and filled with a
+realistic feature set (``bench/dataset.py``):
+
+(a) the service's ``POST /v1/transactions/score`` at 1 and 16 connections;
+(b) ``feast serve``'s ``/get-online-features`` for the same entities and features (feature
+    lookup only), the real Feast CLI against the same repository and Redis;
+(c) a trivial FastAPI endpoint with the same request model and no work (the framework ceiling),
+    served with the same uvicorn settings;
+(d) ``score-batch`` with 10,000 transactions versus reading the same rows with Feast's SDK,
+    one ``get_online_features`` call per row and one call for all rows.
+
+HTTP load comes from ``wrk`` (closed loop, ``bench/wrk/post.lua``). The run prints one table and
+writes it as JSON to ``bench/results/latest.json`` and ``bench/results/<UTC time>.json``, with
+the machine's core count and library versions, the service's RSS after warm-up and its time from
+process start to ready. A py-spy profile of the service under load goes to
+``bench/results/profile_service_c16.txt`` (skipped when py-spy cannot attach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+from bench.dataset import BenchWorld, build_world
+
+logger = logging.getLogger("bench")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LUA = ROOT / "bench" / "wrk" / "post.lua"
+SCORE_PATH = "/v1/transactions/score"
+BATCH_PATH = "/v1/transactions/score-batch"
+FEAST_PATH = "/get-online-features"
+API_KEY = "bench-scoring-key"
+BATCH_ROWS = 10_000
+
+TARGETS = {
+    "throughput_vs_feast_serve": (">=", 10.0),
+    "throughput_vs_trivial": (">=", 0.6),
+    "c1_p50_vs_trivial": ("<=", 2.0),
+    "c16_p99_ms": ("<=", 10.0),
+    "batch_speedup_vs_sdk": (">=", 20.0),
+    "rss_mb": ("<=", 500.0),
+    "ready_s": ("<=", 10.0),
+}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A child process with its log in a file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT
+    ) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.started = time.perf_counter()
+        self.handle = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self.handle, stderr=subprocess.STDOUT, cwd=cwd
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process (VmRSS), in MiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def wait_ready(self, url: str, timeout: float = 120.0) -> float:
+        """Seconds from process start until ``url`` answers 200."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; see {self.log}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self.handle.close()
+
+
+@contextmanager
+def running(
+    name: str, cmd: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT
+) -> Iterator[Process]:
+    """Start a process for the duration of a block."""
+    process = Process(name, cmd, env, log_dir, cwd)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port; yields host:port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed; run `make setup`")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", str(workdir)]
+    with running("redis", cmd, {}, workdir):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+
+
+def wrk(
+    url: str, bodies: Path, connections: int, duration: float, api_key: str | None = None
+) -> dict[str, float]:
+    """One wrk run; its throughput, latency percentiles (ms) and errors."""
+    threads = min(connections, 2)
+    path = "/" + url.split("/", 3)[3]
+    env = {"BENCH_BODIES": str(bodies), "BENCH_PATH": path, "BENCH_API_KEY": api_key or ""}
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s"]
+    cmd += ["--timeout", "5s", "-s", str(LUA), url]
+    result = subprocess.run(
+        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=duration + 60
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(v for k, v in raw.items() if k.startswith("errors_"))
+    # Throughput counts answered calls only: a non-2xx answer (e.g. 503 at a deadline) is not a
+    # score. Latency percentiles are over every response, as wrk measures them.
+    return {
+        "rps": round((raw["requests"] - raw["errors_status"]) / seconds, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 3),
+        "p90_ms": round(raw["p90_us"] / 1000, 3),
+        "p99_ms": round(raw["p99_us"] / 1000, 3),
+        "p999_ms": round(raw["p999_us"] / 1000, 3),
+        "max_ms": round(raw["max_us"] / 1000, 3),
+        "requests": raw["requests"],
+        "errors": errors,
+    }
+
+
+def write_lines(path: Path, documents: list[dict]) -> Path:
+    """One compact JSON document per line, for wrk."""
+    path.write_text("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in documents))
+    return path
+
+
+def http_scenarios(
+    name: str,
+    base: str,
+    path: str,
+    bodies: Path,
+    duration: float,
+    api_key: str | None,
+    connections: tuple[int, ...] = (1, 16),
+) -> list[dict]:
+    """Warm up, then one wrk run per concurrency."""
+    wrk(base + path, bodies, 16, min(3.0, duration), api_key)
+    out = []
+    for c in connections:
+        stats = wrk(base + path, bodies, c, duration, api_key)
+        if stats["errors"]:
+            logger.warning("%s c=%d: %d errors (non-2xx or socket)", name, c, stats["errors"])
+        out.append({"name": name, "concurrency": c, **stats})
+        logger.info("%s c=%d: %s", name, c, stats)
+    return out
+
+
+def profile_service(pid: int, base: str, bodies: Path, seconds: float, out: Path) -> str | None:
+    """py-spy samples of the service under 16 connections, summarised as text."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return "py-spy not installed (pip install py-spy; it is in the dev extra)"
+    raw = out.with_suffix(".raw")
+    cmd = [spy, "record", "--pid", str(pid), "--duration", f"{seconds:g}", "--rate", "250"]
+    cmd += ["--format", "raw", "--output", str(raw), "--nonblocking"]
+    spy_proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    wrk(base + SCORE_PATH, bodies, 16, seconds, API_KEY)
+    output, _ = spy_proc.communicate(timeout=seconds + 60)
+    if spy_proc.returncode != 0 or not raw.exists():
+        return f"py-spy could not profile the service: {output.decode(errors='replace')[-300:]}"
+    out.write_text(summarise_profile(raw.read_text()))
+    raw.unlink()
+    return None
+
+
+def summarise_profile(collapsed: str, top: int = 45) -> str:
+    """Self and inclusive sample shares per function, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [
+        "py-spy profile of the scoring service under wrk -c16 (POST /v1/transactions/score)",
+        f"{total} samples; share of samples per function (all threads, idle included)",
+        "",
+        "self %   function (file:line)",
+    ]
+    lines += [f"{100 * n / total:6.2f}   {name}" for name, n in own.most_common(top)]
+    lines += ["", "incl %   function (file:line)"]
+    lines += [f"{100 * n / total:6.2f}   {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def batch_call(base: str, bodies: list[dict], repeats: int = 5) -> list[float]:
+    """Seconds per score-batch call of all ``bodies`` (after one warm-up call)."""
+    payload = json.dumps({"transactions": bodies}).encode()
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    times = []
+    with httpx.Client(base_url=base, timeout=120.0, headers=headers) as client:
+        for i in range(repeats + 1):
+            started = time.perf_counter()
+            response = client.post(BATCH_PATH, content=payload)
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200 or len(response.json()["results"]) != len(bodies):
+                raise RuntimeError(f"score-batch failed: {response.status_code} {response.text}")
+            if i:
+                times.append(elapsed)
+    return times
+
+
+def sdk_reads(world: BenchWorld, rows: list[dict]) -> tuple[float, list[float]]:
+    """(seconds for one get_online_features call per row, seconds per call with all rows)."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(world.repo), fs_yaml_file=world.yaml)
+    store.get_online_features(features=world.feature_refs, entity_rows=rows[:10])  # warm-up
+    started = time.perf_counter()
+    for row in rows:
+        store.get_online_features(features=world.feature_refs, entity_rows=[row])
+    per_row = time.perf_counter() - started
+    one_call = []
+    for _ in range(3):
+        started = time.perf_counter()
+        store.get_online_features(features=world.feature_refs, entity_rows=rows)
+        one_call.append(time.perf_counter() - started)
+    return per_row, one_call
+
+
+def versions() -> dict[str, str]:
+    """Library and tool versions of this run."""
+    out = {"python": platform.python_version()}
+    for package in (
+        "feast",
+        "redis",
+        "hiredis",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "orjson",
+        "onnxruntime",
+        "numpy",
+        "protobuf",
+    ):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "absent"
+    for tool, flag in (("redis-server", "--version"), ("wrk", "--version")):
+        try:
+            text = subprocess.run([tool, flag], capture_output=True, text=True, timeout=10)
+            out[tool] = (text.stdout or text.stderr).splitlines()[0].strip()
+        except (OSError, IndexError, subprocess.SubprocessError):
+            out[tool] = "absent"
+    return out
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def check(value: float, rule: tuple[str, float]) -> bool:
+    op, bound = rule
+    return value >= bound if op == ">=" else value <= bound
+
+
+def table(results: dict) -> str:
+    """The printed table: scenarios, then ratios against their targets."""
+    rows = [f"{'scenario':<40} {'conc':>4} {'rps':>9} {'p50 ms':>9} {'p99 ms':>9} {'errors':>6}"]
+    for s in results["scenarios"]:
+        rows.append(
+            f"{s['name']:<40} {s['concurrency']:>4} {s['rps']:>9.1f} "
+            f"{s['p50_ms']:>9.3f} {s['p99_ms']:>9.3f} {s.get('errors', 0):>6}"
+        )
+    rows += ["", f"{'measure':<40} {'value':>9}   target"]
+    for name, value in results["ratios"].items():
+        rule = TARGETS.get(name)
+        mark = (
+            ""
+            if rule is None
+            else f"{rule[0]} {rule[1]:g}  " + ("met" if check(value, rule) else "MISSED")
+        )
+        rows.append(f"{name:<40} {value:>9.2f}   {mark}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    """Run every scenario and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
+    parser.add_argument("--rows", type=int, default=100_000, help="generated transactions")
+    parser.add_argument("--entities", type=int, default=100_000, help="keys per feature view")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds per wrk run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed; run `make setup`")
+
+    from scoring_service.security import hash_key
+
+    started_at = datetime.now(UTC)
+    load_start = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    scenarios: list[dict] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_text:
+        tmp = Path(tmp_text)
+        logs = args.workdir / "logs"  # process logs stay for a look after the run
+        logs.mkdir(parents=True, exist_ok=True)
+        with redis_server(tmp) as redis_url:
+            world = build_world(args.workdir, redis_url, rows=args.rows, entities=args.entities)
+            bodies = write_lines(tmp / "bodies.jsonl", world.bodies)
+            feast_bodies = write_lines(tmp / "feast_bodies.jsonl", world.feast_bodies)
+            env = {
+                "REDIS_CONNECTION_STRING": redis_url,
+                "SCORING_FEATURE_REPO": str(world.repo),
+                "SCORING_FEATURE_STORE_YAML": str(world.yaml),
+                "SCORING_MODEL_ROOT": str(world.model_root),
+                "SCORING_API_KEY_HASHES": hash_key(API_KEY),
+                # Deadlines long enough that wrk measures every score's own latency (a busy
+                # machine would otherwise turn slow calls into fast 503 outage answers), and that
+                # the 10,000-row batch call is measured, not cut short.
+                "SCORING_DEADLINE_MS": "1000",
+                "SCORING_BATCH_DEADLINE_MS": "120000",
+            }
+
+            # (a) the service, and (d) its batch call
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+            with running("service", cmd, env, logs) as service:
+                ready_s = service.wait_ready(base + "/health/ready")
+                scenarios += http_scenarios(
+                    "service POST /v1/transactions/score",
+                    base,
+                    SCORE_PATH,
+                    bodies,
+                    args.duration,
+                    API_KEY,
+                )
+                rss_mb = service.rss_mb()
+                try:
+                    batch_times = batch_call(base, world.bodies[:BATCH_ROWS])
+                except RuntimeError as exc:
+                    notes.append(str(exc)[:500])
+                    logger.error("%s", exc)
+                    batch_times = [float("nan")]
+                if not args.no_profile:
+                    note = profile_service(
+                        service.pid,
+                        base,
+                        bodies,
+                        min(args.duration, 8.0),
+                        args.out / "profile_service_c16.txt",
+                    )
+                    if note:
+                        notes.append(note)
+                        logger.warning(note)
+
+            # (b) feast serve, feature lookup only, same entities and features
+            port = free_port()
+            feast_base = f"http://127.0.0.1:{port}"
+            feast = str(Path(sys.executable).parent / "feast")
+            cmd = [feast, "-f", world.yaml.name, "serve", "--host", "127.0.0.1", "--port"]
+            # One worker like the service; recycling it every 1,000 requests (the default)
+            # would cost Feast during the runs, so it is effectively off.
+            cmd += [str(port), "--no-access-log", "--workers", "1", "--max-requests", "10000000"]
+            with running("feast_serve", cmd, env, logs, cwd=world.repo) as feast_serve:
+                feast_serve.wait_ready(feast_base + "/health")
+                scenarios += http_scenarios(
+                    "feast serve /get-online-features",
+                    feast_base,
+                    FEAST_PATH,
+                    feast_bodies,
+                    args.duration,
+                    None,
+                )
+
+            # (c) the framework ceiling
+            port = free_port()
+            trivial_base = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "bench.trivial_app", "--port", str(port)]
+            with running("trivial", cmd, {}, logs) as trivial:
+                trivial.wait_ready(trivial_base + "/health/ready")
+                scenarios += http_scenarios(
+                    "trivial FastAPI endpoint",
+                    trivial_base,
+                    SCORE_PATH,
+                    bodies,
+                    args.duration,
+                    None,
+                )
+
+            # (d) Feast's SDK reading the same 10,000 rows
+            rows = [{k: v[0] for k, v in b["entities"].items()} for b in world.feast_bodies]
+            per_row_s, one_call_s = sdk_reads(world, rows[:BATCH_ROWS])
+
+    batch_s = statistics.median(batch_times)
+    scenarios += [
+        batch_scenario("service score-batch (10,000 rows/call)", batch_times),
+        batch_scenario("Feast SDK, one call per row (10,000)", [per_row_s]),
+        batch_scenario("Feast SDK, one call with 10,000 rows", one_call_s),
+    ]
+
+    def find(name: str, c: int) -> dict:
+        return next(s for s in scenarios if s["name"].startswith(name) and s["concurrency"] == c)
+
+    ours16, ours1 = find("service POST", 16), find("service POST", 1)
+    ratios = {
+        "throughput_vs_feast_serve": ours16["rps"] / find("feast serve", 16)["rps"],
+        "throughput_vs_trivial": ours16["rps"] / find("trivial", 16)["rps"],
+        "c1_p50_vs_trivial": ours1["p50_ms"] / find("trivial", 1)["p50_ms"],
+        "c16_p99_ms": ours16["p99_ms"],
+        "batch_speedup_vs_sdk": per_row_s / batch_s,
+        "batch_speedup_vs_sdk_one_call": statistics.median(one_call_s) / batch_s,
+        "rss_mb": rss_mb,
+        "ready_s": ready_s,
+    }
+    ratios = {k: round(v, 3) for k, v in ratios.items()}
+    results = {
+        "command": "make bench",
+        "started_at": started_at.isoformat(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "platform": platform.platform(),
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": versions(),
+        "world": {
+            "transactions": args.rows,
+            "entities_per_join_key": world.entities_per_view,
+            "stale_share_per_view": {k: round(v, 4) for k, v in world.stale_share.items()},
+            "request_bodies": len(world.bodies),
+            "setup_seconds": world.timings,
+        },
+        "wrk": {"duration_s": args.duration, "threads": "1 at c=1, 2 at c=16"},
+        "scenarios": scenarios,
+        "ratios": ratios,
+        "service": {"rss_mb": round(rss_mb, 1), "ready_s": round(ready_s, 3)},
+        "targets": {
+            name: {"rule": f"{rule[0]} {rule[1]:g}", "met": check(ratios[name], rule)}
+            for name, rule in TARGETS.items()
+        },
+        "notes": notes,
+    }
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(results, indent=2) + "\n"
+    (args.out / "latest.json").write_text(text)
+    (args.out / f"{stamp}.json").write_text(text)
+    print()
+    print(table(results))
+    print(f"\nresults: {args.out / 'latest.json'} (and {stamp}.json)")
+
+
+def batch_scenario(name: str, seconds: list[float]) -> dict:
+    """A batch measurement as a scenario row: rows/s, median and worst call time."""
+    median = statistics.median(seconds)
+    return {
+        "name": name,
+        "concurrency": 1,
+        "rps": round(BATCH_ROWS / median, 1),
+        "p50_ms": round(median * 1000, 3),
+        "p99_ms": round(max(seconds) * 1000, 3),
+        "calls": len(seconds),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Answer in time whatever the online store does: deadlines, outage policy, overload.
+
+Every scoring request has a deadline (``deadline_ms``; ``batch_deadline_ms`` for batch calls;
+a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
+``ScoringGuard.score`` wraps the scorer from the outside:
+
+- **Overload.** At most ``max_in_flight`` scoring calls wait at once; past it, 503
+  ``overloaded`` at once instead of unbounded latency.
+- **Deadline and outage policy.** A read that fails, or does not finish within the deadline,
+  gets the configured policy's answer: ``fail`` (503 ``feature_store_unavailable`` with
+  Retry-After) or ``degrade`` (label ``uncertain``, reason ``feature_store_unavailable``,
+  score ``fallback_score``). At the deadline the call is cancelled, so work that has not started
+  (a queued thread, a micro-batch waiter) is never done for a caller who is gone. A read already
+  running in a thread cannot be killed: it ends with the store's socket timeout, and there are
+  never more such threads than the worker pool holds, so abandoned work cannot pile up.
+- **Circuit breaker.** After ``breaker_failures`` consecutive failed reads (errors, or deadline
+  overruns while no call at all has got its features for ``breaker_reset_ms``: a hung store,
+  not a busy machine) the circuit opens: requests get the policy's answer at once, without
+  touching the store, and after ``breaker_reset_ms`` one trial read goes through and closes it
+  again on success.
+
+Model failures are not store failures: they stay 503 ``model_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+from feast import FeatureStore
+from prometheus_client import Counter, Gauge
+
+from scoring_service.domain import MappedRequests
+from scoring_service.errors import FeatureStoreUnavailable, Overloaded
+from scoring_service.scoring import Scored
+from scoring_service.security import ARRIVED_AT
+from scoring_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEADLINE_HEADER = "X-Deadline-Ms"
+RESERVE_S = 0.002
+"""Kept back from every deadline to write the answer."""
+
+OUTAGE_REASON = "feature_store_unavailable"
+OUTAGE_MESSAGES = {
+    "deadline": "The online feature store did not answer within the deadline; retry shortly.",
+    "circuit_open": "The online feature store is failing; reads are paused for a moment, "
+    "retry shortly.",
+}
+
+OUTAGE_ANSWERS = Counter(
+    "scoring_outage_answers_total",
+    "Requests answered by the outage policy instead of a model score.",
+    ["policy", "cause"],
+)
+IN_FLIGHT = Gauge("scoring_in_flight", "Scoring calls whose work has not ended yet.")
+CIRCUIT_OPEN = Gauge("scoring_store_circuit_open", "1 while the online-store circuit is open.")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must have its answer (time.monotonic() seconds)."""
+
+    expires_at: float
+    budget_ms: int
+
+    def remaining(self) -> float:
+        """Seconds left to do work, keeping back time to write the answer."""
+        return self.expires_at - time.monotonic() - RESERVE_S
+
+
+DeadlineHeader = Annotated[
+    int | None,
+    Header(
+        alias=DEADLINE_HEADER,
+        ge=1,
+        le=600_000,
+        description="Ask for a shorter deadline than the service's (milliseconds); a longer "
+        "one is cut to the service's own.",
+    ),
+]
+
+
+def _deadline(request: Request, limit_ms: int, asked_ms: int | None) -> Deadline:
+    budget = min(asked_ms or limit_ms, limit_ms)
+    arrived = request.scope.get(ARRIVED_AT, time.monotonic())
+    return Deadline(expires_at=arrived + budget / 1000, budget_ms=budget)
+
+
+def get_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
+    """A request's deadline: deadline_ms, or the caller's shorter one, from arrival."""
+    settings: Settings = request.app.state.settings
+    return _deadline(request, settings.deadline_ms, x_deadline_ms)
+
+
+def get_batch_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
+    """A batch call's deadline: batch_deadline_ms, or the caller's shorter one."""
+    settings: Settings = request.app.state.settings
+    return _deadline(request, settings.batch_deadline_ms, x_deadline_ms)
+
+
+class CircuitBreaker:
+    """Closed -> open after N consecutive failures -> one trial after a pause -> closed."""
+
+    def __init__(self, failures: int, reset_s: float) -> None:
+        self.threshold = failures
+        self.reset_s = reset_s
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trial_out = False
+        self.last_success = time.monotonic()
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are being short-circuited."""
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        """Whether a call may go to the store now."""
+        if self.opened_at is None:
+            return True
+        if self.trial_out or time.monotonic() - self.opened_at < self.reset_s:
+            return False
+        self.trial_out = True  # half-open: exactly one trial at a time
+        return True
+
+    def succeeded(self) -> None:
+        """A call reached the store and got its answer."""
+        if self.opened_at is not None:
+            logger.info("online store answers again; circuit closed")
+        self.last_success = time.monotonic()
+        self.failures = 0
+        self.opened_at = None
+        self.trial_out = False
+        CIRCUIT_OPEN.set(0)
+
+    def failed(self) -> None:
+        """A call failed or overran its deadline."""
+        self.failures += 1
+        if self.opened_at is not None or self.failures >= self.threshold:
+            if self.opened_at is None:
+                logger.warning("online store failed %d times in a row; circuit open", self.failures)
+            self.opened_at = time.monotonic()
+            self.trial_out = False
+            CIRCUIT_OPEN.set(1)
+
+
+class ScoringGuard:
+    """Admission, deadline and outage policy around ``scorer.score``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.policy = settings.outage_policy
+        self.fallback_score = settings.fallback_score
+        self.retry_after = str(settings.retry_after_s)
+        self.max_in_flight = settings.max_in_flight
+        self.in_flight = 0
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_ms / 1000)
+
+    async def score(self, scorer: Any, mapped: MappedRequests, deadline: Deadline) -> list[Scored]:
+        """Score within the deadline, or answer by the outage policy; 503 when overloaded."""
+        n = mapped.request_values.shape[0]
+        # An open circuit answers by the policy first: during an outage callers get the
+        # policy's answer, not "overloaded" because abandoned reads still hold their slots.
+        if not self.breaker.allow():
+            return self._outage(n, "circuit_open", None)
+        if self.in_flight >= self.max_in_flight:
+            self.breaker.trial_out = False
+            raise Overloaded(
+                f"The service has {self.max_in_flight} scoring calls in flight, its limit; "
+                "retry shortly.",
+                headers={"Retry-After": self.retry_after},
+            )
+        timeout = deadline.remaining()
+        if timeout <= 0:
+            # Spent before any read (e.g. a slow upload): no read is tried.
+            self.breaker.trial_out = False
+            return self._outage(n, "deadline", None)
+        self._acquire()
+        try:
+            # At the deadline the call is cancelled: work not started yet (a queued thread, a
+            # micro-batch waiter) is dropped; a read already running in a thread ends with its
+            # socket timeout, and such threads are bounded by the worker pool.
+            results: list[Scored] = await asyncio.wait_for(scorer.score(mapped), timeout)
+        except TimeoutError:
+            self._overran()
+            return self._outage(n, "deadline", None)
+        except FeatureStoreUnavailable as exc:
+            self.breaker.failed()
+            return self._outage(n, "store_error", exc)
+        except asyncio.CancelledError:
+            self.breaker.trial_out = False  # outcome unknown: let another call be the trial
+            raise
+        except Exception:
+            self.breaker.succeeded()  # not the store's failure (e.g. the model's, after a read)
+            raise
+        finally:
+            self._release()
+        self.breaker.succeeded()
+        return results
+
+    def _acquire(self) -> None:
+        self.in_flight += 1
+        IN_FLIGHT.set(self.in_flight)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        IN_FLIGHT.set(self.in_flight)
+
+    def _overran(self) -> None:
+        """A call missed its deadline. That is a store failure only when no call has got its
+        features for a while (a hung store); on a merely busy machine others still do."""
+        if time.monotonic() - self.breaker.last_success > self.breaker.reset_s:
+            self.breaker.failed()
+        else:
+            self.breaker.trial_out = False
+
+    def _outage(self, n: int, cause: str, exc: FeatureStoreUnavailable | None) -> list[Scored]:
+        OUTAGE_ANSWERS.labels(self.policy, cause).inc()
+        if self.policy == "fail":
+            message = exc.message if exc is not None else OUTAGE_MESSAGES[cause]
+            raise FeatureStoreUnavailable(
+                message, headers={"Retry-After": self.retry_after}
+            ) from exc
+        return [
+            Scored(
+                score=self.fallback_score, label="uncertain", reasons=[OUTAGE_REASON], freshness={}
+            )
+            for _ in range(n)
+        ]
+
+
+def store_connection_options(settings: Settings, redis_type: str) -> dict[str, object]:
+    """redis-py options for the online store's client, from the service's settings."""
+    options: dict[str, object] = {
+        "socket_timeout": settings.store_timeout_ms / 1000,
+        "socket_connect_timeout": settings.store_connect_timeout_ms / 1000,
+        "max_connections": settings.store_pool_size,
+    }
+    if redis_type == "redis":
+        # redis-py's default retries 3 times with backoff of up to seconds: far past any
+        # deadline. Fail fast instead; the pool still replaces dead connections on checkout,
+        # so the client reconnects on its own when the store is back.
+        options["retry"] = None
+    return options
+
+
+def configure_online_store(store: FeatureStore, settings: Settings) -> None:
+    """Give Feast's own Redis client the service's timeouts and pool bound.
+
+    Feast builds that client from its connection string, passing ``key=value`` items to
+    redis-py (JSON-decoded), so the options go there; ones the operator already wrote win.
+    """
+    config = store.config.online_store
+    if getattr(config, "type", None) != "redis":
+        return
+    redis_type = str(getattr(config.redis_type, "value", config.redis_type))
+    if redis_type not in ("redis", "redis_cluster"):
+        return
+    parts = config.connection_string.split(",")
+    present = {part.split("=", 1)[0].strip() for part in parts if "=" in part}
+    extra = [
+        f"{key}={'null' if value is None else value}"
+        for key, value in store_connection_options(settings, redis_type).items()
+        if key not in present
+    ]
+    config.connection_string = ",".join([*parts, *extra])

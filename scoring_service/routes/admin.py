@@ -1,0 +1,132 @@
+"""Admin: reload the model, read the running configuration. Every route needs an admin key."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, Security
+from pydantic import BaseModel, ConfigDict, Field
+
+from scoring_service.deps import SettingsDep
+from scoring_service.errors import NotReady
+from scoring_service.registry import LoadedModel, ModelRegistry
+from scoring_service.schemas import ErrorResponse
+from scoring_service.security import KeyRing, KeyScope, require_scope
+from scoring_service.settings import Settings
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Security(require_scope(KeyScope.ADMIN))]
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No API key, or an unknown one."},
+    403: {"model": ErrorResponse, "description": "The key is not an admin key."},
+    503: {"model": ErrorResponse, "description": "The service is starting or stopping."},
+}
+
+PackagePart = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+]
+"""A package name or version: one folder name, never a path."""
+
+
+class ReloadRequest(BaseModel):
+    """Which model package to serve from now on."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "fraud_model", "version": "v2"}]}
+    )
+
+    name: PackagePart
+    version: PackagePart
+
+
+class ModelSummary(BaseModel):
+    """The model package now serving."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: str
+    feature_service: str
+    features: list[str]
+    label_thresholds: dict[str, float | str]
+    graphs: dict[str, str] = Field(description="Graph key -> file name.")
+    checksums: dict[str, str] = Field(description="File -> sha256 from the manifest.")
+    created_at: str
+    device: str
+    graph: str
+
+
+class ConfigResponse(BaseModel):
+    """Non-secret settings, key counts (never the keys or their hashes) and the live model."""
+
+    settings: dict[str, Any]
+    api_keys: dict[str, int]
+    model: ModelSummary | None
+
+
+def summarize(model: LoadedModel) -> ModelSummary:
+    """What an operator needs to know about a loaded package."""
+    manifest = model.manifest
+    files = {graph.file: graph.sha256 for graph in manifest.graphs.values()}
+    return ModelSummary(
+        model_version=model.version_label,
+        feature_service=manifest.feature_service,
+        features=list(manifest.features),
+        label_thresholds=manifest.label_thresholds.model_dump(),
+        graphs={key: graph.file for key, graph in manifest.graphs.items()},
+        checksums={**files, **manifest.artefacts},
+        created_at=manifest.created_at.isoformat(),
+        device=model.device,
+        graph=model.graph,
+    )
+
+
+def public_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting except secret ones (fields declared with repr=False)."""
+    out: dict[str, Any] = {}
+    for name, field in type(settings).model_fields.items():
+        if not field.repr:
+            continue
+        value = getattr(settings, name)
+        out[name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+@router.get("/config", response_model=ConfigResponse, responses=ERRORS)
+async def config(request: Request, settings: SettingsDep) -> ConfigResponse:
+    """The running configuration: settings (secrets left out) and the live model manifest."""
+    keyring: KeyRing = request.app.state.keyring
+    scorer = getattr(request.app.state, "scorer", None)
+    return ConfigResponse(
+        settings=public_settings(settings),
+        api_keys={scope.value: keyring.counts.get(scope, 0) for scope in KeyScope},
+        model=summarize(scorer.model) if scorer is not None else None,
+    )
+
+
+@router.post(
+    "/models/reload",
+    response_model=ModelSummary,
+    responses={
+        **ERRORS,
+        409: {
+            "model": ErrorResponse,
+            "description": "The package is refused (damaged, or does not match the live "
+            "feature store); the running version keeps serving.",
+        },
+    },
+)
+async def reload_model(body: ReloadRequest, request: Request) -> ModelSummary:
+    """Verify a package and swap it in; on refusal the running version keeps serving."""
+    registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
+    build = getattr(request.app.state, "build_scorer", None)
+    if registry is None or build is None:
+        raise NotReady("The scoring service is starting or stopping; retry in a moment.")
+    # Loading and warming a graph blocks: keep it off the event loop. The registry lets one
+    # reload run at a time, so swaps happen in the order the reloads finished.
+    loaded = await asyncio.to_thread(registry.reload, body.name, body.version)
+    request.app.state.scorer = build(loaded)
+    return summarize(loaded)

@@ -1,0 +1,141 @@
+"""Bad model packages: a wrong checksum, a corrupt graph, a feature list that does not match the
+live FeatureService. Each is refused with a message naming the mismatch: at start-up the service
+does not start; at reload (admin route) the running version keeps serving and the reload
+answers 409 model_package_invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from models.package import MANIFEST_FILE, sha256_file
+from scoring_service.app import create_app
+from scoring_service.errors import ModelPackageInvalid
+from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, settings_for
+
+NAME = "fraud_model"
+
+
+def edit_manifest(package: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    manifest = json.loads((package / MANIFEST_FILE).read_text())
+    change(manifest)
+    (package / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
+def wrong_checksum(package: Path) -> None:
+    """The graph changed after the manifest was written."""
+    graph = package / "model.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+
+
+def corrupt_graph(package: Path) -> None:
+    """Garbage where the graph should be, with a manifest that vouches for it."""
+    (package / "model.onnx").write_bytes(b"this is not an ONNX graph" * 100)
+    digest = sha256_file(package / "model.onnx")
+
+    def change(manifest: dict[str, Any]) -> None:
+        for graph in manifest["graphs"].values():
+            if graph["file"] == "model.onnx":
+                graph["sha256"] = digest
+
+    edit_manifest(package, change)
+
+
+def feature_mismatch(package: Path) -> None:
+    """A package trained on a feature the live FeatureService does not serve."""
+
+    def change(manifest: dict[str, Any]) -> None:
+        view = next(iter(manifest["feature_views"].values()))
+        old = view["features"][0]
+        view["features"][0] = "renamed_feature"
+        manifest["features"] = ["renamed_feature" if f == old else f for f in manifest["features"]]
+
+    edit_manifest(package, change)
+
+
+BAD = {
+    "bad_checksum": (wrong_checksum, r"checksum mismatch for model\.onnx"),
+    "bad_graph": (corrupt_graph, r"model\.onnx.*does not load in ONNX Runtime"),
+    "bad_features": (
+        feature_mismatch,
+        r"does not match live feature service fraud_model_v1: .*lacks \['renamed_feature'\]",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def package_root(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 (good), v2 (a good copy) and one damaged copy per kind of damage."""
+    root = tmp_path_factory.mktemp("packages_bad")
+    source = model_root / NAME / "v1"
+    for version in ["v1", "v2", *BAD]:
+        target = root / NAME / version
+        shutil.copytree(source, target)
+        edit_manifest(target, lambda m, v=version: m.update(version=v))
+        if version in BAD:
+            BAD[version][0](target)
+    return root
+
+
+@pytest.mark.parametrize("version", list(BAD))
+def test_refused_at_start_up(sqlite_repo: Path, package_root: Path, version: str) -> None:
+    settings = settings_for(sqlite_repo, package_root, model_version=version)
+    with (
+        pytest.raises(ModelPackageInvalid, match=BAD[version][1]),
+        TestClient(create_app(settings)),
+    ):
+        pytest.fail("the service started on a damaged package")
+
+
+@pytest.fixture(scope="module")
+def serving(sqlite_repo: Path, package_root: Path) -> Iterator[TestClient]:
+    with TestClient(
+        create_app(settings_for(sqlite_repo, package_root)), headers=API_HEADERS
+    ) as client:
+        yield client
+
+
+def reload(client: TestClient, version: str) -> Any:
+    return client.post(
+        "/admin/models/reload", json={"name": NAME, "version": version}, headers=ADMIN_HEADERS
+    )
+
+
+def serving_version(client: TestClient, body: dict) -> str:
+    response = client.post("/v1/transactions/score", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["model_version"]
+
+
+@pytest.mark.parametrize("version", [*BAD, "v9"])
+def test_refused_at_reload_and_running_version_keeps_serving(
+    serving: TestClient, valid_body: dict, version: str
+) -> None:
+    before = serving_version(serving, valid_body)
+    response = reload(serving, version)
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert (body["code"], body["stage"]) == ("model_package_invalid", "registry")
+    pattern = BAD[version][1] if version in BAD else "no model package at"
+    assert re.search(pattern, body["message"]), body["message"]
+    assert serving_version(serving, valid_body) == before
+    assert serving.get("/health/ready").status_code == 200
+
+
+def test_good_reload_swaps_the_model(serving: TestClient, valid_body: dict) -> None:
+    response = reload(serving, "v2")
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == f"{NAME}/v2"
+    assert serving_version(serving, valid_body) == f"{NAME}/v2"
+    config = serving.get("/admin/config", headers=ADMIN_HEADERS).json()
+    assert config["model"]["model_version"] == f"{NAME}/v2"
+    assert reload(serving, "v1").status_code == 200
+    assert serving_version(serving, valid_body) == f"{NAME}/v1"

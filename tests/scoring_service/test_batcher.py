@@ -1,0 +1,209 @@
+"""Micro-batching: concurrent calls share one batch; each gets its own row, or the batch's error.
+
+Unit tests drive ``MicroBatcher`` with a recording processor on a real event loop; the last
+test scores concurrent transactions through the real scorer (model package, Redis fast reader)
+and checks that batching changes nothing in the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from feast import FeatureStore
+
+from scoring_service.batcher import BatcherClosed, MicroBatcher
+from scoring_service.domain import map_records
+from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.redis_reader import RedisFeatureReader
+from scoring_service.registry import load_package
+from scoring_service.schemas import Transaction
+from scoring_service.scoring import Scorer, merge_mapped
+from tests.scoring_service.conftest import as_request
+
+
+class Recorder:
+    """A batch processor that doubles its items and remembers each batch it got."""
+
+    def __init__(self, gate: asyncio.Event | None = None, error: Exception | None = None):
+        self.batches: list[list[int]] = []
+        self.gate = gate
+        self.error = error
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.error is not None:
+            raise self.error
+        return [2 * i for i in items]
+
+
+def test_concurrent_calls_share_a_batch_and_get_their_own_rows() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=1.0)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        assert results == [2 * i for i in range(20)]
+        assert recorder.batches == [list(range(20))]
+
+    asyncio.run(main())
+
+
+def test_an_idle_batcher_does_not_wait() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(Recorder(), max_size=64, max_wait_s=10.0)
+        started = time.monotonic()
+        assert await batcher.submit(21) == 42
+        assert time.monotonic() - started < 1.0
+
+    asyncio.run(main())
+
+
+def test_batches_never_exceed_max_size() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = MicroBatcher(recorder, max_size=4, max_wait_s=10.0)
+        sizes = [1, 2, 3, 1, 1, 2, 4, 1]
+        results = await asyncio.gather(*(batcher.submit(i, size=s) for i, s in enumerate(sizes)))
+        assert results == [2 * i for i in range(len(sizes))]
+        for batch in recorder.batches:
+            assert sum(sizes[i] for i in batch) <= 4
+        assert [i for batch in recorder.batches for i in batch] == list(range(len(sizes)))
+
+    asyncio.run(main())
+
+
+def test_calls_arriving_during_a_batch_leave_together_after_it() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        recorder = Recorder(gate)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=10.0)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        assert recorder.batches == [[0]]  # left at once
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        assert recorder.batches == [[0]]  # waiting for the batch in progress
+        gate.set()
+        assert await first == 0 and await asyncio.gather(*rest) == [2, 4, 6, 8, 10]
+        assert recorder.batches == [[0], [1, 2, 3, 4, 5]]
+
+    asyncio.run(main())
+
+
+def test_no_call_waits_longer_than_max_wait() -> None:
+    """Even while a batch is stuck, a waiting call leaves after max_wait."""
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        recorder = Recorder(gate)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=0.05)
+        stuck = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.2)
+        assert recorder.batches == [[0], [1]]
+        gate.set()
+        assert await asyncio.gather(stuck, waiting) == [0, 2]
+
+    asyncio.run(main())
+
+
+def test_every_waiter_gets_the_same_error() -> None:
+    async def main() -> None:
+        error = FeatureStoreUnavailable("The online feature store cannot be read right now.")
+        batcher = MicroBatcher(Recorder(error=error), max_size=64, max_wait_s=1.0)
+        outcomes = await asyncio.gather(
+            *(batcher.submit(i) for i in range(5)), return_exceptions=True
+        )
+        assert all(outcome is error for outcome in outcomes)
+        # The batcher goes on after a failed batch.
+        batcher.process = Recorder()
+        assert await batcher.submit(3) == 6
+
+    asyncio.run(main())
+
+
+def test_a_waiter_that_gives_up_is_dropped() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        recorder = Recorder(gate)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=10.0)
+        busy = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        impatient = asyncio.ensure_future(batcher.submit(1))
+        patient = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        impatient.cancel()  # e.g. its deadline passed
+        gate.set()
+        assert await busy == 0 and await patient == 4
+        assert recorder.batches == [[0], [2]]
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+
+    asyncio.run(main())
+
+
+def test_close_finishes_work_and_refuses_more() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        batcher = MicroBatcher(Recorder(gate), max_size=64, max_wait_s=10.0)
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        assert not closing.done()
+        gate.set()
+        await closing
+        assert await running == 2
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(5)
+
+    asyncio.run(main())
+
+
+def test_batched_scores_equal_scores_alone(redis_repo: Path, model_root: Path, recent) -> None:
+    """Through the real scorer: concurrent calls are batched, and every answer is the one the
+    same transaction gets when scored on its own."""
+    store = FeatureStore(
+        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
+    )
+    model = load_package(model_root / "fraud_model" / "v1", store)
+    transactions = [Transaction(**as_request(row)) for _, row in recent.tail(40).iterrows()]
+    mapped = [map_records([t], model.manifest) for t in transactions]
+
+    async def main() -> tuple[list, list, int]:
+        reader = RedisFeatureReader.from_store(store, model.layout)
+        scorer = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
+        try:
+            batched = await asyncio.gather(*(scorer.score(m) for m in mapped))
+            alone = [await scorer.score_now(m) for m in mapped]
+            return batched, alone, scorer.batcher.batches if scorer.batcher else 0
+        finally:
+            await scorer.aclose()
+            reader.close()
+
+    batched, alone, batches = asyncio.run(main())
+    assert batches < len(mapped)  # they were gathered
+    for (one,), (single,) in zip(batched, alone, strict=True):
+        assert one.score == single.score
+        assert one.label == single.label and one.reasons == single.reasons
+        assert {k: v.status for k, v in one.freshness.items()} == {
+            k: v.status for k, v in single.freshness.items()
+        }
+
+
+def test_merge_keeps_request_order(redis_repo: Path, model_root: Path, recent) -> None:
+    store = FeatureStore(
+        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
+    )
+    manifest = load_package(model_root / "fraud_model" / "v1", store).manifest
+    rows = [Transaction(**as_request(row)) for _, row in recent.tail(3).iterrows()]
+    merged = merge_mapped([map_records([r], manifest) for r in rows])
+    whole = map_records(rows, manifest)
+    assert merged.keys == whole.keys
+    assert (merged.request_values == whole.request_values).all()
