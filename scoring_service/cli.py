@@ -96,6 +96,11 @@ def score_sample(
                 "merchant_country": row.merchant_country,
             }
             answer = client.post("/v1/transactions/score", json=body)
+            for _ in range(2):  # a well-behaved caller retries a 503 after its Retry-After
+                if answer.status_code != 503 or "retry-after" not in answer.headers:
+                    break
+                time.sleep(min(float(answer.headers["retry-after"]), 1.0))
+                answer = client.post("/v1/transactions/score", json=body)
             kind = "fraud" if row.is_fraud else "legitimate"
             typer.echo(f"\n{kind} transaction (ground truth, pattern {row.fraud_pattern}):")
             typer.echo("POST /v1/transactions/score " + json.dumps(body))

@@ -1,4 +1,8 @@
-"""Dependencies of the routes, as Annotated aliases so tests can override them."""
+"""Dependencies of the routes, as Annotated aliases so tests can override them.
+
+They are `async def` on purpose: FastAPI runs plain `def` dependencies in its thread pool, a
+thread hand-off per dependency per request on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ from scoring_service.scoring import Scorer
 from scoring_service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
 
 
-def get_scorer(request: Request) -> Scorer:
+async def get_scorer(request: Request) -> Scorer:
     """The live scorer, or 503 not_ready while starting or stopping."""
     scorer = getattr(request.app.state, "scorer", None)
     if scorer is None:
@@ -25,7 +29,7 @@ def get_scorer(request: Request) -> Scorer:
     return scorer
 
 
-def get_guard(request: Request) -> ScoringGuard:
+async def get_guard(request: Request) -> ScoringGuard:
     """Admission, deadline and outage policy around the scorer."""
     return request.app.state.guard
 

@@ -92,13 +92,13 @@ def _deadline(request: Request, limit_ms: int, asked_ms: int | None) -> Deadline
     return Deadline(expires_at=arrived + budget / 1000, budget_ms=budget)
 
 
-def get_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
+async def get_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
     """A request's deadline: deadline_ms, or the caller's shorter one, from arrival."""
     settings: Settings = request.app.state.settings
     return _deadline(request, settings.deadline_ms, x_deadline_ms)
 
 
-def get_batch_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
+async def get_batch_deadline(request: Request, x_deadline_ms: DeadlineHeader = None) -> Deadline:
     """A batch call's deadline: batch_deadline_ms, or the caller's shorter one."""
     settings: Settings = request.app.state.settings
     return _deadline(request, settings.batch_deadline_ms, x_deadline_ms)
