@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from feature_pipelines.schema import api_body
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -73,17 +75,7 @@ def bodies_from(transactions: Path, n: int = 2000) -> list[bytes]:
     frame = pd.read_parquet(transactions).sort_values("event_timestamp").tail(n)
     out = []
     for row in frame.itertuples():
-        body = {
-            "transaction_id": row.transaction_id,
-            "amount": float(row.amount),
-            "currency": row.currency,
-            "ip_address": row.ip_address,
-            "card_id": row.card_id,
-            "merchant_id": row.merchant_id,
-            "card_country": row.card_country,
-            "ip_country": row.ip_country,
-            "merchant_country": row.merchant_country,
-        }
+        body = api_body(row)
         out.append(json.dumps(body, separators=(",", ":")).encode())
     return out
 

@@ -185,3 +185,24 @@ ENTITY_FEATURES: Final = MappingProxyType(
 def feature_dtype(name: str) -> str:
     """Return the pandas dtype of a batch feature: int64 for counts, float64 otherwise."""
     return "int64" if "_count_" in name or "_distinct_" in name else "float64"
+
+
+#: Transaction columns that a business caller sends to POST /v1/transactions/score.
+REQUEST_FIELDS: Final[tuple[str, ...]] = (
+    TRANSACTION_ID,
+    AMOUNT,
+    CURRENCY,
+    IP_ADDRESS,
+    CARD_ID,
+    MERCHANT_ID,
+    CARD_COUNTRY,
+    IP_COUNTRY,
+    MERCHANT_COUNTRY,
+)
+
+
+def api_body(row: object) -> dict[str, object]:
+    """A generated transaction (a pandas row or namedtuple) as a scoring API request body."""
+    body: dict[str, object] = {name: getattr(row, name) for name in REQUEST_FIELDS}
+    body[AMOUNT] = float(body[AMOUNT])  # type: ignore[arg-type]
+    return body

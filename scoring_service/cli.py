@@ -59,6 +59,8 @@ def score_sample(
     import httpx
     import pandas as pd
 
+    from feature_pipelines.schema import api_body
+
     key = os.environ.get("SCORING_API_KEY") or (
         api_key_file.read_text().strip() if api_key_file.is_file() else ""
     )
@@ -84,17 +86,7 @@ def score_sample(
         if len(fraud):
             picks.append(fraud.iloc[-1])
         for row in picks:
-            body = {
-                "transaction_id": row.transaction_id,
-                "amount": float(row.amount),
-                "currency": row.currency,
-                "ip_address": row.ip_address,
-                "card_id": row.card_id,
-                "merchant_id": row.merchant_id,
-                "card_country": row.card_country,
-                "ip_country": row.ip_country,
-                "merchant_country": row.merchant_country,
-            }
+            body = api_body(row)
             answer = client.post("/v1/transactions/score", json=body)
             for _ in range(2):  # a well-behaved caller retries a 503 after its Retry-After
                 if answer.status_code != 503 or "retry-after" not in answer.headers:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from feature_pipelines.schema import api_body
 from scoring_service.app import create_app
 from scoring_service.security import hash_key
 from scoring_service.settings import Settings
@@ -58,17 +59,7 @@ def client(
 
 def as_request(row: pd.Series) -> dict:
     """A generated transaction as a business API body."""
-    return {
-        "transaction_id": row.transaction_id,
-        "amount": float(row.amount),
-        "currency": row.currency,
-        "ip_address": row.ip_address,
-        "card_id": row.card_id,
-        "merchant_id": row.merchant_id,
-        "card_country": row.card_country,
-        "ip_country": row.ip_country,
-        "merchant_country": row.merchant_country,
-    }
+    return api_body(row)
 
 
 @pytest.fixture(scope="session")
