@@ -69,14 +69,22 @@ class LabelPolicy:
             return "suspicious"
         return "not_fraud"
 
+    def __post_init__(self) -> None:
+        # The model's columns are fixed per package: resolve which red flags apply, and where
+        # their features sit, once rather than on every suspicious answer.
+        index = {name: i for i, name in enumerate(self.features)}
+        applicable = [
+            (code, tuple((n, index[n]) for n in needs), predicate)
+            for code, needs, predicate in RED_FLAGS
+            if all(n in index for n in needs)
+        ]
+        object.__setattr__(self, "_flags", applicable)
+
     def red_flags(self, row: np.ndarray) -> list[str]:
         """Reason codes whose features are known and whose predicate holds."""
-        index = {name: i for i, name in enumerate(self.features)}
         out = []
-        for code, needs, predicate in RED_FLAGS:
-            if not all(n in index for n in needs):
-                continue
-            values = {n: float(row[index[n]]) for n in needs}
+        for code, columns, predicate in self._flags:  # type: ignore[attr-defined]
+            values = {name: float(row[i]) for name, i in columns}
             if any(np.isnan(v) for v in values.values()):
                 continue
             if predicate(values):
