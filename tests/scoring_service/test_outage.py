@@ -40,7 +40,9 @@ pytestmark = pytest.mark.redis
 DEADLINE_MS = 50
 STORE_TIMEOUT_MS = 400  # a hung read lasts this long; without the deadline answers would too
 P99_MARGIN_S = 0.05
-MARGIN_S = 0.2  # the worst case: client, loopback, and a busy shared two-core machine
+# The worst case: client, loopback, and a busy shared two-core machine (one scheduler or GC
+# pause). It stays below STORE_TIMEOUT_MS, so an answer that waited for the hung read still fails.
+MARGIN_S = 0.3
 READY_WITHIN_S = 1.0
 LABELS = {"not_fraud", "suspicious", "highly_suspicious", "uncertain"}
 
