@@ -21,8 +21,8 @@ export REDIS_CONNECTION_STRING ?= 127.0.0.1:$(REDIS_PORT)
 
 ifeq ($(STORE),redis)
 FS_YAML := feature_store.redis.yaml
-export SCORING_FEATURE_STORE_YAML := feature_repo/feature_store.redis.yaml
-YAML_OPT := --yaml feature_repo/feature_store.redis.yaml
+export SCORING_FEATURE_STORE_YAML := feature_repo/fraud/feature_store.redis.yaml
+YAML_OPT := --yaml feature_repo/fraud/feature_store.redis.yaml
 else
 FS_YAML := feature_store.yaml
 YAML_OPT :=
@@ -72,21 +72,21 @@ generate: $(STAMP) ## Synthetic transactions -> data/transactions.parquet
 	$(PY) -m feature_pipelines generate --rows $(ROWS) --seed $(SEED) --days $(DAYS) \
 		--out data/transactions.parquet
 
-aggregate: $(STAMP) ## Hourly entity features -> feature_repo/data/*.parquet
+aggregate: $(STAMP) ## Hourly entity features -> feature_repo/fraud/data/*.parquet
 	$(PY) -m feature_pipelines aggregate --transactions data/transactions.parquet \
-		--out-dir feature_repo/data
+		--out-dir feature_repo/fraud/data
 
-replay: $(STAMP) ## Streaming window features of the history (the consumer's code) -> feature_repo/data
+replay: $(STAMP) ## Streaming window features of the history (the consumer's code) -> feature_repo/fraud/data
 	$(PY) -m feature_pipelines replay --transactions data/transactions.parquet \
-		--out-dir feature_repo/data
+		--out-dir feature_repo/fraud/data
 
 data: generate aggregate replay ## generate + aggregate + replay
 
 apply: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## feast apply (plain Feast CLI)
-	cd feature_repo && ../$(FEAST) -f $(FS_YAML) apply
+	cd feature_repo/fraud && ../../$(FEAST) -f $(FS_YAML) apply
 
 materialize: $(STAMP) ## Incremental materialization into the online store
-	$(PY) -m feature_pipelines materialize --repo feature_repo $(YAML_OPT)
+	$(PY) -m feature_pipelines materialize --repo feature_repo/fraud $(YAML_OPT)
 
 dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
 	$(PY) -m models dataset --feature-service $(FEATURE_SERVICE) $(YAML_OPT)
@@ -100,7 +100,7 @@ train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics si
 
 # The stream and the window state live in Redis (redis-up) whatever the online store is.
 stream: $(STAMP) redis-up ## Stream consumer: events -> windowed features pushed to Feast (Ctrl-C stops)
-	$(PY) -m feature_pipelines stream --repo feature_repo $(YAML_OPT) \
+	$(PY) -m feature_pipelines stream --repo feature_repo/fraud $(YAML_OPT) \
 		--redis $(REDIS_CONNECTION_STRING)
 
 produce: $(STAMP) redis-up ## Append the latest 1,000 transactions to the stream, shifted to now
@@ -157,5 +157,5 @@ format: $(STAMP) ## Apply ruff formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 
 clean: ## Remove generated data, registries, model packages and caches (keeps the venv)
-	rm -rf data feature_repo/data models/packages .pytest_cache .ruff_cache .mypy_cache
+	rm -rf data feature_repo/*/data models/packages .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

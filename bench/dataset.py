@@ -46,7 +46,7 @@ from feature_pipelines.tables import write_feature_tables
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-FEATURE_REPO = ROOT / "feature_repo"
+FEATURE_REPO = ROOT / "feature_repo" / "fraud"
 REDIS_YAML = "feature_store.redis.yaml"
 FEATURE_SERVICE = "fraud_model_v1"
 WRITE_CHUNK = 20_000

@@ -115,7 +115,7 @@ def build_world(work: Path, rows: int, days: int, redis_address: str) -> tuple[P
     write_transactions(transactions, work / "transactions.parquet")
     repo = work / "feature_repo"
     repo.mkdir()
-    for item in (ROOT / "feature_repo").iterdir():
+    for item in (ROOT / "feature_repo" / "fraud").iterdir():
         if item.suffix in (".py", ".yaml"):
             shutil.copy(item, repo / item.name)
     write_feature_tables(aggregate(transactions, end=end), repo / "data")

@@ -17,13 +17,14 @@ import redis
 import redis.asyncio as aredis
 import uvloop
 
+from feature_repo.layout import ViewSpec
 from scoring_service.features import StoreLayout
 from scoring_service.redis_reader import RedisEndpoint, RedisPipelineClient, ViewCodec, plan_read
 
-VIEWS: dict[str, tuple[str, int | None, list[str]]] = {
-    "ip_features": ("ip_address", 1_209_600, [f"ip_f{i}" for i in range(7)]),
-    "card_features": ("card_id", 2_592_000, [f"card_f{i}" for i in range(8)]),
-    "merchant_features": ("merchant_id", 604_800, [f"merchant_f{i}" for i in range(5)]),
+VIEWS: dict[str, ViewSpec] = {
+    "ip_features": ViewSpec("ip_address", 1_209_600, [f"ip_f{i}" for i in range(7)]),
+    "card_features": ViewSpec("card_id", 2_592_000, [f"card_f{i}" for i in range(8)]),
+    "merchant_features": ViewSpec("merchant_id", 604_800, [f"merchant_f{i}" for i in range(5)]),
 }
 
 
@@ -32,7 +33,7 @@ async def measure(endpoint: RedisEndpoint, n: int, repeats: int) -> dict[str, fl
     layout = StoreLayout.from_views(VIEWS)
     codecs = [ViewCodec.build(view, "fraud_scoring") for view in layout.views]
     keys: dict[str, list[str | None]] = {
-        key: [f"{key}_{i}" for i in range(n)] for key, _, _ in VIEWS.values()
+        spec.join_key: [f"{spec.join_key}_{i}" for i in range(n)] for spec in VIEWS.values()
     }
     plan = plan_read(codecs, keys)
     commands = [

@@ -86,7 +86,7 @@ def aggregate_command(
         "data/transactions.parquet"
     ),
     out_dir: Annotated[Path, typer.Option(help="Directory for the feature tables.")] = Path(
-        "feature_repo/data"
+        "feature_repo/fraud/data"
     ),
     end: EndOption = None,
 ) -> None:
@@ -105,7 +105,9 @@ def aggregate_command(
 
 @app.command("materialize")
 def materialize_command(
-    repo: Annotated[Path, typer.Option(help="Feast feature repository.")] = Path("feature_repo"),
+    repo: Annotated[Path, typer.Option(help="Feast feature repository.")] = Path(
+        "feature_repo/fraud"
+    ),
     end: EndOption = None,
     start: Annotated[
         str | None,
@@ -160,7 +162,7 @@ def replay_command(
         "data/transactions.parquet"
     ),
     out_dir: Annotated[Path, typer.Option(help="Directory for the stream tables.")] = Path(
-        "feature_repo/data"
+        "feature_repo/fraud/data"
     ),
     seed_state: Annotated[
         str | None,
@@ -203,7 +205,7 @@ def replay_command(
 
 @app.command("stream")
 def stream_command(
-    repo: RepoOption = Path("feature_repo"),
+    repo: RepoOption = Path("feature_repo/fraud"),
     yaml: YamlOption = None,
     redis: RedisOption = "127.0.0.1:6379",
     stream: StreamOption = "fraud:transactions",
@@ -322,7 +324,7 @@ def produce_command(
 
 @app.command("skew-check")
 def skew_check_command(
-    repo: RepoOption = Path("feature_repo"),
+    repo: RepoOption = Path("feature_repo/fraud"),
     yaml: YamlOption = None,
     feature_service: Annotated[str, typer.Option(help="FeatureService to check.")] = (
         "fraud_model_v2"
@@ -349,7 +351,7 @@ def skew_check_command(
     from datetime import UTC, timedelta
 
     from feature_pipelines.skew import sample_entities, skew_check
-    from models.dataset import feature_layout
+    from feature_repo.layout import feature_layout
 
     moment = _parse_end(at)
     moment = datetime.now(UTC) if moment is None else moment
@@ -368,7 +370,7 @@ def skew_check_command(
         if not transactions.is_file():
             raise typer.BadParameter(f"no such file: {transactions}", param_hint="--transactions")
         join_keys = sorted(
-            {key for key, _, _ in feature_layout(store, feature_service).views.values()}
+            {spec.join_key for spec in feature_layout(store, feature_service).views.values()}
         )
         chosen = sample_entities(
             pd.read_parquet(transactions),

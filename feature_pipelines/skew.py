@@ -32,6 +32,8 @@ import pandas as pd
 from feast import FeatureStore
 
 from feature_pipelines import schema
+from feature_repo.layout import ViewSpec, feature_layout
+from feature_repo.online import Row, StoreLayout, assemble
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +140,6 @@ def skew_check(
     abs_tol: float = 1e-9,
 ) -> SkewReport:
     """Compare online and offline point-in-time values of every stored feature of a service."""
-    from models.dataset import feature_layout
-
     at = at or datetime.now(UTC)
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     layout = feature_layout(store, feature_service)
@@ -148,11 +148,12 @@ def skew_check(
         at=at,
         entities={k: len(v) for k, v in entities.items()},
     )
-    for view, (join_key, ttl, features) in layout.views.items():
+    for view, spec in layout.views.items():
+        join_key, features = spec.join_key, spec.features
         keys = entities.get(join_key, [])
         if not keys:
             continue
-        online = _online(store, view, join_key, features, keys, at, ttl)
+        online = _online(store, view, spec, keys, at)
         offline = _offline(store, view, join_key, features, keys, at)
         for feature in features:
             for entity in keys:
@@ -168,31 +169,24 @@ def skew_check(
 
 
 def _online(
-    store: FeatureStore,
-    view: str,
-    join_key: str,
-    features: list[str],
-    keys: list[str],
-    at: datetime,
-    ttl: int | None,
+    store: FeatureStore, view: str, spec: ViewSpec, keys: list[str], at: datetime
 ) -> dict[str, dict[str, float | None]]:
+    """Online values as the service would use them at ``at`` (the shared status rule)."""
+    features = spec.features
     response = store.get_online_features(
         features=[f"{view}:{f}" for f in features],
-        entity_rows=[{join_key: k} for k in keys],
+        entity_rows=[{spec.join_key: k} for k in keys],
     ).to_dict(include_event_timestamps=True)
-    stamps = response[f"{features[0]}__ts"]
-    now = at.timestamp()
-    usable = [
-        # Feast reports 0 for a key without a row; past the TTL the service withholds the row.
-        bool(s) and (ttl is None or now - float(s) <= ttl)
-        for s in stamps
+    # Feast reports 0 for a key without a row; past the TTL the row is withheld (NaN).
+    rows: list[Row] = [
+        (math.nan if not stamp else float(stamp), [_number(response[f][i]) for f in features])
+        for i, stamp in enumerate(response[f"{features[0]}__ts"])
     ]
+    layout = StoreLayout.from_views({view: spec})
+    values = assemble(layout, len(keys), {view: (list(range(len(keys))), rows)}, at.timestamp())
     return {
-        f: {
-            k: _number(v) if keep else None
-            for k, v, keep in zip(keys, response[f], usable, strict=True)
-        }
-        for f in features
+        f: {k: _number(values.values[i, j]) for i, k in enumerate(keys)}
+        for j, f in enumerate(features)
     }
 
 

@@ -1,9 +1,9 @@
-"""Command line of the model lifecycle: ``python -m models dataset|train``."""
+"""Command line of the model lifecycle: ``python -m models dataset|train|report|monitor``."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -35,7 +35,7 @@ def _configure(
 
 @app.command()
 def dataset(
-    repo: RepoOption = Path("feature_repo"),
+    repo: RepoOption = Path("feature_repo/fraud"),
     transactions: TransactionsOption = Path("data/transactions.parquet"),
     feature_service: ServiceOption = "fraud_model_v1",
     start: Annotated[
@@ -74,7 +74,7 @@ def dataset(
 
 @app.command()
 def train(
-    repo: RepoOption = Path("feature_repo"),
+    repo: RepoOption = Path("feature_repo/fraud"),
     transactions: TransactionsOption = Path("data/transactions.parquet"),
     feature_service: Annotated[
         list[str] | None,
@@ -124,55 +124,109 @@ def train(
         typer.echo(compare_summary(results))
 
 
-@app.command("batch-score")
-def batch_score(
+@app.command()
+def report(
+    package: Annotated[Path, typer.Option(help="Package folder <root>/<name>/<version>.")],
+    training_set: Annotated[
+        Path | None,
+        typer.Option(help="Training set of the package's feature service (`models dataset`)."),
+    ] = None,
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feast repository to retrieve the training set (and the previous "
+            "version's inputs) from, when no --training-set is given."
+        ),
+    ] = None,
     transactions: Annotated[
-        Path, typer.Option(help="Transactions to score (parquet; any number of rows).")
-    ],
-    out: Annotated[Path, typer.Option(help="Where to write transaction_id, score, label.")],
-    device: Annotated[
-        str,
-        typer.Option(help="auto (GPU graph when CUDA is usable), cpu or cuda (fail without it)."),
-    ] = "auto",
-    repo: RepoOption = Path("feature_repo"),
+        Path | None,
+        typer.Option(help="Labelled transactions (default: the ones the package was trained on)."),
+    ] = None,
     yaml: YamlOption = None,
-    model_root: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
-        "models/packages"
+) -> None:
+    """Regenerate a package's report.html from the package and its training set."""
+    from models.report import REPORT_FILE, regenerate
+
+    try:
+        path = regenerate(
+            package, training_set=training_set, repo=repo, yaml=yaml, transactions=transactions
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"wrote {path / REPORT_FILE}")
+
+
+@app.command()
+def monitor(
+    log: Annotated[Path, typer.Option(help="Prediction log folder (date=YYYY-MM-DD parquet).")],
+    labels: Annotated[
+        Path, typer.Option(help="Labels parquet: business id, label, label_available_at.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for monitor.json and monitor.html.")] = Path(
+        "data/monitor"
     ),
-    name: Annotated[str, typer.Option(help="Model name.")] = "fraud_model",
-    version: Annotated[str, typer.Option(help="Model version.")] = "v1",
     as_of: Annotated[
         datetime | None,
-        typer.Option(help="Read every row's features as of this time (UTC); default: its own."),
+        typer.Option(help="Use the labels known at this time (UTC; default now)."),
     ] = None,
-    chunk_rows: Annotated[
-        int, typer.Option(min=1, help="Transactions per feature read and model call.")
-    ] = 100_000,
+    model_root: Annotated[
+        Path, typer.Option(help="Root of the model packages (holdout figures, baselines).")
+    ] = Path("models/packages"),
+    alerts: Annotated[
+        Path | None, typer.Option(help="YAML of alert rules (keys of models.monitor.AlertRules).")
+    ] = None,
+    max_precision_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Alert when a label's precision falls this far below its holdout precision."
+        ),
+    ] = None,
+    max_score_psi: Annotated[float | None, typer.Option(help="Alert above this score PSI.")] = None,
+    max_feature_psi: Annotated[
+        float | None, typer.Option(help="Alert above this PSI of any input.")
+    ] = None,
+    id_column: Annotated[
+        str, typer.Option(help="Labels column holding the business id.")
+    ] = "transaction_id",
+    label_column: Annotated[str, typer.Option(help="Labels column: 1 fraud, 0 not.")] = "is_fraud",
 ) -> None:
-    """Score a parquet of transactions offline with the served model package and label policy."""
-    from models.batch_score import batch_score as run_batch_score
+    """Performance on matured labels and drift per model version, variant and day.
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
-    result = run_batch_score(
-        transactions,
-        out,
-        repo_path=repo,
-        yaml_path=yaml,
+    Exits 1 when a declared alert fires (after writing the reports), so a scheduler can page.
+    """
+    import pandas as pd
+
+    from models.monitor import AlertRules, write
+    from models.monitor import monitor as run_monitor
+
+    rules = AlertRules.from_yaml(alerts) if alerts is not None else AlertRules()
+    overrides = {
+        "max_precision_drop": max_precision_drop,
+        "max_score_psi": max_score_psi,
+        "max_feature_psi": max_feature_psi,
+    }
+    rules = rules.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    result = run_monitor(
+        log,
+        pd.read_parquet(labels),
+        _utc(as_of) or datetime.now(UTC),
         model_root=model_root,
-        model_name=name,
-        model_version=version,
-        device=device,
-        chunk_rows=chunk_rows,
-        as_of=_utc(as_of),
-        progress=lambda step: typer.echo(step.line(), err=True),
+        rules=rules,
+        id_column=id_column,
+        label_column=label_column,
     )
-    typer.echo(result.summary())
+    json_path, html_path = write(result, rules, out)
+    typer.echo(f"wrote {json_path} and {html_path} ({len(result.groups)} groups)")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for alert in result.alerts:
+        typer.echo(f"ALERT {alert.message}", err=True)
+    if result.alerts:
+        raise typer.Exit(code=1)
 
 
 def _utc(value: datetime | None) -> datetime | None:
+    """Naive times are UTC."""
     if value is None or value.tzinfo is not None:
         return value
-    from datetime import UTC
-
     return value.replace(tzinfo=UTC)

@@ -18,10 +18,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+# 2: on-demand functions live in the feature repository (feature_repo.<domain>.transforms) and
+# views say whether they are evidence of their entity. Older packages are refused with a message.
+SCHEMA_VERSION = 2
+# Bin edges of a feature baseline: deciles of the training split.
+BASELINE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Proportions are floored at this before the PSI's logarithm, so an empty bin on either side
+# contributes a large but finite term.
+PSI_EPSILON = 1e-4
 
 
 class GraphInfo(BaseModel):
@@ -47,6 +55,11 @@ class FeatureViewInfo(BaseModel):
     join_key: str
     ttl_seconds: int | None
     features: list[str]
+    evidence: bool = Field(
+        default=True,
+        description="Whether a missing row makes the entity unknown (False: optional evidence, "
+        "e.g. streaming windows of a quiet entity).",
+    )
 
 
 class OnDemandViewInfo(BaseModel):
@@ -101,12 +114,39 @@ class UncertainPolicy(BaseModel):
     )
 
 
+class FeatureBaseline(BaseModel):
+    """Distribution of one model input on the training split, for drift checks.
+
+    Bins are ``(-inf, e0), [e0, e1), ..., [e_last, inf)`` over the distinct quantile edges
+    ``e``; ``proportions`` are the shares of the non-missing training values in each bin
+    (counted, not assumed: a discrete feature piles up at its edges), and ``missing_rate`` the
+    share of NaN. ``bin_proportions`` bins served values the same way.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    edges: list[float] = Field(description="Distinct, ascending inner bin edges.")
+    proportions: list[float] = Field(description="Share of non-missing values per bin.")
+    missing_rate: float = Field(ge=0.0, le=1.0)
+    n_rows: int = Field(ge=0, description="Training rows the baseline was computed on.")
+
+    @model_validator(mode="after")
+    def _bins(self) -> FeatureBaseline:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError("a baseline needs one proportion more than it has edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("baseline edges must be strictly ascending")
+        return self
+
+
 class Manifest(BaseModel):
     """Everything the scoring service needs to serve a model, and to refuse a wrong one."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Package format version; older ones are refused."
+    )
     name: str
     version: str
     created_at: datetime
@@ -131,11 +171,20 @@ class Manifest(BaseModel):
     )
     metrics: dict[str, dict[str, float | int | str | None]] = Field(default_factory=dict)
     baseline_score_distribution: dict[str, float] = Field(default_factory=dict)
+    feature_baselines: dict[str, FeatureBaseline] = Field(
+        default_factory=dict,
+        description="Per-input distribution on the training split (empty in older packages).",
+    )
     training: dict[str, object] = Field(default_factory=dict)
     library_versions: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"package format {self.schema_version} is not the format this code reads "
+                f"({SCHEMA_VERSION}); retrain the model with `models train` to rebuild it"
+            )
         stored = [f for fv in self.feature_views.values() for f in fv.features]
         if self.features != stored + self.on_demand_features + self.request_features:
             raise ValueError(
@@ -219,3 +268,68 @@ def write_package(root: Path, manifest: Manifest, files: dict[str, bytes]) -> Pa
 def read_manifest(path: Path) -> Manifest:
     """Parse and validate a package's manifest (no checksum verification)."""
     return Manifest.model_validate(json.loads((Path(path) / MANIFEST_FILE).read_text()))
+
+
+def feature_baseline(values: np.ndarray) -> FeatureBaseline:
+    """Baseline of one input column: decile edges, counted bin shares and missing rate."""
+    column = np.asarray(values, dtype=np.float64)
+    present = column[~np.isnan(column)]
+    if present.size == 0:
+        return FeatureBaseline(edges=[], proportions=[1.0], missing_rate=1.0, n_rows=column.size)
+    edges = np.unique(np.quantile(present, BASELINE_QUANTILES))
+    counts = bin_counts(present, edges)
+    return FeatureBaseline(
+        edges=edges.tolist(),
+        proportions=(counts / present.size).tolist(),
+        missing_rate=float(1.0 - present.size / column.size),
+        n_rows=int(column.size),
+    )
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:
+    """Counts of non-missing values per bin ``[e_i-1, e_i)`` (NaN values are ignored)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    column = np.asarray(values, dtype=np.float64)
+    column = column[~np.isnan(column)]
+    return np.bincount(
+        np.searchsorted(edges, column, side="right"), minlength=edges.size + 1
+    ).astype(np.float64)
+
+
+def psi(expected: np.ndarray | list[float], actual_counts: np.ndarray) -> float:
+    """Population stability index of observed bin counts against expected proportions.
+
+    ``sum((a - e) * ln(a / e))`` with both shares floored at ``PSI_EPSILON``; NaN when nothing
+    was observed. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate shift, > 0.2 significant.
+    """
+    counts = np.asarray(actual_counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return float("nan")
+    e = np.maximum(np.asarray(expected, dtype=np.float64), PSI_EPSILON)
+    a = np.maximum(counts / total, PSI_EPSILON)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def score_baseline(distribution: dict[str, float]) -> FeatureBaseline | None:
+    """The score baseline as bins: the quantiles of ``baseline_score_distribution`` are the
+    edges, and the gaps between their levels the expected shares (tied quantiles merge)."""
+    levels: list[tuple[float, float]] = []
+    for key, value in distribution.items():
+        if not key.startswith("q") or value != value:  # NaN: no scores at training
+            continue
+        levels.append((float(key[1:]), float(value)))
+    if not levels:
+        return None
+    levels.sort()
+    edges: list[float] = []
+    proportions: list[float] = []
+    below = 0.0
+    for level, value in levels:
+        if edges and value <= edges[-1]:
+            continue  # a tie: its share stays with the bin that starts at this value
+        proportions.append(level - below)
+        edges.append(value)
+        below = level
+    proportions.append(1.0 - below)
+    return FeatureBaseline(edges=edges, proportions=proportions, missing_rate=0.0, n_rows=0)

@@ -18,7 +18,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from models import evaluate, export
+from feature_repo.layout import TRANSFORM_TAG
+from feature_repo.transforms import resolve
+from models import evaluate, export, report
 from models.dataset import (
     ENTITY_MAPPING,
     LABEL_COLUMN,
@@ -38,6 +40,7 @@ from models.package import (
     Manifest,
     OnDemandViewInfo,
     UncertainPolicy,
+    feature_baseline,
     sha256_bytes,
     write_package,
 )
@@ -166,16 +169,15 @@ def default_params(seed: int) -> dict[str, object]:
 
 def on_demand_info(layout: FeatureLayout) -> dict[str, OnDemandViewInfo]:
     """Manifest entries of the layout's on-demand views, naming the code that computes them."""
-    from scoring_service.on_demand import TRANSFORMS
-
     out = {}
     for view, info in layout.on_demand.items():
-        transform = TRANSFORMS.get(view)
-        if transform is None:
+        try:
+            transform = resolve(info.function)
+        except ValueError as exc:
             raise ValueError(
-                f"on-demand view {view} has no transform in scoring_service.on_demand; the "
-                "service could not compute it"
-            )
+                f"on-demand view {view} does not name a declared transform in its "
+                f"`{TRANSFORM_TAG}` tag ({exc}); the service could not compute it"
+            ) from exc
         out[view] = OnDemandViewInfo(
             request_fields=info.request_fields,
             source_views=info.source_views,
@@ -290,8 +292,13 @@ def train(
         feature_service=feature_service,
         features=features,
         feature_views={
-            view: FeatureViewInfo(join_key=key, ttl_seconds=ttl, features=feats)
-            for view, (key, ttl, feats) in layout.views.items()
+            view: FeatureViewInfo(
+                join_key=spec.join_key,
+                ttl_seconds=spec.ttl_seconds,
+                features=spec.features,
+                evidence=spec.evidence,
+            )
+            for view, spec in layout.views.items()
         },
         on_demand_views=on_demand_views,
         request_features=REQUEST_FEATURES,
@@ -313,6 +320,10 @@ def train(
         artefacts={BOOSTER_FILE: sha256_bytes(files[BOOSTER_FILE])},
         metrics=metrics,
         baseline_score_distribution=evaluate.score_quantiles(hold_scores),
+        # Drift references for serving and monitoring: the data the trees were fitted on.
+        feature_baselines={
+            name: feature_baseline(x_train[:, j]) for j, name in enumerate(features)
+        },
         training={
             "transactions": str(transactions_path),
             "data_range": [str(times.min()), str(times.max())],
@@ -327,6 +338,17 @@ def train(
             "parity_tolerance": export.PARITY_TOLERANCE,
         },
         library_versions=library_versions(),
+    )
+    report_data = report.build(
+        manifest,
+        report.with_segment_columns(hold_df, transactions),
+        booster,
+        label_column=LABEL_COLUMN,
+        root=output_root,
+        retrieve=report.retriever(store, transactions),
+    )
+    manifest, files[report.REPORT_FILE] = report.with_report(
+        manifest, report.render(report_data)
     )
     path = write_package(output_root, manifest, files)
     return TrainResult(package_path=path, manifest=manifest)

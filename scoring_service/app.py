@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.dataset import open_store
+from feature_repo.layout import open_store
 from scoring_service import metrics
 from scoring_service.errors import UNEXPECTED_MESSAGE, FeatureStoreUnavailable, ScoringError
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout

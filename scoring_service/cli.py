@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +60,12 @@ def score_sample(
     import httpx
     import pandas as pd
 
-    from feature_pipelines.schema import api_body
+    from scoring_service.schemas import TransactionRequest
+
+    def api_body(row: pd.Series) -> dict[str, object]:
+        # The request model's fields, taken from the generated row by name.
+        body = {name: row[name] for name in TransactionRequest.model_fields if name in row}
+        return json.loads(pd.Series(body).to_json(date_format="iso"))
 
     key = os.environ.get("SCORING_API_KEY") or (
         api_key_file.read_text().strip() if api_key_file.is_file() else ""
@@ -100,6 +106,58 @@ def score_sample(
             if answer.status_code == 200:
                 data = answer.json()
                 typer.echo(f"label={data['label']} score={data['score']:.4f}")
+
+
+@app.command("batch-score")
+def batch_score_command(
+    transactions: Annotated[
+        Path, typer.Option(help="Transactions to score (parquet; any number of rows).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write transaction_id, score, label.")],
+    device: Annotated[
+        str,
+        typer.Option(help="auto (GPU graph when CUDA is usable), cpu or cuda (fail without it)."),
+    ] = "auto",
+    repo: Annotated[Path, typer.Option(help="Feast feature repository.")] = Path(
+        "feature_repo/fraud"
+    ),
+    yaml: Annotated[
+        Path | None, typer.Option(help="Another feature_store.yaml (e.g. the Redis one).")
+    ] = None,
+    model_root: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
+        "models/packages"
+    ),
+    name: Annotated[str, typer.Option(help="Model name.")] = "fraud_model",
+    version: Annotated[str, typer.Option(help="Model version.")] = "v1",
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(help="Read every row's features as of this time (UTC); default: its own."),
+    ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Transactions per feature read and model call.")
+    ] = 100_000,
+) -> None:
+    """Score a parquet of transactions offline with the served model package and label policy."""
+    from scoring_service.batch import batch_score
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    result = batch_score(
+        transactions,
+        out,
+        repo_path=repo,
+        yaml_path=yaml,
+        model_root=model_root,
+        model_name=name,
+        model_version=version,
+        device=device,
+        chunk_rows=chunk_rows,
+        as_of=as_of,
+        progress=lambda step: typer.echo(step.line(), err=True),
+    )
+    typer.echo(result.summary())
 
 
 @app.command("hash-key")

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import hiredis
-import numpy as np
 import redis
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key_prefix
@@ -47,16 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from feature_repo.online import FeatureBatch, Row, StoreLayout, ViewLayout, assemble
 from scoring_service.errors import FeatureStoreUnavailable
-from scoring_service.features import (
-    MISSING,
-    NOT_REQUESTED,
-    PRESENT,
-    STALE,
-    FeatureBatch,
-    StoreLayout,
-    ViewLayout,
-)
 from scoring_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -231,20 +222,13 @@ def plan_read(codecs: Sequence[ViewCodec], keys: dict[str, list[str | None]]) ->
 def assemble_replies(
     layout: StoreLayout, plan: ReadPlan, replies: Sequence[Any], now: float
 ) -> FeatureBatch:
-    """The model matrix, statuses, ages and event times, as ``features.assemble`` builds them.
-
-    Plain lists until the end: micro-batches are small, and numpy's per-call overhead would
-    cost more than the loops.
-    """
-    n, total = plan.n, layout.width
-    flat = [NAN] * (n * total)
+    """Decode the replies of a read and assemble them (``feature_repo.online.assemble``)."""
     small = _SMALL
-    batch = FeatureBatch(values=np.empty((0, total), dtype=np.float32))
+    reads: dict[str, tuple[list[int], list[Row]]] = {}
     start = 0
     for codec, index, m in plan.slots:
-        view = codec.view
-        width, offset, ttl = len(view.features), view.offset, view.ttl_seconds
-        decoded: list[tuple[float, list[float]]] = []
+        width = len(codec.view.features)
+        decoded: list[Row] = []
         stamps: dict[bytes | None, float] = {}  # hourly snapshots share their event times
         for reply in replies[start : start + m]:
             if isinstance(reply, Exception):
@@ -254,36 +238,15 @@ def assemble_replies(
             if stamp is None:
                 stamp = stamps[raw_stamp] = decode_timestamp(raw_stamp)
             if stamp != stamp:  # NaN: no row for this entity
-                decoded.append((NAN, []))
+                decoded.append((NAN, ()))
             else:
                 # Most values are small counts: a dictionary hit before the decoder's call.
                 decoded.append(
                     (stamp, [small.get(raw) or decode_value(raw) for raw in reply[:width]])
                 )
         start += m
-        status = [NOT_REQUESTED] * n
-        age = [NAN] * n
-        event = [NAN] * n
-        for i, slot in enumerate(index):
-            if slot < 0:
-                continue
-            stamp, row = decoded[slot]
-            if stamp != stamp:
-                status[i] = MISSING
-                continue
-            event[i] = stamp
-            age[i] = row_age = now - stamp
-            if ttl is not None and row_age > ttl:
-                status[i] = STALE
-                continue
-            status[i] = PRESENT
-            at = i * total + offset
-            flat[at : at + width] = row
-        batch.status[view.join_key] = np.array(status, dtype=np.int8)
-        batch.age_seconds[view.join_key] = np.array(age)
-        batch.event_timestamp[view.join_key] = np.array(event)
-    batch.values = np.array(flat, dtype=np.float32).reshape(n, total)
-    return batch
+        reads[codec.view.name] = (index, decoded)
+    return assemble(layout, plan.n, reads, now)
 
 
 # --- the asyncio pipeline client --------------------------------------------------------------

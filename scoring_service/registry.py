@@ -17,7 +17,7 @@ import onnxruntime as ort
 from feast import FeatureStore
 from pydantic import ValidationError
 
-from models.dataset import feature_layout
+from feature_repo.layout import ViewSpec, feature_layout
 from models.package import Manifest, checksums, package_dir, read_manifest, sha256_file
 from scoring_service import metrics
 from scoring_service.errors import ModelPackageInvalid
@@ -93,7 +93,7 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
     expected = {
         view: (info.join_key, info.features) for view, info in manifest.feature_views.items()
     }
-    actual = {view: (key, feats) for view, (key, _, feats) in live.views.items()}
+    actual = {view: (spec.join_key, spec.features) for view, spec in live.views.items()}
     if expected != actual:
         problems = []
         for view in sorted(set(expected) | set(actual)):
@@ -124,9 +124,12 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
             f"package {manifest.name}/{manifest.version} does not match live feature service "
             f"{manifest.feature_service}: " + "; ".join(problems)
         )
-    ttls = {view: info.ttl_seconds for view, info in manifest.feature_views.items()}
+    # TTLs and evidence as trained: the model learnt with rows withheld past these TTLs.
     return StoreLayout.from_views(
-        {view: (key, ttls[view], feats) for view, (key, _, feats) in live.views.items()}
+        {
+            view: ViewSpec(info.join_key, info.ttl_seconds, info.features, info.evidence)
+            for view, info in manifest.feature_views.items()
+        }
     )
 
 

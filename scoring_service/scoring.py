@@ -11,12 +11,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from feature_repo.transforms import model_input
 from scoring_service import metrics
 from scoring_service.batcher import BatcherClosed, MicroBatcher
 from scoring_service.domain import MappedRequests
 from scoring_service.errors import NotReady
 from scoring_service.features import STATUS_NAMES, FeatureBatch, OnlineFeatureReader
-from scoring_service.on_demand import model_input
 from scoring_service.redis_reader import OFF_LOOP_ROWS
 from scoring_service.registry import LoadedModel
 from scoring_service.schemas import EntityFreshness

@@ -24,12 +24,12 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    feature_repo: Path = Path("feature_repo")
+    feature_repo: Path = Path("feature_repo/fraud")
     """Feast feature repository (holds the registry the service validates models against)."""
 
     feature_store_yaml: Path | None = None
     """feature_store.yaml to use; default is the repository's own (embedded SQLite).
-    Point it at feature_repo/feature_store.redis.yaml for Redis."""
+    Point it at feature_repo/fraud/feature_store.redis.yaml for Redis."""
 
     model_root: Path = Path("models/packages")
     """Root folder of model packages (<root>/<name>/<version>/manifest.json)."""

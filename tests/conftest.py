@@ -27,7 +27,7 @@ from feature_pipelines.stream import write_stream_tables
 from feature_pipelines.tables import write_feature_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-FEATURE_REPO = ROOT / "feature_repo"
+FEATURE_REPO = ROOT / "feature_repo" / "fraud"
 FEAST = Path(sys.executable).parent / "feast"
 TEST_ROWS = 20_000
 TEST_SEED = 11

@@ -22,12 +22,14 @@ from fastapi.testclient import TestClient
 
 from feature_pipelines.stream import STREAM_TABLES, FeastPushWriter, StreamConsumer, WindowState
 from feature_pipelines.stream_source import RedisStreamSource, TransactionEvent, append_events
+from feature_repo.layout import ViewSpec
+from feature_repo.transforms import resolve
 from models.dataset import entity_dataframe, feature_layout, open_store, retrieve_training_set
 from models.package import read_manifest
 from scoring_service.app import create_app
 from scoring_service.errors import ModelPackageInvalid
 from scoring_service.features import FeastOnlineReader, StoreLayout
-from scoring_service.on_demand import TRANSFORMS, for_manifest
+from scoring_service.on_demand import for_manifest
 from scoring_service.registry import load_package
 from tests.conftest import StreamRig
 from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
@@ -147,7 +149,10 @@ def test_service_matches_feasts_own_online_computation(
         entity_rows=rows,
     ).to_dict()
     layout = StoreLayout.from_views(
-        {v: (i.join_key, i.ttl_seconds, i.features) for v, i in v2_manifest.feature_views.items()}
+        {
+            v: ViewSpec(i.join_key, i.ttl_seconds, i.features, i.evidence)
+            for v, i in v2_manifest.feature_views.items()
+        }
     )
     batch = FeastOnlineReader(store, layout).read(
         {
@@ -179,9 +184,9 @@ def test_registry_refuses_changed_on_demand_code_or_views(
     (tampered / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelPackageInvalid, match=r"code of .*amount_context changed"):
         load_package(tampered, store)
-    manifest["on_demand_views"]["amount_context"]["code_sha256"] = TRANSFORMS[
-        "amount_context"
-    ].code_sha256
+    manifest["on_demand_views"]["amount_context"]["code_sha256"] = resolve(
+        manifest["on_demand_views"]["amount_context"]["function"]
+    ).code_sha256
     manifest["on_demand_views"]["geo_context"]["request_fields"] = ["card_country"]
     (tampered / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelPackageInvalid, match="geo_context: request fields"):

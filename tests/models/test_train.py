@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from feature_pipelines.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
-from models.package import checksums, read_manifest, sha256_file
+from models.package import SCHEMA_VERSION, checksums, read_manifest, sha256_file
 
 
 def test_manifest_contract(model_root) -> None:
@@ -35,7 +35,7 @@ def test_manifest_contract(model_root) -> None:
     t = manifest.label_thresholds
     assert 0.0 < t.suspicious <= t.highly_suspicious < 1.0
     assert "precision" in t.rule
-    assert json.loads((path / "manifest.json").read_text())["schema_version"] == 1
+    assert json.loads((path / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION == 2
 
 
 def test_model_beats_rules_baseline(model_root) -> None:

@@ -28,6 +28,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feature_repo.layout import EVIDENCE_TAG, ViewSpec
 from scoring_service.errors import FeatureStoreUnavailable
 from scoring_service.features import (
     MISSING,
@@ -79,7 +80,12 @@ def layout(store: FeatureStore) -> StoreLayout:
     views = {}
     for view in sorted(store.list_feature_views(), key=lambda v: v.name):
         ttl = int(view.ttl.total_seconds()) if view.ttl else None
-        views[view.name] = (view.join_keys[0], ttl, [f.name for f in view.features])
+        views[view.name] = ViewSpec(
+            view.join_keys[0],
+            ttl,
+            [f.name for f in view.features],
+            evidence=view.tags.get(EVIDENCE_TAG, "required") != "optional",
+        )
     return StoreLayout.from_views(views)
 
 
@@ -182,40 +188,52 @@ def expected_from_feast(
 def assert_matches_feast(
     batch: FeatureBatch, layout: StoreLayout, keys: dict, feast: dict, before: float, after: float
 ) -> None:
-    """Values per view; status and event time per entity, which the batch reports for the
-    entity's last view (several views may share a join key)."""
+    """Values per view as Feast returns them; per entity, the status and event time the rule of
+    ``feature_repo.online`` gives, worked out here from Feast's answers: the most severe status
+    among the entity's evidence views (missing > stale > present), the oldest row's event time
+    unless missing. Requests on a TTL boundary during the call are left out."""
     n = len(next(iter(keys.values())))
-    last = {view.join_key: view for view in layout.views}
+    expected: dict[str, list[tuple[int, float] | None]] = {}  # view -> per request
     checked = 0
     for view in layout.views:
         wanted, values, stamps = feast[view.name]
         width, offset = len(view.features), view.offset
-        decides = last[view.join_key] is view
-        status = batch.status[view.join_key]
-        event = batch.event_timestamp[view.join_key]
         block = batch.values[:, offset : offset + width]
+        per_request: list[tuple[int, float] | None] = [(NOT_REQUESTED, np.nan)] * n
         absent = sorted(set(range(n)) - set(wanted))
         assert np.isnan(block[absent]).all()
-        if decides:
-            assert (status[absent] == NOT_REQUESTED).all() and np.isnan(event[absent]).all()
         for r, i in enumerate(wanted):
             if stamps[r] == 0:  # Feast: no row for this key
                 assert np.isnan(block[i]).all() and np.isnan(values[r]).all()
-                if decides:
-                    assert status[i] == MISSING and np.isnan(event[i])
+                per_request[i] = (MISSING, np.nan)
                 continue
             stale_before = view.ttl_seconds is not None and before - stamps[r] > view.ttl_seconds
             stale_after = view.ttl_seconds is not None and after - stamps[r] > view.ttl_seconds
             if stale_before != stale_after:
-                continue  # on the TTL boundary during the call
+                per_request[i] = None  # on the TTL boundary during the call
+                continue
             if stale_after:
                 assert np.isnan(block[i]).all()  # withheld, as in training
             else:
                 np.testing.assert_array_equal(block[i], values[r].astype(np.float32))
-            if decides:
-                assert event[i] == pytest.approx(stamps[r], abs=1e-6)
-                assert status[i] == (STALE if stale_after else PRESENT)
+            per_request[i] = (STALE if stale_after else PRESENT, stamps[r])
             checked += 1
+        expected[view.name] = per_request
+    severity = {NOT_REQUESTED: 0, PRESENT: 1, STALE: 2, MISSING: 3}
+    for key in layout.join_keys:
+        views = [v for v in layout.views if v.join_key == key]
+        deciding = [v.name for v in views if v.evidence] or [v.name for v in views]
+        for i in range(n):
+            rows = [expected[name][i] for name in deciding]
+            if any(row is None for row in rows):
+                continue
+            status = max((row[0] for row in rows), key=severity.__getitem__)  # type: ignore[index]
+            stamps_i = [row[1] for row in rows if row[1] == row[1]]  # type: ignore[index]
+            assert batch.status[key][i] == status
+            if status in (MISSING, NOT_REQUESTED) or not stamps_i:
+                assert np.isnan(batch.event_timestamp[key][i])
+            else:
+                assert batch.event_timestamp[key][i] == pytest.approx(min(stamps_i), abs=1e-6)
     assert checked > 0
 
 

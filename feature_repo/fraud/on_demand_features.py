@@ -2,8 +2,9 @@
 
 Training gets them from ``get_historical_features`` (request columns come from the entity
 dataframe); the scoring service computes them on the row it has just read. Both run the same
-functions of ``scoring_service.on_demand``, so a change there changes training and serving
-together (and the service refuses a model trained with other code).
+functions of ``transforms.py`` in this folder, so a change there changes training and serving
+together (and the service refuses a model trained with other code). Each view names its function
+in the ``transform`` tag, which training records in the model package.
 
 The function bodies import inside themselves: Feast stores each function's source text and
 re-creates it elsewhere from that text alone, where module-level imports of this file do not
@@ -38,12 +39,12 @@ transaction_request = RequestSource(
     ],
     mode="python",
     description="This amount over the card's (30 days, last hour) and the IP's usual amounts.",
-    tags={"team": "fraud"},
+    tags={"team": "fraud", "transform": "feature_repo.fraud.transforms:amount_context"},
 )
 def amount_context(inputs: dict) -> dict:
-    from scoring_service import on_demand
+    from feature_repo.fraud import transforms
 
-    return on_demand.amount_context(inputs)
+    return transforms.amount_context(inputs)
 
 
 @on_demand_feature_view(
@@ -54,9 +55,9 @@ def amount_context(inputs: dict) -> dict:
     ],
     mode="python",
     description="IP country and merchant country versus the card's country.",
-    tags={"team": "fraud"},
+    tags={"team": "fraud", "transform": "feature_repo.fraud.transforms:geo_context"},
 )
 def geo_context(inputs: dict) -> dict:
-    from scoring_service import on_demand
+    from feature_repo.fraud import transforms
 
-    return on_demand.geo_context(inputs)
+    return transforms.geo_context(inputs)

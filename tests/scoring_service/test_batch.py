@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from models.batch_score import batch_score
-from models.cli import app as models_cli
+from scoring_service.batch import batch_score
+from scoring_service.cli import app as service_cli
 from scoring_service.errors import ModelPackageInvalid
 
 
@@ -73,7 +73,7 @@ def test_cli_scores_at_transaction_time_in_input_order(
     sample.iloc[::-1].to_parquet(path, index=False)  # order must be kept, whatever it is
     out = tmp_path / "scores.parquet"
     result = CliRunner().invoke(
-        models_cli,
+        service_cli,
         [
             "batch-score",
             "--transactions",

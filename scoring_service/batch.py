@@ -1,14 +1,15 @@
 """Offline batch scoring: transactions -> point-in-time features -> the served model -> labels.
 
-    python -m models batch-score --transactions X.parquet --out scores.parquet [--device auto]
+    python -m scoring_service batch-score --transactions X.parquet --out scores.parquet
 
 The same model package the service serves (verified against the live FeatureService, as the
 service does), the same features (``get_historical_features`` through the package's
 FeatureService, point in time: each transaction's own time, or one ``as_of`` time for all), the
 same predictor (the standard-operator graph on the GPU when one is usable, else the CPU
 TreeEnsemble graph) and the same label policy (``scoring_service.labels.LabelPolicy``). An
-entity counts as known when the offline store has a snapshot for it within the view's TTL, as
-the online store's row does for the service. The input is read and scored in chunks, so
+entity's status comes from the same rule as online (``feature_repo.online``): a view's row is
+there when the offline store has a snapshot within the view's TTL, as the online store's row is
+for the service. The input is read and scored in chunks, so
 millions of rows fit in memory; the output keeps the input's order.
 
 Scored online at time T and offline with ``as_of=T``, a transaction gets the same features
@@ -32,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 
-from models.dataset import feature_layout, open_store
+from feature_repo.layout import feature_layout, open_store
+from feature_repo.online import Row, assemble
 from models.package import package_dir
-from scoring_service.features import MISSING, PRESENT
 from scoring_service.predictor import DEFAULT_GPU_MIN_BATCH
 from scoring_service.registry import LoadedModel, load_package
 
@@ -102,7 +103,7 @@ def batch_score(
     transactions_path: Path,
     out_path: Path,
     *,
-    repo_path: Path = Path("feature_repo"),
+    repo_path: Path = Path("feature_repo/fraud"),
     yaml_path: Path | None = None,
     model_root: Path = Path("models/packages"),
     model_name: str = "fraud_model",
@@ -224,12 +225,19 @@ def _score_chunk(
         matrix[:, j] = pd.to_numeric(frame[name], errors="coerce").to_numpy(
             dtype=np.float32, na_value=np.nan
         )
-    # Known entity = a snapshot within the TTL (the join found one), as online = a fresh row.
-    statuses: dict[str, np.ndarray] = {}
+    # A view's row is there when the join found a snapshot within the TTL (all-NaN: none), as
+    # online a row is there when the store has it within the TTL; the status rule is shared.
+    reads: dict[str, tuple[list[int], list[Row]]] = {}
+    everyone = list(range(n))
     for view in model.layout.views:
         block = matrix[:, view.offset : view.offset + len(view.features)]
-        found = ~np.isnan(block).all(axis=1)
-        statuses[view.join_key] = np.where(found, PRESENT, MISSING)
+        found = (~np.isnan(block).all(axis=1)).tolist()
+        rows = block.tolist()
+        reads[view.name] = (
+            everyone,
+            [(0.0, row) if hit else (np.nan, ()) for hit, row in zip(found, rows, strict=True)],
+        )
+    statuses = assemble(model.layout, n, reads, now=0.0).status
     scores = model.predictor.predict(np.ascontiguousarray(matrix))
     policy = model.policy
     labels = [

@@ -9,6 +9,9 @@ row has expired, so the row is withheld (NaN) in training and serving alike.
 Plain ``FeatureView``s over a ``PushSource`` rather than ``StreamFeatureView``s: the windows are
 computed by our consumer (idempotently, see ``feature_pipelines.stream``), not by a Feast stream
 engine, and plain views are what the registry lookups of training and serving expect.
+
+Tagged ``evidence: optional``: a quiet entity has no streaming row, and that says nothing about
+whether the entity is known; its status comes from its batch view (``feature_repo.online``).
 """
 
 from datetime import timedelta
@@ -31,7 +34,7 @@ ip_stream_features = FeatureView(
     ],
     online=True,
     source=ip_stream_push,
-    tags={"team": "fraud", "entity": "ip_address", "freshness": "stream"},
+    tags={"team": "fraud", "entity": "ip_address", "freshness": "stream", "evidence": "optional"},
 )
 
 card_stream_features = FeatureView(
@@ -48,5 +51,5 @@ card_stream_features = FeatureView(
     ],
     online=True,
     source=card_stream_push,
-    tags={"team": "fraud", "entity": "card_id", "freshness": "stream"},
+    tags={"team": "fraud", "entity": "card_id", "freshness": "stream", "evidence": "optional"},
 )

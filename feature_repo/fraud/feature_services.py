@@ -16,9 +16,9 @@ fraud_model_v1 = FeatureService(
     tags={"model": "fraud_model", "version": "v1"},
 )
 
-# Streaming views come before the batch views of the same entities: the scoring service reports
-# one status per entity, that of the entity's last view in this list, so an entity's status stays
-# "has it a batch snapshot" and a quiet entity without a streaming row is not called unknown.
+# An entity's status (present / stale / missing) comes from its views that are evidence of it;
+# the streaming views are tagged optional evidence, so a quiet entity without a streaming row
+# is not called unknown (see feature_repo.online).
 fraud_model_v2 = FeatureService(
     name="fraud_model_v2",
     features=[
