@@ -31,3 +31,43 @@ PREDICT_ROWS = Counter(
     "Rows predicted, by graph: cpu (TreeEnsemble, CPU) or gpu (standard operators, CUDA).",
     ["graph"],
 )
+
+# Drift and freshness over a sliding window of scored rows (scoring_service/drift.py); refreshed
+# every few seconds, not per request. PSI: < 0.1 stable, 0.1-0.2 moderate, > 0.2 significant.
+SCORE_PSI = Gauge(
+    "scoring_score_psi",
+    "PSI of the scores in the drift window against the package's baseline score distribution.",
+    ["model_version"],
+)
+FEATURE_PSI = Gauge(
+    "scoring_feature_psi",
+    "PSI of a model input in the drift window against its training baseline (non-missing values).",
+    ["model_version", "feature"],
+)
+FEATURE_MISSING_RATE = Gauge(
+    "scoring_feature_missing_rate",
+    "Share of rows in the drift window where a model input is missing (NaN).",
+    ["model_version", "feature"],
+)
+DRIFT_WINDOW_ROWS = Gauge(
+    "scoring_drift_window_rows",
+    "Rows in the drift window the PSI gauges were computed on.",
+    ["model_version"],
+)
+FEATURE_AGE_SECONDS = Gauge(
+    "scoring_feature_age_seconds",
+    "Age of the feature rows read in the drift window, by feature view: min (the freshest row; "
+    "grows when the view stops being refreshed), p50 and max.",
+    ["view", "stat"],
+)
+FEATURE_UNAVAILABLE_RATIO = Gauge(
+    "scoring_feature_unavailable_ratio",
+    "Share of the drift window's reads of a view that found no row, or one older than its TTL "
+    "(1 for a view that was never materialized).",
+    ["view"],
+)
+SHADOW_LABEL_AGREEMENT = Gauge(
+    "scoring_shadow_label_agreement",
+    "Share of recent requests where a shadow model's label equals the answering model's.",
+    ["shadow", "model_version"],
+)

@@ -15,6 +15,7 @@ from feature_repo.transforms import model_input
 from scoring_service import metrics
 from scoring_service.batcher import BatcherClosed, MicroBatcher
 from scoring_service.domain import MappedRequests
+from scoring_service.drift import DriftMonitor
 from scoring_service.errors import NotReady
 from scoring_service.features import STATUS_NAMES, FeatureBatch, OnlineFeatureReader
 from scoring_service.redis_reader import OFF_LOOP_ROWS
@@ -67,6 +68,7 @@ class Scorer:
             for label in ("not_fraud", "suspicious", "highly_suspicious", "uncertain")
         }
         self._keys = [view.join_key for view in model.layout.views]
+        self.drift = DriftMonitor.for_model(model)  # sliding-window drift and freshness gauges
         self.batcher: MicroBatcher[MappedRequests, list[Scored]] | None = (
             MicroBatcher(self._score_batch, max_size=batch_max_rows, max_wait_s=batch_max_wait_s)
             if micro_batching
@@ -95,6 +97,7 @@ class Scorer:
         scores = self.model.predictor.predict(np.ascontiguousarray(matrix, dtype=np.float32))
         predicted = time.perf_counter()
         self._seconds["predict"].observe(predicted - started)
+        self.drift.observe(matrix, scores, batch)  # copies into a ring buffer; summarised later
         policy = self.model.policy
         statuses = {key: batch.status[key].tolist() for key in self._keys}
         ages = {key: batch.age_seconds[key].tolist() for key in self._keys}
