@@ -13,10 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feature_repo.layout import open_store
-from scoring_service import metrics
-from scoring_service.errors import UNEXPECTED_MESSAGE, FeatureStoreUnavailable, ScoringError
+from scoring_service.errors import (
+    UNEXPECTED_MESSAGE,
+    FeatureStoreUnavailable,
+    ScoringError,
+    error_response,
+    response_for,
+)
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
-from scoring_service.observability import RequestIdMiddleware, current_request_id
+from scoring_service.observability import RequestIdMiddleware
 from scoring_service.redis_reader import RedisFeatureReader, open_fast_redis
 from scoring_service.registry import LoadedModel, ModelRegistry
 from scoring_service.resilience import ScoringGuard, configure_online_store
@@ -33,15 +38,6 @@ HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
 }
-
-
-def _error(status: int, code: str, stage: str, message: str, headers=None) -> JSONResponse:
-    metrics.ERRORS.labels(code, stage).inc()
-    return JSONResponse(
-        {"code": code, "stage": stage, "message": message, "request_id": current_request_id()},
-        status_code=status,
-        headers=headers,
-    )
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -74,11 +70,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _scoring_error(_: Request, exc: ScoringError) -> JSONResponse:
         if exc.status_code >= 500:
             logger.warning("%s at %s: %s", exc.code, exc.stage, exc.message, exc_info=exc.__cause__)
-        return _error(exc.status_code, exc.code, exc.stage, exc.message, exc.headers)
+        return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", "request", validation_message(exc))
+        return error_response(422, "invalid_request", "request", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -89,12 +85,14 @@ def install_error_handlers(app: FastAPI) -> None:
             404: "No such route; see /docs for the API.",
             405: "This route does not accept that method; see /docs for the API.",
         }.get(exc.status_code, str(exc.detail))
-        return _error(exc.status_code, code, "request", message, getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, code, "request", message, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected error", exc_info=exc)
-        return _error(500, "internal_error", "service", UNEXPECTED_MESSAGE)
+        return error_response(500, "internal_error", "service", UNEXPECTED_MESSAGE)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,14 +1,21 @@
 """Errors in business terms: a stable code, the stage that refused, a sentence to act on.
 
 Every failure the service knows about is a subclass of ``ScoringError``; handlers turn them into
-``{code, stage, message, request_id}``. Third-party exceptions are mapped where they happen
+``{code, stage, message, request_id}`` through :func:`error_response`, the one place that body is
+built. Third-party exceptions are mapped where they happen
 (``raise FeatureStoreUnavailable(...) from exc``); anything unknown gets a generic message, never
 the exception's text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
+
+from starlette.responses import JSONResponse
+
+from scoring_service import metrics
+from scoring_service.observability import current_request_id
 
 
 class ScoringError(Exception):
@@ -124,3 +131,28 @@ UNEXPECTED_MESSAGE = (
     "The service hit an unexpected error; it has been logged under this request id. "
     "Retry, and report the request id if it persists."
 )
+
+
+def error_response(
+    status: int,
+    code: str,
+    stage: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error envelope ``{code, stage, message, request_id}``, counted by code and stage.
+
+    Every refusal leaves through here: the exception handlers and the middleware that refuses
+    a body before any route runs.
+    """
+    metrics.ERRORS.labels(code, stage).inc()
+    return JSONResponse(
+        {"code": code, "stage": stage, "message": message, "request_id": current_request_id()},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def response_for(error: ScoringError) -> JSONResponse:
+    """The envelope of a ``ScoringError``, with its status and headers."""
+    return error_response(error.status_code, error.code, error.stage, error.message, error.headers)

@@ -22,14 +22,17 @@ from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Request, Security
-from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scoring_service import metrics
-from scoring_service.errors import ConfigurationInvalid, Forbidden, Unauthorized
-from scoring_service.observability import current_request_id
+from scoring_service.errors import (
+    ConfigurationInvalid,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+    response_for,
+)
 from scoring_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -203,18 +206,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(scope: Scope, send: Send, limit: int) -> None:
-    metrics.ERRORS.labels("payload_too_large", "request").inc()
-    response = JSONResponse(
-        {
-            "code": "payload_too_large",
-            "stage": "request",
-            "message": too_large_message(limit),
-            "request_id": current_request_id(),
-        },
-        status_code=413,
-        headers={"Connection": "close"},
-    )
-    await response(scope, _no_body, send)
+    error = PayloadTooLarge(too_large_message(limit), headers={"Connection": "close"})
+    await response_for(error)(scope, _no_body, send)
 
 
 async def _no_body() -> Message:

@@ -76,3 +76,29 @@ def test_batch_error_names_the_item(client, valid_body) -> None:
     response = client.post("/v1/transactions/score-batch", json=body)
     assert response.status_code == 422
     assert response.json()["message"].startswith("transactions.1.amount: ")
+
+
+def test_every_refusal_has_one_envelope() -> None:
+    """Handlers and the body-limit middleware build the same body, counted by code and stage."""
+    from scoring_service import metrics
+    from scoring_service.errors import PayloadTooLarge, error_response, response_for
+    from scoring_service.observability import request_id_var
+
+    counter = metrics.ERRORS.labels("payload_too_large", "request")
+    before = counter._value.get()
+    token = request_id_var.set("req-123")
+    try:
+        direct = error_response(413, "payload_too_large", "request", "too big", {"X-A": "1"})
+        from_error = response_for(PayloadTooLarge("too big", headers={"X-A": "1"}))
+    finally:
+        request_id_var.reset(token)
+    for response in (direct, from_error):
+        assert response.status_code == 413
+        assert response.headers["x-a"] == "1"
+        assert json.loads(response.body) == {
+            "code": "payload_too_large",
+            "stage": "request",
+            "message": "too big",
+            "request_id": "req-123",
+        }
+    assert counter._value.get() == before + 2
