@@ -6,7 +6,7 @@ visible in the features (for suspicious labels) and every evidence gap (unknown 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,7 @@ RED_FLAGS: list[RedFlag] = [
 ]
 
 RANK = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}
+LABEL_NAMES = ("not_fraud", "suspicious", "highly_suspicious")  # by rank
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,8 @@ class LabelPolicy:
                 out.append(code)
         return out
 
-    def decide(
-        self,
-        score: float | None,
-        row: np.ndarray,
-        statuses: dict[str, int],
-    ) -> tuple[str, list[str]]:
-        """Label and reasons for one request; statuses maps join key -> entity status."""
+    def _evidence(self, statuses: Mapping[str, int]) -> tuple[list[str], bool]:
+        """(evidence gaps as reasons, whether the evidence is too thin) for one row's statuses."""
         gaps: list[str] = []
         unknown: list[str] = []
         for key, status in statuses.items():
@@ -108,15 +104,77 @@ class LabelPolicy:
                 gaps.append(f"stale_features_{key}")
                 if self.uncertain.stale_counts_as_unknown:
                     unknown.append(key)
-        if score is None:
-            return "uncertain", ["no_model_answer", *gaps]
-        label = self.score_label(score)
         thin = len(unknown) > self.uncertain.max_unknown_entities or any(
             key in unknown for key in self.uncertain.required_entities
         )
+        return gaps, thin
+
+    def decide(
+        self,
+        score: float | None,
+        row: np.ndarray,
+        statuses: dict[str, int],
+    ) -> tuple[str, list[str]]:
+        """Label and reasons for one request; statuses maps join key -> entity status."""
+        gaps, thin = self._evidence(statuses)
+        if score is None:
+            return "uncertain", ["no_model_answer", *gaps]
+        label = self.score_label(score)
         if thin:
             floor = self.uncertain.report_label_at_or_above
             if floor == "never" or RANK[label] < RANK[floor]:
                 return "uncertain", ["insufficient_evidence", *gaps]
         reasons = self.red_flags(row) if label != "not_fraud" else []
         return label, reasons + gaps
+
+    def decide_many(
+        self,
+        scores: np.ndarray,
+        matrix: np.ndarray,
+        statuses: Mapping[str, np.ndarray],
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """``decide`` for n rows at once: labels (an object array) and reasons, row by row equal
+        to ``decide(scores[i], matrix[i], {key: statuses[key][i]})``.
+
+        Labels come from array comparisons. Evidence gaps depend only on a row's statuses, so
+        they are worked out once per distinct status pattern (a handful per batch); red flags,
+        which only suspicious labels carry, are looked at for those rows alone.
+        """
+        n = len(scores)
+        keys = list(statuses)
+        if n == 0:
+            return np.empty(0, dtype=object), []
+        # One pattern code per row: the statuses (each < 8) as base-8 digits, in key order.
+        codes = np.zeros(n, dtype=np.int64)
+        for key in keys:
+            codes = codes * 8 + np.asarray(statuses[key], dtype=np.int64)
+        patterns, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        gaps_of: list[list[str]] = []
+        thin_of = np.zeros(len(patterns), dtype=bool)
+        for p, row in enumerate(first.tolist()):
+            gaps, thin_of[p] = self._evidence({key: int(statuses[key][row]) for key in keys})
+            gaps_of.append(gaps)
+        scores = np.asarray(scores, dtype=np.float64)
+        rank = np.where(
+            scores >= self.thresholds.highly_suspicious,
+            2,
+            np.where(scores >= self.thresholds.suspicious, 1, 0),
+        )
+        floor = self.uncertain.report_label_at_or_above
+        below_floor = np.ones(n, dtype=bool) if floor == "never" else rank < RANK[floor]
+        uncertain = thin_of[inverse] & below_floor
+        labels = np.array(LABEL_NAMES, dtype=object)[rank]
+        labels[uncertain] = "uncertain"
+        reasons: list[list[str]] = []
+        flagged = ((rank > 0) & ~uncertain).tolist()
+        for i, (p, is_uncertain, has_flags) in enumerate(
+            zip(inverse.tolist(), uncertain.tolist(), flagged, strict=True)
+        ):
+            gaps = gaps_of[p]
+            if is_uncertain:
+                reasons.append(["insufficient_evidence", *gaps])
+            elif has_flags:
+                reasons.append(self.red_flags(matrix[i]) + gaps)
+            else:
+                reasons.append(list(gaps))
+        return labels, reasons

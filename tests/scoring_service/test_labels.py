@@ -103,3 +103,44 @@ def test_red_flags_only_on_suspicious_labels() -> None:
 def test_unknown_feature_values_raise_no_flag() -> None:
     row = np.array([np.nan, np.nan, 500.0], dtype=np.float32)
     assert policy().decide(0.9, row, ALL_PRESENT) == ("highly_suspicious", [])
+
+
+STATUSES = [PRESENT, MISSING, STALE, NOT_REQUESTED]
+POLICIES = [
+    {},
+    {"stale_counts_as_unknown": False},
+    {"required_entities": ["card_id"]},
+    {"report_label_at_or_above": "never"},
+    {"report_label_at_or_above": "suspicious", "max_unknown_entities": 0},
+]
+
+
+@pytest.mark.parametrize("uncertain", POLICIES)
+def test_decide_many_equals_decide_row_by_row(uncertain: dict) -> None:
+    """The vectorized path gives every row the label and reasons decide() gives it."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    scores = rng.random(n)
+    # Edges and a no-answer value too: exactly at each threshold, just below, NaN.
+    scores[:6] = [0.3, math.nextafter(0.3, 0.0), 0.8, math.nextafter(0.8, 0.0), 0.0, math.nan]
+    matrix = np.column_stack(
+        [rng.integers(0, 6, n), rng.uniform(0, 100, n), rng.uniform(0, 400, n)]
+    ).astype(np.float32)
+    matrix[rng.random(n) < 0.1, 0] = np.nan  # unknown feature values raise no flag
+    statuses = {
+        key: rng.choice(STATUSES, n, p=[0.7, 0.12, 0.12, 0.06])
+        for key in ("ip_address", "card_id", "merchant_id")
+    }
+    chosen = policy(**uncertain)
+    labels, reasons = chosen.decide_many(scores, matrix, statuses)
+    assert len(labels) == len(reasons) == n
+    for i in range(n):
+        row_status = {key: int(values[i]) for key, values in statuses.items()}
+        expected = chosen.decide(float(scores[i]), matrix[i], row_status)
+        assert (labels[i], reasons[i]) == expected, (i, scores[i], row_status)
+    assert set(labels) >= {"not_fraud", "suspicious", "highly_suspicious"}
+
+
+def test_decide_many_of_nothing() -> None:
+    labels, reasons = policy().decide_many(np.empty(0), np.empty((0, 3)), {"card_id": np.empty(0)})
+    assert len(labels) == 0 and reasons == []
