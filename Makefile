@@ -30,7 +30,8 @@ endif
 
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
 	materialize train dataset serve run test lint format bench clean soak bench-predict \
-	replay stream produce skew-check train-compare bench-freshness
+	replay stream produce skew-check train-compare bench-freshness lint-imports \
+	check-serve-install
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,21 +43,30 @@ GPU_EXTRA ?= gpu
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,$(ORT)]'
+	$(PY) -m pip install --quiet -e '.[dev,serve,train,spark,$(ORT)]'
 	@touch $(STAMP)
 
 setup: $(STAMP) system-deps ## Virtual environment with all dependencies, plus redis-server
 
 setup-gpu: $(STAMP) ## Swap onnxruntime for onnxruntime-gpu (CUDA 13 + cuDNN 9; GPU_EXTRA=gpu-cuda pulls them from pip)
 	$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
-	$(PY) -m pip install --quiet -e '.[dev,$(GPU_EXTRA)]'
+	$(PY) -m pip install --quiet -e '.[dev,serve,train,spark,$(GPU_EXTRA)]'
 	$(PY) -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
-system-deps: ## redis-server (and wrk for benchmarks) from Debian when missing
-	@command -v redis-server >/dev/null && command -v wrk >/dev/null || { \
+# The real servers and tools the tests start: Redis (and Redis Cluster), PostgreSQL (the SQL
+# registry), nginx (replicas), promtool (alert rules), Chromium (reports), Java (Spark), wrk.
+SYSTEM_COMMANDS := redis-server redis-cli wrk nginx promtool chromium java
+SYSTEM_PACKAGES := redis-server redis-tools wrk postgresql nginx prometheus chromium openjdk-17-jre-headless
+system-deps: ## The Debian packages above, from apt-get when any command is missing
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages (missing:$$missing)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			$(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 
 redis-up: system-deps ## Start a local redis-server on REDIS_PORT (STORE=redis uses it)
 	@mkdir -p data
@@ -130,7 +140,8 @@ run: setup data apply materialize train ## Whole path on a fresh machine, then s
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
-test: setup ## Unit, integration (real redis-server) and end-to-end tests
+test: setup ## Architecture contracts, then unit, integration (real servers) and end-to-end tests
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 SOAK_SECONDS ?= 600
@@ -147,10 +158,17 @@ FRESHNESS_EVENTS ?= 1000
 bench-freshness: $(STAMP) system-deps ## Event appended -> changed score, p50/p99 (own Redis, v2) -> bench/results/freshness.json
 	$(PY) bench/freshness.py --events $(FRESHNESS_EVENTS) --out bench/results/freshness.json
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+lint: $(STAMP) ## ruff (lint + format check), mypy and the import-linter layer contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory lint-imports
+
+lint-imports: $(STAMP) ## The architecture: layers and forbidden imports (pyproject [tool.importlinter])
+	$(VENV)/bin/lint-imports
+
+check-serve-install: setup ## A fresh venv with only the serving set starts the service and scores
+	$(PY) -m pytest -q tests/scoring_service/test_serving_install.py
 
 format: $(STAMP) ## Apply ruff formatting and fixes
 	$(VENV)/bin/ruff format .
