@@ -17,6 +17,7 @@ import typer
 
 from feature_pipelines import schema
 from feature_pipelines.aggregate import aggregate
+from feature_pipelines.credit.cli import app as credit_app
 from feature_pipelines.generate import generate_transactions, write_transactions
 from feature_pipelines.tables import write_feature_tables
 
@@ -26,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+# Each domain's jobs beyond fraud are a command group: `python -m feature_pipelines credit load`.
+app.add_typer(credit_app, name="credit")
 
 EndOption = Annotated[
     str | None,

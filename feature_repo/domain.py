@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import pairwise
+from numbers import Real
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -225,11 +226,16 @@ class RequestField(BaseModel):
 
 
 def _parse_number(spec: RequestField, value: Any, now: datetime | None) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # numbers.Real takes numpy scalars too (loaders validate data frames with this).
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError("must be a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("must be a finite number") from None
+    if not math.isfinite(number):
         raise ValueError("must be a finite number")
-    if spec.kind == "integer" and float(value) != int(value):
+    if spec.kind == "integer" and not number.is_integer():
         raise ValueError("must be a whole number")
     c = spec.constraints
     bounds: list[tuple[float | None, Callable[[Any, Any], bool], str]] = [
@@ -239,9 +245,9 @@ def _parse_number(spec: RequestField, value: Any, now: datetime | None) -> float
         (c.lt, operator.lt, "less than"),
     ]
     for bound, holds, words in bounds:
-        if bound is not None and not holds(value, bound):
+        if bound is not None and not holds(number, bound):
             raise ValueError(f"must be {words} {bound:g}")
-    return int(value) if spec.kind == "integer" else float(value)
+    return int(number) if spec.kind == "integer" else number
 
 
 def _parse_text(spec: RequestField, value: Any, now: datetime | None) -> str:

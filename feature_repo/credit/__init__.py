@@ -1,0 +1,1 @@
+"""Credit scoring: loan applications, their applicants' credit history and zipcode statistics."""
