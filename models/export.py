@@ -8,6 +8,7 @@ rows it is checked on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import lightgbm as lgb
 import numpy as np
@@ -16,7 +17,9 @@ import onnxmltools
 import onnxruntime as ort
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from models.lightgbm_dump import split_thresholds
 from models.standard_graph import compile_booster
+from models.thresholds import float32_floor
 
 logger = logging.getLogger(__name__)
 
@@ -52,46 +55,21 @@ def tree_ensemble_graph(booster: lgb.Booster, n_features: int) -> onnx.ModelProt
     return model
 
 
-def _float32_at_or_below(value: float) -> np.float32:
-    """Largest float32 <= value: for float32 x, x <= value iff x <= this."""
-    # LightGBM writes 1e300 for a split above every value; it rounds to inf, then down to max.
-    with np.errstate(over="ignore"):
-        rounded = np.float32(value)
-    if float(rounded) > value:
-        rounded = np.nextafter(rounded, np.float32(-np.inf))
-    return rounded
-
-
-def _split_thresholds(booster: lgb.Booster) -> dict[int, list[float]]:
-    """Double-precision split thresholds of every feature, from LightGBM's own dump."""
-    out: dict[int, list[float]] = {}
-
-    def walk(node: dict) -> None:
-        if "split_feature" in node:
-            out.setdefault(int(node["split_feature"]), []).append(float(node["threshold"]))
-            walk(node["left_child"])
-            walk(node["right_child"])
-
-    for tree in booster.dump_model()["tree_info"]:
-        walk(tree["tree_structure"])
-    return out
-
-
 def _round_thresholds_down(model: onnx.ModelProto, booster: lgb.Booster) -> None:
     """Replace the converter's nearest-float32 thresholds by float32-at-or-below ones.
 
     LightGBM compares float32 inputs (as doubles) with double thresholds. The converter stores
     thresholds rounded to the nearest float32; when that rounds up onto an input value, the
-    input goes left in ONNX and right in LightGBM. Rounding down makes the comparisons agree
-    for every float32 input.
+    input goes left in ONNX and right in LightGBM. Rounding down (``models.thresholds``, as the
+    standard-operator graph does) makes the comparisons agree for every float32 input.
     """
-    by_feature = _split_thresholds(booster)
     lookup: dict[tuple[int, float], np.float32] = {}
-    for feature, thresholds in by_feature.items():
-        for t in thresholds:
-            with np.errstate(over="ignore"):  # 1e300 thresholds: see _float32_at_or_below
-                key = (feature, float(np.float32(t)))
-            down = _float32_at_or_below(t)
+    for feature, thresholds in split_thresholds(booster).items():
+        doubles = np.asarray(thresholds, dtype=np.float64)
+        with np.errstate(over="ignore"):  # 1e300 ("above every value") rounds to inf
+            nearest = doubles.astype(np.float32)
+        for near, down in zip(nearest.tolist(), float32_floor(doubles), strict=True):
+            key = (feature, float(near))
             if key in lookup and lookup[key] != down:
                 raise ParityError(
                     f"feature {feature}: two thresholds share float32 {key[1]!r} but round "
@@ -123,14 +101,30 @@ def standard_ops_graph(booster: lgb.Booster) -> onnx.ModelProto:
     return model
 
 
-def session(model: onnx.ModelProto | bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with the settings the service uses."""
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """The ONNX Runtime options of every session training opens (parity checks, tests).
+
+    The same settings as the service's sessions (``scoring_service.predictor``, which this
+    layer may not import): one thread per call, sequential, all graph optimizations.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def session(
+    model: onnx.ModelProto | bytes,
+    intra_op_threads: int = 1,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> ort.InferenceSession:
+    """A session of an exported graph (on the CPU unless ``providers`` says otherwise)."""
     payload = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        payload, session_options(intra_op_threads), providers=list(providers)
+    )
 
 
 def onnx_probability(sess: ort.InferenceSession, features: np.ndarray) -> np.ndarray:

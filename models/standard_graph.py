@@ -1,5 +1,7 @@
 """Compile a LightGBM binary classifier into an ONNX graph of standard-domain operators only.
 
+The trees come from ``models.lightgbm_dump``; this module only builds the graph.
+
 The TreeEnsemble operators (domain ``ai.onnx.ml``) that ``onnxmltools.convert_lightgbm`` emits
 have no CUDA kernels in ONNX Runtime, so such a graph silently runs on the CPU even when the
 CUDA execution provider is requested. :func:`compile_booster` reads ``Booster.dump_model()``
@@ -16,7 +18,8 @@ Exactness (relative to ``booster.predict(X.astype(np.float32).astype(np.float64)
   float) before the trees see them, so those become exactly 0.0; the graph does the same.
 * A numerical split sends ``x`` left iff ``x <= t`` with ``t`` a double. For float32 ``x`` that
   is equivalent to ``x <= t32`` where ``t32`` is the largest float32 not above ``t`` (and to
-  ``x < nextafter(t32, +inf)``), so every comparison is done exactly in float32.
+  ``x < nextafter(t32, +inf)``; ``models.thresholds``), so every comparison is done exactly
+  in float32.
   ``dump_model()`` writes infinite thresholds (LightGBM uses ``+inf`` for "NaN vs. the rest"
   splits) as ``+-1e300``; they are read back as ``+-inf``.
 * Missing values follow ``Tree::NumericalDecision``: with missing type ``NaN`` a NaN takes the
@@ -50,20 +53,12 @@ from typing import Any, Literal
 import lightgbm
 import numpy as np
 import onnx
-import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = [
-    "K_ZERO_THRESHOLD",
-    "Forest",
-    "Strategy",
-    "Tree",
-    "compile_booster",
-    "float32_floor",
-    "parse_booster",
-    "predict_reference",
-    "session_for",
-]
+from models.lightgbm_dump import MISSING_NONE, MISSING_ZERO, Forest, Tree, parse_booster
+from models.thresholds import float32_floor
+
+__all__ = ["K_ZERO_THRESHOLD", "Strategy", "compile_booster"]
 
 # LightGBM's kZeroThreshold is declared as the float literal 1e-35f.
 K_ZERO_THRESHOLD = np.float32(1e-35)
@@ -74,187 +69,7 @@ _GEMM_MAX_LEAVES = 2048
 _AXIS_0 = np.array([0], dtype=np.int64)
 _AXIS_1 = np.array([1], dtype=np.int64)
 
-# dump_model() clamps thresholds to [-1e300, 1e300] (Common::AvoidInf).
-_JSON_INF = 1e300
-
-_MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
-_MISSING_NONE, _MISSING_ZERO = _MISSING_TYPES["None"], _MISSING_TYPES["Zero"]
-
 Strategy = Literal["gemm", "traversal"]
-
-
-@dataclass(frozen=True)
-class Tree:
-    """One tree in LightGBM's array form.
-
-    Internal nodes are numbered ``0..num_internal-1`` (root is 0 when there is at least one
-    split); a child index ``c < 0`` denotes leaf ``~c``.
-    """
-
-    feature: np.ndarray  # int64 [I]
-    threshold: np.ndarray  # float64 [I]
-    missing_type: np.ndarray  # int8 [I], 0=None 1=Zero 2=NaN
-    default_left: np.ndarray  # bool [I]
-    left: np.ndarray  # int64 [I]
-    right: np.ndarray  # int64 [I]
-    leaf_value: np.ndarray  # float64 [L]
-
-    @property
-    def num_internal(self) -> int:
-        """Number of split nodes."""
-        return int(self.feature.shape[0])
-
-    @property
-    def num_leaves(self) -> int:
-        """Number of leaves."""
-        return int(self.leaf_value.shape[0])
-
-    def leaf_paths(self) -> list[list[tuple[int, bool]]]:
-        """For each leaf, the ``(node, went_left)`` decisions on its path from the root."""
-        paths: list[list[tuple[int, bool]]] = [[] for _ in range(self.num_leaves)]
-        if self.num_internal == 0:
-            return paths
-        stack: list[tuple[int, list[tuple[int, bool]]]] = [(0, [])]
-        while stack:
-            node, path = stack.pop()
-            for child, went_left in ((int(self.left[node]), True), (int(self.right[node]), False)):
-                child_path = [*path, (node, went_left)]
-                if child < 0:
-                    paths[~child] = child_path
-                else:
-                    stack.append((child, child_path))
-        return paths
-
-
-@dataclass(frozen=True)
-class Forest:
-    """The part of a LightGBM binary model that prediction needs."""
-
-    num_features: int
-    trees: tuple[Tree, ...]
-    sigmoid: float
-    average_output: bool
-
-
-def _objective_sigmoid(objective: str) -> float:
-    tokens = objective.split()
-    if not tokens or tokens[0] != "binary":
-        raise ValueError(f"only the 'binary' objective is supported, the booster has {objective!r}")
-    sigmoid = 1.0
-    for token in tokens[1:]:
-        key, _, value = token.partition(":")
-        if key == "sigmoid":
-            sigmoid = float(value)
-    if not np.isfinite(sigmoid) or sigmoid <= 0:
-        raise ValueError(f"invalid sigmoid parameter in objective {objective!r}")
-    return sigmoid
-
-
-def _parse_tree(info: dict[str, Any]) -> Tree:
-    if int(info.get("num_cat", 0)) > 0:
-        raise ValueError(f"tree {info.get('tree_index')} has categorical splits (unsupported)")
-    root = info["tree_structure"]
-    feature: list[int] = []
-    threshold: list[float] = []
-    missing: list[int] = []
-    default_left: list[bool] = []
-    left: list[int] = []
-    right: list[int] = []
-    leaf_value: dict[int, float] = {}
-
-    def child_ref(child: dict[str, Any]) -> int:
-        return ~int(child["leaf_index"]) if "leaf_index" in child else int(child["split_index"])
-
-    if "split_index" not in root:
-        if "leaf_coeff" in root:
-            raise ValueError("linear trees are not supported")
-        leaf_value[0] = float(root["leaf_value"])
-    else:
-        # Iterative walk: deep trees must not hit Python's recursion limit.
-        nodes: dict[int, dict[str, Any]] = {}
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            if "split_index" in node:
-                nodes[int(node["split_index"])] = node
-                stack.extend((node["left_child"], node["right_child"]))
-            else:
-                if "leaf_coeff" in node:
-                    raise ValueError("linear trees are not supported")
-                leaf_value[int(node["leaf_index"])] = float(node["leaf_value"])
-        if sorted(nodes) != list(range(len(nodes))) or int(root["split_index"]) != 0:
-            raise ValueError("unexpected split numbering in dump_model() output")
-        for index in range(len(nodes)):
-            node = nodes[index]
-            if node["decision_type"] != "<=":
-                raise ValueError(
-                    f"split decision {node['decision_type']!r} is not supported "
-                    "(categorical splits are not supported)"
-                )
-            t = float(node["threshold"])
-            if np.isnan(t):
-                raise ValueError("NaN split threshold")
-            if abs(t) >= _JSON_INF:
-                # dump_model() writes infinite thresholds (e.g. "NaN vs. the rest" splits) as
-                # +-1e300; the model itself compares against +-inf, which matters for x = +-inf.
-                t = float(np.copysign(np.inf, t))
-            feature.append(int(node["split_feature"]))
-            threshold.append(t)
-            missing.append(_MISSING_TYPES[str(node["missing_type"])])
-            default_left.append(bool(node["default_left"]))
-            left.append(child_ref(node["left_child"]))
-            right.append(child_ref(node["right_child"]))
-    if sorted(leaf_value) != list(range(len(leaf_value))):
-        raise ValueError("unexpected leaf numbering in dump_model() output")
-    return Tree(
-        feature=np.asarray(feature, dtype=np.int64),
-        threshold=np.asarray(threshold, dtype=np.float64),
-        missing_type=np.asarray(missing, dtype=np.int8),
-        default_left=np.asarray(default_left, dtype=bool),
-        left=np.asarray(left, dtype=np.int64),
-        right=np.asarray(right, dtype=np.int64),
-        leaf_value=np.asarray([leaf_value[i] for i in range(len(leaf_value))], dtype=np.float64),
-    )
-
-
-def _num_iteration(booster: lightgbm.Booster) -> int | None:
-    best = int(getattr(booster, "best_iteration", 0) or 0)
-    return best if best > 0 else None
-
-
-def parse_booster(booster: lightgbm.Booster) -> Forest:
-    """Read the trees of a binary LightGBM booster from ``dump_model()``.
-
-    Uses ``booster.best_iteration`` trees when positive, otherwise all trees. Raises
-    ``ValueError`` for anything other than a binary model with numerical, constant-leaf trees.
-    """
-    num_iteration = _num_iteration(booster)
-    dump = booster.dump_model(num_iteration=-1 if num_iteration is None else num_iteration)
-    sigmoid = _objective_sigmoid(str(dump.get("objective", "")))
-    if int(dump.get("num_class", 1)) != 1 or int(dump.get("num_tree_per_iteration", 1)) != 1:
-        raise ValueError("multiclass models are not supported")
-    trees = tuple(_parse_tree(info) for info in dump["tree_info"])
-    if not trees:
-        raise ValueError("the booster has no trees")
-    return Forest(
-        num_features=int(dump["max_feature_idx"]) + 1,
-        trees=trees,
-        sigmoid=sigmoid,
-        average_output=bool(dump.get("average_output", False)),
-    )
-
-
-def float32_floor(values: np.ndarray) -> np.ndarray:
-    """Largest float32 that is ``<=`` each float64 value (rounding toward -inf).
-
-    For every float32 ``x``: ``x <= t`` iff ``x <= float32_floor(t)``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        rounded = values.astype(np.float32)
-    above = rounded.astype(np.float64) > values
-    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
-    return rounded
 
 
 # Input variants a split can compare against (bit flags). Each variant is a [F, N] block of the
@@ -278,9 +93,7 @@ class _CompiledSplits:
 def _compile_splits(tree: Tree) -> _CompiledSplits:
     t32 = float32_floor(tree.threshold)
     # Where LightGBM sends a NaN: None compares it as 0.0, Zero/NaN use default_left.
-    nan_left = np.where(
-        tree.missing_type == _MISSING_NONE, tree.threshold >= 0.0, tree.default_left
-    )
+    nan_left = np.where(tree.missing_type == MISSING_NONE, tree.threshold >= 0.0, tree.default_left)
     # NaN makes Less false. Splits whose NaN goes right test "x <= t32" as "x < next_up(t32)"
     # (true = left); splits whose NaN goes left test "x > t32" as "-x < -t32" (true = right).
     with np.errstate(over="ignore"):
@@ -289,7 +102,7 @@ def _compile_splits(tree: Tree) -> _CompiledSplits:
     # "x <= +inf" has no strict form that also holds for x = +inf; clamp +inf instead.
     clamp = ~nan_left & (t32 == np.float32(np.inf))
     variant = (
-        np.where(tree.missing_type == _MISSING_ZERO, _ZERO_AS_NAN, 0)
+        np.where(tree.missing_type == MISSING_ZERO, _ZERO_AS_NAN, 0)
         | np.where(nan_left, _NEGATED, 0)
         | np.where(clamp, _CLAMP_POS_INF, 0)
     ).astype(np.int64)
@@ -605,34 +418,3 @@ def compile_booster(
     )
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def predict_reference(booster: lightgbm.Booster, X: np.ndarray) -> np.ndarray:
-    """LightGBM's own ``[1 - p, p]`` (float64) for float32 inputs, with the graph's iterations.
-
-    The input is rounded to float32 first because that is what the ONNX graph receives.
-    """
-    x64 = np.asarray(X, dtype=np.float32).astype(np.float64)
-    p = np.asarray(booster.predict(x64, num_iteration=_num_iteration(booster)), dtype=np.float64)
-    return np.stack([1.0 - p, p], axis=1)
-
-
-def session_for(
-    model: onnx.ModelProto,
-    providers: Sequence[str] | None = None,
-    intra_op_threads: int = 1,
-) -> onnxruntime.InferenceSession:
-    """Create an ONNX Runtime session for ``model``.
-
-    ``providers=None`` picks CUDA when the installed runtime offers it, with CPU fallback.
-    """
-    if providers is None:
-        available = onnxruntime.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider",) if p in available]
-        providers.append("CPUExecutionProvider")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        model.SerializeToString(), sess_options=options, providers=list(providers)
-    )

@@ -18,14 +18,9 @@ import onnx
 import onnxruntime
 import pytest
 
-from models.standard_graph import (
-    K_ZERO_THRESHOLD,
-    Strategy,
-    compile_booster,
-    float32_floor,
-    predict_reference,
-    session_for,
-)
+from models.standard_graph import K_ZERO_THRESHOLD, Strategy, compile_booster
+from models.thresholds import float32_floor
+from tests.models.graph_helpers import predict_reference, session_for
 
 STRATEGIES: tuple[Strategy, ...] = ("gemm", "traversal")
 PROBA_TOL = 1e-5
@@ -619,22 +614,6 @@ def test_same_layout_as_tree_ensemble_graph(
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def test_float32_floor() -> None:
-    rng = np.random.default_rng(50)
-    values = np.concatenate(
-        [
-            rng.normal(size=2000) * 10.0 ** rng.integers(-40, 40, 2000),
-            np.array([0.0, -0.0, 1e-300, -1e-300, 1e300, -1e300, 0.1, 2.5]),
-        ]
-    )
-    floor = float32_floor(values)
-    assert floor.dtype == np.float32
-    assert np.all(floor.astype(np.float64) <= values)
-    with np.errstate(over="ignore"):
-        above = np.nextafter(floor, np.float32(np.inf)).astype(np.float64)
-    assert np.all(above > values)
 
 
 def test_session_for_defaults(boosters: dict[str, lgb.Booster]) -> None:
