@@ -52,6 +52,8 @@ RED_FLAGS: list[RedFlag] = [
 
 RANK = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}
 LABEL_NAMES = ("not_fraud", "suspicious", "highly_suspicious")  # by rank
+VECTOR_MIN_ROWS = 32
+"""From this many rows on, ``decide_many`` works on arrays."""
 
 
 @dataclass(frozen=True)
@@ -132,18 +134,24 @@ class LabelPolicy:
         scores: np.ndarray,
         matrix: np.ndarray,
         statuses: Mapping[str, np.ndarray],
-    ) -> tuple[np.ndarray, list[list[str]]]:
-        """``decide`` for n rows at once: labels (an object array) and reasons, row by row equal
-        to ``decide(scores[i], matrix[i], {key: statuses[key][i]})``.
+    ) -> tuple[list[str], list[list[str]]]:
+        """``decide`` for n rows at once: labels and reasons, row by row equal to
+        ``decide(scores[i], matrix[i], {key: statuses[key][i]})``.
 
         Labels come from array comparisons. Evidence gaps depend only on a row's statuses, so
         they are worked out once per distinct status pattern (a handful per batch); red flags,
-        which only suspicious labels carry, are looked at for those rows alone.
+        which only suspicious labels carry, are looked at for those rows alone. A few rows (a
+        micro-batch) go through ``decide`` itself: numpy's per-call cost would outweigh them.
         """
         n = len(scores)
         keys = list(statuses)
-        if n == 0:
-            return np.empty(0, dtype=object), []
+        if n < VECTOR_MIN_ROWS:
+            columns = {key: np.asarray(statuses[key]).tolist() for key in keys}
+            decided = [
+                self.decide(score, matrix[i], {key: columns[key][i] for key in keys})
+                for i, score in enumerate(np.asarray(scores, dtype=np.float64).tolist())
+            ]
+            return [label for label, _ in decided], [reasons for _, reasons in decided]
         # One pattern code per row: the statuses (each < 8) as base-8 digits, in key order.
         codes = np.zeros(n, dtype=np.int64)
         for key in keys:
@@ -163,8 +171,9 @@ class LabelPolicy:
         floor = self.uncertain.report_label_at_or_above
         below_floor = np.ones(n, dtype=bool) if floor == "never" else rank < RANK[floor]
         uncertain = thin_of[inverse] & below_floor
-        labels = np.array(LABEL_NAMES, dtype=object)[rank]
-        labels[uncertain] = "uncertain"
+        named = np.array(LABEL_NAMES, dtype=object)[rank]
+        named[uncertain] = "uncertain"
+        labels: list[str] = named.tolist()
         reasons: list[list[str]] = []
         flagged = ((rank > 0) & ~uncertain).tolist()
         for i, (p, is_uncertain, has_flags) in enumerate(

@@ -115,11 +115,11 @@ POLICIES = [
 ]
 
 
+@pytest.mark.parametrize("n", [4000, 7])
 @pytest.mark.parametrize("uncertain", POLICIES)
-def test_decide_many_equals_decide_row_by_row(uncertain: dict) -> None:
+def test_decide_many_equals_decide_row_by_row(uncertain: dict, n: int) -> None:
     """The vectorized path gives every row the label and reasons decide() gives it."""
     rng = np.random.default_rng(3)
-    n = 4000
     scores = rng.random(n)
     # Edges and a no-answer value too: exactly at each threshold, just below, NaN.
     scores[:6] = [0.3, math.nextafter(0.3, 0.0), 0.8, math.nextafter(0.8, 0.0), 0.0, math.nan]
@@ -138,7 +138,8 @@ def test_decide_many_equals_decide_row_by_row(uncertain: dict) -> None:
         row_status = {key: int(values[i]) for key, values in statuses.items()}
         expected = chosen.decide(float(scores[i]), matrix[i], row_status)
         assert (labels[i], reasons[i]) == expected, (i, scores[i], row_status)
-    assert set(labels) >= {"not_fraud", "suspicious", "highly_suspicious"}
+    if n > 100:
+        assert set(labels) >= {"not_fraud", "suspicious", "highly_suspicious", "uncertain"}
 
 
 def test_decide_many_of_nothing() -> None:
