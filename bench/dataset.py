@@ -39,8 +39,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 
-from feature_pipelines.aggregate import aggregate
-from feature_pipelines.generate import generate_transactions
+from feature_pipelines.fraud.aggregate import aggregate
+from feature_pipelines.fraud.generate import generate_transactions
+from feature_pipelines.fraud.schema import TABLE_FILES
 from feature_pipelines.tables import write_feature_tables
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def build_world(
     transactions.to_parquet(tx_path, index=False)
     tables = aggregate(transactions, end=now)
     repo = _copy_repo(workdir / "feature_repo")
-    write_feature_tables(tables, repo / "data")
+    write_feature_tables(tables, repo / "data", TABLE_FILES)
     started = _step(timings, "generate_aggregate_s", started)
 
     _feast(repo, "apply", env=env)

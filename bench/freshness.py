@@ -50,14 +50,13 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feature_pipelines.aggregate import aggregate  # noqa: E402
-from feature_pipelines.generate import generate_transactions, write_transactions  # noqa: E402
-from feature_pipelines.stream import stream_tables, write_stream_tables  # noqa: E402
-from feature_pipelines.stream_source import (  # noqa: E402
-    DEFAULT_STREAM,
-    TransactionEvent,
-    append_events,
-)
+from feature_pipelines.fraud.aggregate import aggregate  # noqa: E402
+from feature_pipelines.fraud.events import STREAM, TransactionEvent  # noqa: E402
+from feature_pipelines.fraud.generate import generate_transactions, write_transactions  # noqa: E402
+from feature_pipelines.fraud.schema import TABLE_FILES  # noqa: E402
+from feature_pipelines.fraud.windows import CATALOGUE  # noqa: E402
+from feature_pipelines.streaming.replay import stream_tables, write_stream_tables  # noqa: E402
+from feature_pipelines.streaming.source import append_events  # noqa: E402
 from feature_pipelines.tables import write_feature_tables  # noqa: E402
 from scoring_service.security import hash_key, new_key  # noqa: E402
 
@@ -118,8 +117,8 @@ def build_world(work: Path, rows: int, days: int, redis_address: str) -> tuple[P
     for item in (ROOT / "feature_repo" / "fraud").iterdir():
         if item.suffix in (".py", ".yaml"):
             shutil.copy(item, repo / item.name)
-    write_feature_tables(aggregate(transactions, end=end), repo / "data")
-    write_stream_tables(stream_tables(transactions), repo / "data")
+    write_feature_tables(aggregate(transactions, end=end), repo / "data", TABLE_FILES)
+    write_stream_tables(CATALOGUE, stream_tables(CATALOGUE, transactions), repo / "data")
     text = (repo / "feature_store.redis.yaml").read_text()
     (repo / YAML).write_text(text.replace("${REDIS_CONNECTION_STRING}", redis_address))
     subprocess.run(
@@ -236,7 +235,7 @@ def measure(
             unavailable += 1
             before = score(client, body)
         started = time.perf_counter()
-        append_events(stream, [as_event(body)], stream=DEFAULT_STREAM)
+        append_events(stream, [as_event(body)], stream=STREAM)
         while True:
             now = score(client, body)
             elapsed = time.perf_counter() - started

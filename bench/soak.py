@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from feature_pipelines.schema import api_body
+from feature_pipelines.fraud.schema import api_body
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -15,10 +15,12 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from feature_pipelines import schema
-from feature_pipelines.aggregate import aggregate
 from feature_pipelines.credit.cli import app as credit_app
-from feature_pipelines.generate import generate_transactions, write_transactions
+from feature_pipelines.fraud import schema
+from feature_pipelines.fraud.aggregate import aggregate
+from feature_pipelines.fraud.events import STREAM
+from feature_pipelines.fraud.generate import generate_transactions, write_transactions
+from feature_pipelines.fraud.windows import STATE_PREFIX
 from feature_pipelines.tables import write_feature_tables
 
 app = typer.Typer(
@@ -100,7 +102,7 @@ def aggregate_command(
     started = time.perf_counter()
     frame = pd.read_parquet(transactions)
     features = aggregate(frame, end=_parse_end(end))
-    for path in write_feature_tables(features, out_dir):
+    for path in write_feature_tables(features, out_dir, schema.TABLE_FILES):
         typer.echo(f"wrote {path}")
     counts = ", ".join(f"{len(table):,} {entity}" for entity, table in features.items())
     typer.echo(f"snapshots: {counts}")
@@ -175,29 +177,33 @@ def replay_command(
             "(host:port or URL), so a live consumer continues where the history ends."
         ),
     ] = None,
-    state_prefix: StatePrefixOption = "fraud:rt",
+    state_prefix: StatePrefixOption = STATE_PREFIX,
 ) -> None:
     """Feed a transaction history through the streaming window code; write its offline rows.
 
     The rows are those the live consumer writes for the same events (same code, same
     timestamps), in bulk: what training reads for the streaming feature views.
     """
-    from feature_pipelines.stream import HOUR_US, WindowState, stream_tables, write_stream_tables
-    from feature_pipelines.stream_source import events_from_frame, redis_client
+    from feature_pipelines.fraud.events import events_from_frame
+    from feature_pipelines.fraud.windows import CATALOGUE
+    from feature_pipelines.streaming.replay import stream_tables, write_stream_tables
+    from feature_pipelines.streaming.source import redis_client
+    from feature_pipelines.streaming.state import WindowState
+    from feature_pipelines.streaming.windows import HOUR_US
 
     if not transactions.is_file():
         raise typer.BadParameter(f"no such file: {transactions}", param_hint="--transactions")
     started = time.perf_counter()
     frame = pd.read_parquet(transactions).sort_values(schema.EVENT_TIMESTAMP, kind="stable")
-    tables = stream_tables(frame)
-    for path in write_stream_tables(tables, out_dir):
+    tables = stream_tables(CATALOGUE, frame)
+    for path in write_stream_tables(CATALOGUE, tables, out_dir):
         typer.echo(f"wrote {path}")
     counts = ", ".join(f"{len(t):,} {name}" for name, t in tables.items())
     typer.echo(
         f"rows: {counts}; replayed {len(frame):,} events in {time.perf_counter() - started:.1f}s"
     )
     if seed_state:
-        state = WindowState(redis_client(seed_state), prefix=state_prefix)
+        state = WindowState(redis_client(seed_state), CATALOGUE, prefix=state_prefix)
         stamps = pd.to_datetime(frame[schema.EVENT_TIMESTAMP], utc=True)
         tail = frame[stamps > stamps.max() - pd.Timedelta(microseconds=state.retention_us)]
         state.add(events_from_frame(tail))
@@ -212,7 +218,7 @@ def stream_command(
     repo: RepoOption = Path("feature_repo/fraud"),
     yaml: YamlOption = None,
     redis: RedisOption = "127.0.0.1:6379",
-    stream: StreamOption = "fraud:transactions",
+    stream: StreamOption = STREAM,
     group: Annotated[str, typer.Option(help="Consumer group.")] = "stream-features",
     consumer: Annotated[
         str,
@@ -232,7 +238,7 @@ def stream_command(
     claim_idle_seconds: Annotated[
         float, typer.Option(min=0.0, help="Take over other consumers' events idle this long.")
     ] = 60.0,
-    state_prefix: StatePrefixOption = "fraud:rt",
+    state_prefix: StatePrefixOption = STATE_PREFIX,
     max_events: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many events (default: never).")
     ] = None,
@@ -247,22 +253,30 @@ def stream_command(
     import signal
     import threading
 
-    from feature_pipelines.stream import FeastPushWriter, StreamConsumer, WindowState
-    from feature_pipelines.stream_source import RedisStreamSource, redis_client
+    from feature_pipelines.fraud.events import TransactionEvent
+    from feature_pipelines.fraud.windows import CATALOGUE
+    from feature_pipelines.streaming.consumer import FeastPushWriter, StreamConsumer
+    from feature_pipelines.streaming.source import RedisStreamSource, redis_client
+    from feature_pipelines.streaming.state import WindowState
 
     client = redis_client(redis)
     source = RedisStreamSource(
-        client, stream, group, consumer, claim_idle_ms=int(claim_idle_seconds * 1000)
+        client,
+        stream,
+        group,
+        consumer,
+        decode=TransactionEvent.from_fields,
+        claim_idle_ms=int(claim_idle_seconds * 1000),
     )
     stream_consumer = StreamConsumer(
         source,
-        WindowState(client, prefix=state_prefix),
-        FeastPushWriter(_open_store(repo, yaml)),
+        WindowState(client, CATALOGUE, prefix=state_prefix),
+        FeastPushWriter(_open_store(repo, yaml), CATALOGUE),
         batch_size=batch_size,
         block_ms=block_ms,
         offline_flush_seconds=offline_flush_seconds,
         # Offline pushes run on a thread of their own: their own store object too.
-        offline_writer=FeastPushWriter(_open_store(repo, yaml)),
+        offline_writer=FeastPushWriter(_open_store(repo, yaml), CATALOGUE),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -283,7 +297,7 @@ def produce_command(
         "data/transactions.parquet"
     ),
     redis: RedisOption = "127.0.0.1:6379",
-    stream: StreamOption = "fraud:transactions",
+    stream: StreamOption = STREAM,
     last: Annotated[
         int | None, typer.Option(min=1, help="Only the latest N transactions (default: all).")
     ] = None,
@@ -299,7 +313,8 @@ def produce_command(
     ] = None,
 ) -> None:
     """Append transactions to the stream as events, in event-time order (demos, benchmarks)."""
-    from feature_pipelines.stream_source import append_events, events_from_frame, redis_client
+    from feature_pipelines.fraud.events import events_from_frame
+    from feature_pipelines.streaming.source import append_events, redis_client
 
     frame = pd.read_parquet(transactions).sort_values(schema.EVENT_TIMESTAMP, kind="stable")
     if last is not None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
-
-from feature_pipelines.schema import ENTITY_JOIN_KEYS
-
-# File name of each entity's table inside the feature repository's data folder.
-TABLE_FILES = {entity: f"{entity}_features.parquet" for entity in ENTITY_JOIN_KEYS}
 
 
 def write_feature_table(frame: pd.DataFrame, path: Path) -> Path:
@@ -30,6 +26,8 @@ def write_feature_table(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_feature_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Write the ip / card / merchant tables into a repository's data folder."""
-    return [write_feature_table(tables[k], Path(out_dir) / f) for k, f in TABLE_FILES.items()]
+def write_feature_tables(
+    tables: Mapping[str, pd.DataFrame], out_dir: Path, files: Mapping[str, str]
+) -> list[Path]:
+    """Write ``tables[name]`` to ``out_dir / files[name]`` for every name of ``files``."""
+    return [write_feature_table(tables[name], Path(out_dir) / file) for name, file in files.items()]

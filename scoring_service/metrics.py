@@ -71,3 +71,11 @@ SHADOW_LABEL_AGREEMENT = Gauge(
     "Share of recent requests where a shadow model's label equals the answering model's.",
     ["shadow", "model_version"],
 )
+PREDICTION_LOG_WRITTEN = Counter(
+    "scoring_prediction_log_written_total",
+    "Answers appended to the prediction log's journal.",
+)
+PREDICTION_LOG_DROPPED = Counter(
+    "scoring_prediction_log_dropped_total",
+    "Answers not logged: the log's queue was full (overload) or the disk refused them.",
+)

@@ -23,7 +23,13 @@ import pandas as pd
 import pytest
 import redis
 
-from feature_pipelines.stream import write_stream_tables
+from feature_pipelines.fraud.schema import TABLE_FILES
+from feature_pipelines.fraud.windows import CATALOGUE as WINDOWS
+from feature_pipelines.streaming.replay import (
+    empty_stream_tables,
+    stream_tables,
+    write_stream_tables,
+)
 from feature_pipelines.tables import write_feature_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +118,7 @@ def data_end() -> datetime:
 @pytest.fixture(scope="session")
 def transactions(data_end: datetime) -> pd.DataFrame:
     """A small synthetic transaction history."""
-    from feature_pipelines.generate import generate_transactions
+    from feature_pipelines.fraud.generate import generate_transactions
 
     return generate_transactions(n_rows=TEST_ROWS, seed=TEST_SEED, days=35, end=data_end)
 
@@ -127,10 +133,9 @@ def transactions_path(transactions: pd.DataFrame, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def feature_tables(transactions: pd.DataFrame, data_end: datetime) -> dict[str, pd.DataFrame]:
     """Hourly batch snapshots plus the streaming views' replayed rows ("ip_stream", ...)."""
-    from feature_pipelines.aggregate import aggregate
-    from feature_pipelines.stream import stream_tables
+    from feature_pipelines.fraud.aggregate import aggregate
 
-    return {**aggregate(transactions, end=data_end), **stream_tables(transactions)}
+    return {**aggregate(transactions, end=data_end), **stream_tables(WINDOWS, transactions)}
 
 
 def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
@@ -139,8 +144,8 @@ def copy_repo(target: Path, tables: dict[str, pd.DataFrame]) -> Path:
     for item in FEATURE_REPO.iterdir():
         if item.suffix in (".py", ".yaml") or item.name == ".feastignore":
             shutil.copy(item, target / item.name)
-    write_feature_tables(tables, target / "data")
-    write_stream_tables(tables, target / "data")
+    write_feature_tables(tables, target / "data", TABLE_FILES)
+    write_stream_tables(WINDOWS, tables, target / "data")
     return target
 
 
@@ -230,30 +235,25 @@ class StreamRig:
 
     def reset(self) -> None:
         """Empty Redis (streams, window state, online rows) and the streaming offline tables."""
-        from feature_pipelines.stream import empty_stream_tables, write_stream_tables
-
         self.client.flushall()
-        write_stream_tables(empty_stream_tables(), self.repo / "data")
+        write_stream_tables(WINDOWS, empty_stream_tables(WINDOWS), self.repo / "data")
 
     def load(self, stream: dict[str, pd.DataFrame], end: datetime) -> None:
         """Reset, write these streaming offline rows, and materialize every view up to ``end``."""
-        from feature_pipelines.stream import write_stream_tables
-
         self.reset()
-        write_stream_tables(stream, self.repo / "data")
+        write_stream_tables(WINDOWS, stream, self.repo / "data")
         self.store().materialize(start_date=end - timedelta(days=31), end_date=end)
 
 
 @pytest.fixture(scope="session")
 def stream_rig(tmp_path_factory, feature_tables) -> Iterator[StreamRig]:
     """The feature repo with the batch tables, bound to its own redis-server and applied."""
-    from feature_pipelines.stream import empty_stream_tables
-
     server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis_rig"))
     server.start()
     batch = {k: feature_tables[k] for k in ("ip", "card", "merchant")}
     repo = copy_repo(
-        tmp_path_factory.mktemp("repo_rig") / "feature_repo", {**batch, **empty_stream_tables()}
+        tmp_path_factory.mktemp("repo_rig") / "feature_repo",
+        {**batch, **empty_stream_tables(WINDOWS)},
     )
     # A literal address, unlike ${REDIS_CONNECTION_STRING}: the shared redis_repo owns that.
     text = (repo / "feature_store.redis.yaml").read_text()

@@ -4,7 +4,8 @@ Each push source is backed by a parquet table (its batch source). A push with
 ``PushMode.ONLINE_AND_OFFLINE`` updates the online store for serving and appends the same rows
 to that table for training; ``feature_pipelines replay`` writes the table in bulk for a
 history. Rows are stamped a few microseconds after their event (see
-``feature_pipelines.stream``), so a transaction's point-in-time join never sees its own row.
+``feature_pipelines.streaming.windows``), so a transaction's point-in-time join never sees its
+own row.
 """
 
 from pathlib import Path

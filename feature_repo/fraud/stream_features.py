@@ -7,8 +7,9 @@ The TTL equals the longest window: an hour after an entity's last event every wi
 row has expired, so the row is withheld (NaN) in training and serving alike.
 
 Plain ``FeatureView``s over a ``PushSource`` rather than ``StreamFeatureView``s: the windows are
-computed by our consumer (idempotently, see ``feature_pipelines.stream``), not by a Feast stream
-engine, and plain views are what the registry lookups of training and serving expect.
+computed by our consumer (idempotently, see ``feature_pipelines.streaming``; the catalogue is
+``feature_pipelines/fraud/windows.py``), not by a Feast stream engine, and plain views are what
+the registry lookups of training and serving expect.
 
 Tagged ``evidence: optional``: a quiet entity has no streaming row, and that says nothing about
 whether the entity is known; its status comes from its batch view (``feature_repo.online``).

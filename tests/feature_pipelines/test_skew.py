@@ -10,8 +10,8 @@ from feast.data_source import PushMode
 from typer.testing import CliRunner
 
 from feature_pipelines.cli import app
+from feature_pipelines.fraud.windows import CATALOGUE
 from feature_pipelines.skew import SkewReport, sample_entities, skew_check, values_match
-from feature_pipelines.stream import STREAM_TABLES
 from tests.conftest import StreamRig
 
 pytestmark = pytest.mark.redis
@@ -24,7 +24,7 @@ PLANTED_CARD_FEATURE = "card_txn_count_24h"
 def loaded(stream_rig: StreamRig, feature_tables, data_end: datetime) -> StreamRig:
     """Batch snapshots and replayed streaming rows, materialized: online equals offline."""
     stream_rig.load(
-        {k: feature_tables[k] for k in STREAM_TABLES}, end=data_end + timedelta(minutes=1)
+        {k: feature_tables[k] for k in CATALOGUE.tables}, end=data_end + timedelta(minutes=1)
     )
     return stream_rig
 

@@ -20,8 +20,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_pipelines.stream import STREAM_TABLES, FeastPushWriter, StreamConsumer, WindowState
-from feature_pipelines.stream_source import RedisStreamSource, TransactionEvent, append_events
+from feature_pipelines.fraud.events import STREAM, TransactionEvent
+from feature_pipelines.fraud.windows import CATALOGUE, STATE_PREFIX
+from feature_pipelines.streaming.consumer import FeastPushWriter, StreamConsumer
+from feature_pipelines.streaming.source import RedisStreamSource, append_events
+from feature_pipelines.streaming.state import WindowState
 from feature_repo.layout import ViewSpec
 from feature_repo.transforms import resolve
 from models.dataset import entity_dataframe, feature_layout, open_store, retrieve_training_set
@@ -52,7 +55,7 @@ def v2_manifest(v2_root: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def loaded(stream_rig: StreamRig, feature_tables, data_end: datetime) -> StreamRig:
     stream_rig.load(
-        {k: feature_tables[k] for k in STREAM_TABLES}, end=data_end + timedelta(minutes=1)
+        {k: feature_tables[k] for k in CATALOGUE.tables}, end=data_end + timedelta(minutes=1)
     )
     return stream_rig
 
@@ -105,9 +108,15 @@ def test_on_demand_features_are_identical_in_training_and_serving(
 
 def consume(rig: StreamRig, events: list[TransactionEvent]) -> None:
     """Append events to the stream and run the consumer until it has written them."""
-    append_events(rig.client, events, stream="fraud:transactions")
-    source = RedisStreamSource(rig.client, "fraud:transactions", "stream-features", "c1")
-    consumer = StreamConsumer(source, WindowState(rig.client), FeastPushWriter(rig.store()))
+    append_events(rig.client, events, stream=STREAM)
+    source = RedisStreamSource(
+        rig.client, STREAM, "stream-features", "c1", decode=TransactionEvent.from_fields
+    )
+    consumer = StreamConsumer(
+        source,
+        WindowState(rig.client, CATALOGUE, prefix=STATE_PREFIX),
+        FeastPushWriter(rig.store(), CATALOGUE),
+    )
     assert consumer.run(max_events=len(events)).events == len(events)
 
 

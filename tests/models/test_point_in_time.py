@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_pipelines.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
+from feature_pipelines.fraud.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
 from models.dataset import entity_dataframe, open_store, retrieve_training_set
 from tests.conftest import copy_repo, feast_cli
 

@@ -8,7 +8,7 @@ import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
 
-from feature_pipelines.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
+from feature_pipelines.fraud.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
 from models.package import SCHEMA_VERSION, checksums, read_manifest, sha256_file
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_pipelines.schema import api_body
+from feature_pipelines.fraud.schema import api_body
 from scoring_service.app import create_app
 from scoring_service.security import hash_key
 from scoring_service.settings import Settings

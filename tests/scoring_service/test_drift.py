@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from feature_pipelines.schema import api_body
+from feature_pipelines.fraud.schema import api_body
 from feature_repo.layout import ViewSpec
 from feature_repo.online import FeatureBatch, StoreLayout, assemble
 from models.package import Manifest, read_manifest

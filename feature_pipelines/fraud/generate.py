@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_pipelines import schema
+from feature_pipelines.fraud import schema
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from feature_pipelines import schema
+from feature_pipelines.fraud import schema
 
 _HOUR = 3_600
 _DAY = 24 * _HOUR

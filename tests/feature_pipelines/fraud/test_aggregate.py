@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from feature_pipelines import schema
-from feature_pipelines.aggregate import aggregate
 from feature_pipelines.cli import app
-from feature_pipelines.generate import generate_transactions
+from feature_pipelines.fraud import schema
+from feature_pipelines.fraud.aggregate import aggregate
+from feature_pipelines.fraud.generate import generate_transactions
 
 H = pd.Timestamp("2024-03-10 12:00", tz="UTC")  # an hour boundary the tests look at
 HOUR = pd.Timedelta(hours=1)

@@ -1,0 +1,1 @@
+"""Payment-fraud jobs: synthetic transactions, batch aggregates, stream windows."""
