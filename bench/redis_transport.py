@@ -19,7 +19,8 @@ import uvloop
 
 from feature_repo.layout import ViewSpec
 from scoring_service.features import StoreLayout
-from scoring_service.redis_reader import RedisEndpoint, RedisPipelineClient, ViewCodec, plan_read
+from scoring_service.redis.codec import ViewCodec, plan_read
+from scoring_service.redis.pipeline import RedisEndpoint, RedisPipelineClient
 
 VIEWS: dict[str, ViewSpec] = {
     "ip_features": ViewSpec("ip_address", 1_209_600, [f"ip_f{i}" for i in range(7)]),

@@ -22,7 +22,7 @@ from scoring_service.errors import (
 )
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
 from scoring_service.observability import RequestIdMiddleware
-from scoring_service.redis_reader import RedisFeatureReader, open_fast_redis
+from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
 from scoring_service.registry import LoadedModel, ModelRegistry
 from scoring_service.resilience import ScoringGuard, configure_online_store
 from scoring_service.routes import admin, health, score

@@ -234,21 +234,6 @@ class ScoringGuard:
         ]
 
 
-def store_connection_options(settings: Settings, redis_type: str) -> dict[str, object]:
-    """redis-py options for the online store's client, from the service's settings."""
-    options: dict[str, object] = {
-        "socket_timeout": settings.store_timeout_ms / 1000,
-        "socket_connect_timeout": settings.store_connect_timeout_ms / 1000,
-        "max_connections": settings.store_pool_size,
-    }
-    if redis_type == "redis":
-        # redis-py's default retries 3 times with backoff of up to seconds: far past any
-        # deadline. Fail fast instead; the pool still replaces dead connections on checkout,
-        # so the client reconnects on its own when the store is back.
-        options["retry"] = None
-    return options
-
-
 def configure_online_store(store: FeatureStore, settings: Settings) -> None:
     """Give Feast's own Redis client the service's timeouts and pool bound.
 
@@ -265,7 +250,7 @@ def configure_online_store(store: FeatureStore, settings: Settings) -> None:
     present = {part.split("=", 1)[0].strip() for part in parts if "=" in part}
     extra = [
         f"{key}={'null' if value is None else value}"
-        for key, value in store_connection_options(settings, redis_type).items()
+        for key, value in settings.store_connection.redis_py_options(redis_type).items()
         if key not in present
     ]
     config.connection_string = ",".join([*parts, *extra])

@@ -18,11 +18,14 @@ from scoring_service.domain import MappedRequests
 from scoring_service.drift import DriftMonitor
 from scoring_service.errors import NotReady
 from scoring_service.features import STATUS_NAMES, FeatureBatch, OnlineFeatureReader
-from scoring_service.redis_reader import OFF_LOOP_ROWS
 from scoring_service.registry import LoadedModel
 from scoring_service.schemas import EntityFreshness
 
 logger = logging.getLogger(__name__)
+
+OFF_LOOP_ROWS = 256
+"""Above this many requests in one call, decoding and the model call move off the event loop,
+so other requests keep flowing."""
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Scorer:
     ) -> None:
         self.model = model
         self.reader = reader
-        self._read_async: Callable[[dict[str, list[str | None]]], Awaitable[FeatureBatch]] | None
+        self._read_async: Callable[..., Awaitable[FeatureBatch]] | None
         self._read_async = getattr(reader, "read_async", None)
         version = model.version_label
         # Labelled metric children are looked up once, not per request.
@@ -132,9 +135,10 @@ class Scorer:
         started = time.perf_counter()
         if self._read_async is None:
             return await asyncio.to_thread(self.score_sync, mapped)
-        batch = await self._read_async(mapped.keys)
+        large = len(mapped.request_values) > OFF_LOOP_ROWS
+        batch = await self._read_async(mapped.keys, decode_off_loop=large)
         self._seconds["features"].observe(time.perf_counter() - started)
-        if len(mapped.request_values) > OFF_LOOP_ROWS:
+        if large:
             # A large call would hold the event loop for its whole model call and labelling.
             return await asyncio.to_thread(self.predict_and_label, batch, mapped)
         return self.predict_and_label(batch, mapped)

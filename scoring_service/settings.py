@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,38 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StoreConnection:
+    """How every Redis client of the service connects: timeouts and pool bound.
+
+    Built from the ``store_*`` settings (``Settings.store_connection``); their defaults are the
+    only ones, so a client made without settings connects like the service does.
+    """
+
+    timeout_s: float
+    connect_timeout_s: float
+    pool_size: int
+
+    @classmethod
+    def defaults(cls) -> StoreConnection:
+        """The settings' defaults, without reading the environment."""
+        return Settings.model_construct().store_connection
+
+    def redis_py_options(self, redis_type: str = "redis") -> dict[str, object]:
+        """The same as redis-py client options (``redis.Redis`` or ``RedisCluster`` kwargs)."""
+        options: dict[str, object] = {
+            "socket_timeout": self.timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
+            "max_connections": self.pool_size,
+        }
+        if redis_type == "redis":
+            # redis-py's default retries 3 times with backoff of up to seconds: far past any
+            # deadline. Fail fast instead; the pool still replaces dead connections on checkout,
+            # so the client reconnects on its own when the store is back.
+            options["retry"] = None
+        return options
 
 
 class Settings(BaseSettings):
@@ -68,7 +101,7 @@ class Settings(BaseSettings):
     gpu_device_id: int = Field(default=0, ge=0, le=63)
     """CUDA device ordinal used when predicting on a GPU."""
 
-    # Performance: the fast path (see scoring_service/batcher.py, redis_reader.py, `make bench`).
+    # Performance: the fast path (see scoring_service/batcher.py and redis/, `make bench`).
 
     redis_reader: Literal["fast", "feast"] = "fast"
     """How to read a Redis online store: fast (pipelined HMGETs of Feast's own layout on the
@@ -115,7 +148,8 @@ class Settings(BaseSettings):
     """Connect timeout of online-store connections (every Redis reader of the service)."""
 
     store_pool_size: int = Field(default=16, ge=1, le=1024)
-    """Most connections to the online store per process (Redis connection pool size)."""
+    """Most connections to the online store per process (Redis connection pool size; per
+    node on a Redis Cluster)."""
 
     max_in_flight: int = Field(default=64, ge=1, le=100_000)
     """Most scoring calls waiting for their answer at once; past it the service answers 503
@@ -159,3 +193,12 @@ class Settings(BaseSettings):
                     "`python -m scoring_service hash-key`), not the key itself"
                 )
         return hashes
+
+    @property
+    def store_connection(self) -> StoreConnection:
+        """The store_* settings as one value every Redis client of the service takes."""
+        return StoreConnection(
+            timeout_s=self.store_timeout_ms / 1000,
+            connect_timeout_s=self.store_connect_timeout_ms / 1000,
+            pool_size=self.store_pool_size,
+        )

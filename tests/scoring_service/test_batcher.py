@@ -17,7 +17,7 @@ from feast import FeatureStore
 from scoring_service.batcher import BatcherClosed, MicroBatcher
 from scoring_service.domain import map_records
 from scoring_service.errors import FeatureStoreUnavailable
-from scoring_service.redis_reader import RedisFeatureReader
+from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.registry import load_package
 from scoring_service.schemas import Transaction
 from scoring_service.scoring import Scorer, merge_mapped

@@ -1,0 +1,191 @@
+"""Feast's Redis layout as bytes: keys, HMGET commands, and the values they return.
+
+Feast writes one Redis hash per entity key (``serialize_entity_key`` v3 + project). Inside it,
+each feature is a field named by the murmur3 hash of ``"view:feature"`` holding a serialized
+``ValueProto``, and ``"_ts:view"`` holds the view's event time as a serialized protobuf
+``Timestamp`` (``feast/infra/online_stores/redis.py``). This module packs the RESP commands of a
+read from bytes precomputed per view, and decodes the numeric wire forms Feast writes with a
+small protobuf decoder, ``ValueProto`` being the fallback.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+from feast.infra.online_stores.helpers import _mmh3
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.protos.feast.types.Value_pb2 import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from feature_repo.online import ViewLayout
+
+NAN = math.nan
+
+# --- decoding Feast's values ----------------------------------------------------------------
+
+# ValueProto wire tags (field number << 3 | wire type) of the numeric kinds Feast writes.
+_INT32, _INT64, _DOUBLE, _FLOAT, _BOOL, _UNIX_TS = 0x18, 0x20, 0x29, 0x35, 0x38, 0x40
+_VARINT_TAGS = frozenset((_INT32, _INT64, _BOOL, _UNIX_TS))
+_unpack_double = struct.Struct("<d").unpack_from
+_unpack_float = struct.Struct("<f").unpack_from
+
+SMALL_VALUES: dict[bytes, float] = {
+    bytes((tag, i)): float(i) for tag in _VARINT_TAGS for i in range(128)
+}
+"""Counts are mostly small: a one-byte varint is a dictionary hit. b"" is a null value."""
+SMALL_VALUES[b""] = NAN
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """(unsigned value, next position) of the base-128 varint at ``pos``."""
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _slow_value(raw: bytes) -> float:
+    """Any other ValueProto, parsed by protobuf; a non-numeric feature is a contract error."""
+    proto = ValueProto.FromString(raw)
+    kind = proto.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return NAN
+    value = getattr(proto, kind)
+    if isinstance(value, bool | int | float):
+        return float(value)
+    raise ValueError(f"online feature of kind {kind} is not numeric; the model cannot use it")
+
+
+def decode_value(raw: bytes | None) -> float:
+    """A serialized ValueProto as the float the model reads (NaN for null or absent)."""
+    if raw is None:
+        return NAN
+    small = SMALL_VALUES.get(raw)
+    if small is not None:
+        return small
+    tag = raw[0]
+    if tag == _DOUBLE and len(raw) == 9:
+        return _unpack_double(raw, 1)[0]
+    if tag in _VARINT_TAGS:
+        value, end = _varint(raw, 1)
+        if end == len(raw):
+            # int32/int64 negatives are 10-byte two's complement varints.
+            return float(value - (1 << 64) if value >= 1 << 63 else value)
+    elif tag == _FLOAT and len(raw) == 5:
+        return _unpack_float(raw, 1)[0]
+    return _slow_value(raw)
+
+
+def decode_timestamp(raw: bytes | None) -> float:
+    """A serialized protobuf Timestamp as epoch seconds; NaN when absent.
+
+    Feast reports a zero timestamp for an entity it has no row for, so zero reads as absent too.
+    """
+    if not raw:
+        return NAN
+    seconds = nanos = 0
+    pos, end = 0, len(raw)
+    try:
+        while pos < end:
+            tag = raw[pos]
+            value, pos = _varint(raw, pos + 1)
+            if tag == 0x08:
+                seconds = value - (1 << 64) if value >= 1 << 63 else value
+            elif tag == 0x10:
+                nanos = value
+            else:
+                raise ValueError(tag)
+    except (IndexError, ValueError):
+        stamp = Timestamp.FromString(raw)
+        seconds, nanos = stamp.seconds, stamp.nanos
+    if seconds == 0 and nanos == 0:
+        return NAN
+    return seconds + nanos / 1e9
+
+
+# --- packing reads --------------------------------------------------------------------------
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+@dataclass(frozen=True)
+class ViewCodec:
+    """What one feature view's reads need, computed once at start-up."""
+
+    view: ViewLayout
+    fields: tuple[bytes, ...]  # hash fields: mmh3("view:feature")..., b"_ts:view"
+    key_prefix: bytes  # serialized entity key up to the value's length
+    head: bytes  # RESP array header + HMGET
+    tail: bytes  # the fields as RESP bulk strings
+    project: bytes
+
+    @classmethod
+    def build(cls, view: ViewLayout, project: str) -> ViewCodec:
+        """Feast's field names and key layout for one view (entity key serialization v3)."""
+        fields = (
+            *(_mmh3(f"{view.name}:{feature}") for feature in view.features),
+            f"_ts:{view.name}".encode(),
+        )
+        # serialize_entity_key v3 for one string join key: the key part, then the value's
+        # type and length, then the value; the project name follows (helpers._redis_key).
+        prefix = serialize_entity_key_prefix([view.join_key], 3) + struct.pack(
+            "<I", ValueType.STRING
+        )
+        return cls(
+            view=view,
+            fields=fields,
+            key_prefix=prefix,
+            head=b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)),
+            tail=b"".join(_bulk(f) for f in fields),
+            project=project.encode(),
+        )
+
+    def redis_key(self, entity_id: str) -> bytes:
+        """The hash key Feast writes this entity under."""
+        value = entity_id.encode()
+        return b"%s%s%s%s" % (self.key_prefix, struct.pack("<I", len(value)), value, self.project)
+
+    def command(self, entity_id: str) -> bytes:
+        """One packed ``HMGET key field...``."""
+        key = self.redis_key(entity_id)
+        return b"%s$%d\r\n%s\r\n%s" % (self.head, len(key), key, self.tail)
+
+
+@dataclass
+class ReadPlan:
+    """The commands of one read and where each request's row comes back."""
+
+    n: int
+    payload: bytes
+    count: int  # replies expected
+    slots: list[tuple[ViewCodec, list[int], int]]  # (view, [n] reply index or -1, replies)
+
+
+def plan_read(codecs: Sequence[ViewCodec], keys: dict[str, list[str | None]]) -> ReadPlan:
+    """Pack one HMGET per distinct (view, entity) of the requests, views in layout order."""
+    n = len(next(iter(keys.values()))) if keys else 0
+    parts: list[bytes] = []
+    slots: list[tuple[ViewCodec, list[int], int]] = []
+    for codec in codecs:
+        seen: dict[str, int] = {}
+        index = [-1] * n
+        for i, entity_id in enumerate(keys[codec.view.join_key]):
+            if entity_id is None:
+                continue
+            slot = seen.get(entity_id)
+            if slot is None:
+                slot = seen[entity_id] = len(seen)
+                parts.append(codec.command(entity_id))
+            index[i] = slot
+        slots.append((codec, index, len(seen)))
+    return ReadPlan(n=n, payload=b"".join(parts), count=len(parts), slots=slots)

@@ -1,0 +1,175 @@
+"""Online features from Feast's Redis layout without the SDK: one pipelined HMGET per entity
+and view.
+
+The reader returns what ``FeatureStore.get_online_features`` returns
+(``tests/scoring_service/redis/test_reader.py`` proves it), without the SDK's per-call work:
+
+- the RESP commands are packed from bytes precomputed per view (``codec``);
+- one pipeline carries every (entity, view) of a batch; keys repeated in it are read once;
+- replies are decoded by ``codec``'s small protobuf decoder and assembled into vectors and
+  statuses by ``feature_repo.online.assemble``, the status rule every reader shares.
+
+Nothing read is cached: every call reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from feast import FeatureStore
+
+from feature_repo.online import FeatureBatch, Row, StoreLayout, assemble
+from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.redis.codec import (
+    NAN,
+    SMALL_VALUES,
+    ReadPlan,
+    ViewCodec,
+    decode_timestamp,
+    decode_value,
+    plan_read,
+)
+from scoring_service.redis.pipeline import UNAVAILABLE, RedisEndpoint, RedisPipelineClient
+from scoring_service.settings import Settings, StoreConnection
+
+logger = logging.getLogger(__name__)
+
+
+def assemble_replies(
+    layout: StoreLayout, plan: ReadPlan, replies: Sequence[Any], now: float
+) -> FeatureBatch:
+    """Decode the replies of a read and assemble them (``feature_repo.online.assemble``)."""
+    small = SMALL_VALUES
+    reads: dict[str, tuple[list[int], list[Row]]] = {}
+    start = 0
+    for codec, index, m in plan.slots:
+        width = len(codec.view.features)
+        decoded: list[Row] = []
+        stamps: dict[bytes | None, float] = {}  # hourly snapshots share their event times
+        for reply in replies[start : start + m]:
+            if isinstance(reply, Exception):
+                raise FeatureStoreUnavailable(UNAVAILABLE) from reply
+            raw_stamp = reply[width]
+            stamp = stamps.get(raw_stamp)
+            if stamp is None:
+                stamp = stamps[raw_stamp] = decode_timestamp(raw_stamp)
+            if stamp != stamp:  # NaN: no row for this entity
+                decoded.append((NAN, ()))
+            else:
+                # Most values are small counts: a dictionary hit before the decoder's call.
+                decoded.append(
+                    (stamp, [small.get(raw) or decode_value(raw) for raw in reply[:width]])
+                )
+        start += m
+        reads[codec.view.name] = (index, decoded)
+    return assemble(layout, plan.n, reads, now)
+
+
+def fast_read_refusal(store: FeatureStore) -> str | None:
+    """Why the fast reader cannot serve this store, or None when it can."""
+    config = store.config
+    online = config.online_store
+    if getattr(online, "type", None) != "redis":
+        return f"online store type is {getattr(online, 'type', None)!r}, not redis"
+    redis_type = str(getattr(online.redis_type, "value", online.redis_type))
+    if redis_type != "redis":
+        return f"redis_type is {redis_type} (the fast reader speaks to one Redis server)"
+    if config.entity_key_serialization_version != 3:
+        return "entity_key_serialization_version is not 3"
+    if getattr(config.registry, "enable_online_feature_view_versioning", False):
+        return "online feature view versioning is enabled"
+    return None
+
+
+def client_for_store(
+    store: FeatureStore, connection: StoreConnection | None = None
+) -> RedisPipelineClient:
+    """A client of a Feast store's Redis server; ValueError when the fast path cannot serve
+    that store (see ``fast_read_refusal``)."""
+    refusal = fast_read_refusal(store)
+    if refusal is not None:
+        raise ValueError(refusal)
+    return RedisPipelineClient(
+        RedisEndpoint.from_connection_string(store.config.online_store.connection_string),
+        connection,
+    )
+
+
+class RedisFeatureReader:
+    """Online features of one model's layout from Feast's Redis layout, without the SDK.
+
+    ``read_async`` is the service's path (event loop, pipelined, hiredis); ``read`` sends the
+    same commands with redis-py's blocking client, for callers outside the event loop.
+    """
+
+    def __init__(
+        self, layout: StoreLayout, client: RedisPipelineClient, project: str, *, owns_client=False
+    ) -> None:
+        self.layout = layout
+        self.client = client
+        self.codecs = [ViewCodec.build(view, project) for view in layout.views]
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_store(
+        cls,
+        store: FeatureStore,
+        layout: StoreLayout,
+        connection: StoreConnection | None = None,
+    ) -> RedisFeatureReader:
+        """A reader with its own client; ValueError when the store is not one it can read."""
+        client = client_for_store(store, connection)
+        return cls(layout, client, store.config.project, owns_client=True)
+
+    def plan(self, keys: dict[str, list[str | None]]) -> ReadPlan:
+        """The pipelined commands for these requests."""
+        return plan_read(self.codecs, keys)
+
+    async def read_async(
+        self, keys: dict[str, list[str | None]], *, decode_off_loop: bool = False
+    ) -> FeatureBatch:
+        """Features for n requests, read on the event loop in one pipeline; decoded in a worker
+        thread when the caller asks (a large read would hold the loop)."""
+        plan = self.plan(keys)
+        replies = await self.client.request(plan.payload, plan.count) if plan.count else []
+        if decode_off_loop:
+            return await asyncio.to_thread(
+                assemble_replies, self.layout, plan, replies, time.time()
+            )
+        return assemble_replies(self.layout, plan, replies, time.time())
+
+    def read(self, keys: dict[str, list[str | None]]) -> FeatureBatch:
+        """Features for n requests with the blocking client (same commands, same decoding)."""
+        plan = self.plan(keys)
+        replies = self.client.request_sync(plan.payload, plan.count) if plan.count else []
+        return assemble_replies(self.layout, plan, replies, time.time())
+
+    def ping(self) -> None:
+        """Raise FeatureStoreUnavailable when the store cannot be read (blocking)."""
+        self.client.ping()
+
+    async def ping_async(self) -> None:
+        """The same check on the event loop."""
+        await self.client.ping_async()
+
+    def close(self) -> None:
+        """Close the client if this reader opened it (a shared one is closed by its owner)."""
+        if self._owns_client:
+            self.client.close()
+
+
+def open_fast_redis(store: FeatureStore, settings: Settings) -> RedisPipelineClient | None:
+    """The fast reader's client for this store, or None when reads go through Feast's SDK."""
+    if settings.redis_reader != "fast":
+        logger.info("online reads: Feast SDK (SCORING_REDIS_READER=%s)", settings.redis_reader)
+        return None
+    refusal = fast_read_refusal(store)
+    if refusal is not None:
+        logger.info("online reads: Feast SDK (%s)", refusal)
+        return None
+    logger.info("online reads: pipelined Redis reader of Feast's layout")
+    return client_for_store(store, settings.store_connection)
