@@ -12,59 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# ISO 4217 codes accepted for `currency`.
-SUPPORTED_CURRENCIES: frozenset[str] = frozenset(
-    {
-        "AED",
-        "ARS",
-        "AUD",
-        "BDT",
-        "BGN",
-        "BRL",
-        "CAD",
-        "CHF",
-        "CLP",
-        "CNY",
-        "COP",
-        "CZK",
-        "DKK",
-        "EGP",
-        "EUR",
-        "GBP",
-        "GHS",
-        "HKD",
-        "HUF",
-        "IDR",
-        "ILS",
-        "INR",
-        "JPY",
-        "KES",
-        "KRW",
-        "MAD",
-        "MXN",
-        "MYR",
-        "NGN",
-        "NOK",
-        "NZD",
-        "PEN",
-        "PHP",
-        "PKR",
-        "PLN",
-        "QAR",
-        "RON",
-        "RUB",
-        "SAR",
-        "SEK",
-        "SGD",
-        "THB",
-        "TRY",
-        "TWD",
-        "UAH",
-        "USD",
-        "VND",
-        "ZAR",
-    }
-)
+from feature_repo.reference import CURRENCIES
 
 Label = Literal["not_fraud", "suspicious", "highly_suspicious", "uncertain"]
 EntityStatus = Literal["present", "missing", "stale", "not_requested"]
@@ -132,7 +80,7 @@ class Transaction(BaseModel):
     @field_validator("currency", mode="before")
     @classmethod
     def _currency(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().upper() not in SUPPORTED_CURRENCIES:
+        if isinstance(value, str) and value.strip().upper() not in CURRENCIES:
             raise ValueError(
                 f"{value!r} is not a supported ISO 4217 currency code (e.g. USD, EUR, GBP)"
             )

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from pydantic import ValidationError
 
+from feature_repo.reference import CURRENCIES
 from scoring_service.app import create_app
 from scoring_service.schemas import (
-    SUPPORTED_CURRENCIES,
     ScoreBatchRequest,
     Transaction,
     canonical_ip,
@@ -50,7 +50,7 @@ def transactions(draw: st.DrawFn) -> dict[str, Any]:
     body: dict[str, Any] = {
         "transaction_id": draw(identifier),
         "amount": draw(st.floats(min_value=0, max_value=1e9, allow_nan=False)),
-        "currency": draw(st.sampled_from(sorted(SUPPORTED_CURRENCIES))),
+        "currency": draw(st.sampled_from(sorted(CURRENCIES))),
         "ip_address": str(draw(st.ip_addresses())),
         "card_id": draw(identifier),
         "merchant_id": draw(identifier),
