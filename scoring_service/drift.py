@@ -1,9 +1,10 @@
 """Drift and freshness in the service: a sliding window of scored rows, summarised now and then.
 
 ``DriftMonitor.observe`` is called once per scored batch (``Scorer.predict_and_label``) and only
-copies the batch's input matrix, scores and per-view row ages into fixed-size ring buffers:
-O(batch) numpy, no allocation that grows. Every ``every_s`` seconds or ``every_rows`` rows, a
-background thread summarises the window into Prometheus gauges (``scoring_service.metrics``):
+copies the batch's input matrix, scores, per-view row ages and entity statuses into fixed-size
+ring buffers: a few slice writes, O(batch), no allocation that grows. Every ``every_s`` seconds
+or ``every_rows`` rows, a background thread summarises the window into Prometheus gauges
+(``scoring_service.metrics``):
 
 - ``scoring_score_psi{model_version}``: PSI of the window's scores against the package's
   ``baseline_score_distribution`` (holdout score quantiles);
@@ -98,8 +99,9 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._values = np.full((window_rows, len(features)), np.nan, dtype=np.float32)
         self._scores = np.full(window_rows, np.nan, dtype=np.float64)
-        self._ages = np.full((window_rows, len(views)), np.nan, dtype=np.float64)
-        self._requested = np.zeros((window_rows, len(views)), dtype=bool)
+        # View-major, so one view's ring is contiguous and a batch is one slice write.
+        self._ages = np.full((len(views), window_rows), np.nan, dtype=np.float64)
+        self._status = np.full((len(views), window_rows), NOT_REQUESTED, dtype=np.int8)
         self._next = 0  # ring position of the next row
         self._filled = 0  # rows in the window (<= window_rows)
         self._since = 0  # rows observed since the last summary
@@ -180,24 +182,23 @@ class DriftMonitor:
             return False
         if matrix.shape[1] != len(self.features):
             raise ValueError(f"{matrix.shape[1]} inputs, the package has {len(self.features)}")
-        keep = slice(max(0, n - self.window_rows), n)  # a batch larger than the window
-        rows = min(n, self.window_rows)
-        ages = np.full((rows, len(self.views)), np.nan)
-        requested = np.zeros((rows, len(self.views)), dtype=bool)
-        for v, view in enumerate(self.views):
-            age = batch.view_age_seconds.get(view.name)
-            if age is not None:
-                ages[:, v] = age[keep]
-            status = batch.status.get(view.join_key)
-            if status is not None:
-                requested[:, v] = status[keep] != NOT_REQUESTED
+        skip = max(0, n - self.window_rows)  # a batch larger than the window keeps its tail
+        rows = n - skip
+        ages = [batch.view_age_seconds.get(view.name) for view in self.views]
+        statuses = [batch.status.get(view.join_key) for view in self.views]
         with self._lock:
-            at = (self._next + np.arange(rows)) % self.window_rows
-            self._values[at] = matrix[keep]
-            self._scores[at] = scores[keep]
-            self._ages[at] = ages
-            self._requested[at] = requested
-            self._next = int((self._next + rows) % self.window_rows)
+            # At most two slice writes per array: up to the end of the ring, then from its start.
+            first = min(rows, self.window_rows - self._next)
+            for dst, src, count in ((self._next, skip, first), (0, skip + first, rows - first)):
+                if count <= 0:
+                    continue
+                to, part = slice(dst, dst + count), slice(src, src + count)
+                self._values[to] = matrix[part]
+                self._scores[to] = scores[part]
+                for v, (age, status) in enumerate(zip(ages, statuses, strict=True)):
+                    self._ages[v, to] = np.nan if age is None else age[part]
+                    self._status[v, to] = NOT_REQUESTED if status is None else status[part]
+            self._next = (self._next + rows) % self.window_rows
             self._filled = min(self.window_rows, self._filled + rows)
             self._since += n
             now = self._clock()
@@ -225,8 +226,8 @@ class DriftMonitor:
             filled = self._filled
             values = self._values[:filled].copy()
             scores = self._scores[:filled].copy()
-            ages = self._ages[:filled].copy()
-            requested = self._requested[:filled].copy()
+            ages = self._ages[:, :filled].copy()
+            requested = self._status[:, :filled] != NOT_REQUESTED
         snap = DriftSnapshot(rows=filled, score_psi=float("nan"))
         if self._score_ref is not None:
             snap.score_psi = psi(
@@ -237,7 +238,7 @@ class DriftMonitor:
         for j, name, edges, expected in self._baselines:
             snap.feature_psi[name] = psi(expected, bin_counts(values[:, j], edges))
         for v, view in enumerate(self.views):
-            age = ages[:, v]
+            age = ages[v]
             found = age[~np.isnan(age)]
             if found.size:
                 snap.age_seconds[view.name] = {
@@ -247,7 +248,7 @@ class DriftMonitor:
                 }
             else:
                 snap.age_seconds[view.name] = dict.fromkeys(("min", "p50", "max"), float("nan"))
-            asked = requested[:, v]
+            asked = requested[v]
             if view.evidence and asked.any():
                 with np.errstate(invalid="ignore"):
                     stale = age > view.ttl_seconds if view.ttl_seconds is not None else False
