@@ -101,6 +101,8 @@ class FeatureBatch:
     event_timestamp: dict[str, np.ndarray] = field(default_factory=dict)
     # view -> age in seconds of each row read, float64 [n]; NaN when missing or not requested
     view_age_seconds: dict[str, np.ndarray] = field(default_factory=dict)
+    # view -> status of each row read, int8 [n] (the per-view rule, before entities combine)
+    view_status: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # A decoded row: (event time in epoch seconds, NaN when the store has no row; values in view order)
@@ -169,6 +171,7 @@ def assemble(
         batch.age_seconds[key] = np.array(age)
         batch.event_timestamp[key] = np.array(event)
     batch.view_age_seconds = {name: np.array(age) for name, age in view_age.items()}
+    batch.view_status = {name: np.array(st, dtype=np.int8) for name, st in view_status.items()}
     return batch
 
 

@@ -34,3 +34,14 @@ fraud_model_v2 = FeatureService(
     "request features (amount ratios, cross-border flags).",
     tags={"model": "fraud_model", "version": "v2"},
 )
+
+# The fallback model of a deployment: it reads nothing from the online store (cross-border flags
+# computed from the request, plus the amount), so it can still answer when stored features are
+# missing, stale or unreadable.
+fraud_model_rt = FeatureService(
+    name="fraud_model_rt",
+    features=[geo_context],
+    description="Request-time features only (cross-border flags and the amount): the fallback "
+    "when the online store cannot give a model its features.",
+    tags={"model": "fraud_model", "version": "rt", "role": "fallback"},
+)

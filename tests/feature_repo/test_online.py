@@ -92,6 +92,7 @@ def test_optional_evidence_fills_columns_but_never_decides() -> None:
     assert np.isnan(quiet.values[0, 0]) and quiet.values[0, 1] == 7.0
     assert np.isnan(quiet.view_age_seconds["stream"][0])
     assert quiet.view_age_seconds["batch"][0] == 60.0
+    assert quiet.view_status["stream"][0] == MISSING and quiet.view_status["batch"][0] == PRESENT
     new = assemble(
         mixed, 1, {"stream": ([0], [(NOW - 5, [3.0])]), "batch": ([0], [(NAN, ())])}, NOW
     )
