@@ -99,13 +99,16 @@ materialize: $(STAMP) ## Incremental materialization into the online store
 	$(PY) -m feature_pipelines materialize --repo feature_repo/fraud $(YAML_OPT)
 
 dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
-	$(PY) -m models dataset --feature-service $(FEATURE_SERVICE) $(YAML_OPT)
+	$(PY) -m models dataset --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
+		$(YAML_OPT)
 
 train: $(STAMP) ## Train, export ONNX, check parity, publish models/packages/fraud_model/<v>
-	$(PY) -m models train --feature-service $(FEATURE_SERVICE) $(YAML_OPT)
+	$(PY) -m models train --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
+		$(YAML_OPT)
 
 train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics side by side
-	$(PY) -m models train --feature-service fraud_model_v1 --feature-service fraud_model_v2 \
+	$(PY) -m models train --domain feature_repo/fraud \
+		--feature-service fraud_model_v1 --feature-service fraud_model_v2 \
 		$(YAML_OPT)
 
 # The stream and the window state live in Redis (redis-up) whatever the online store is.

@@ -123,7 +123,7 @@ def _train(repo: Path, yaml: Path, transactions: Path, root: Path, key: str) -> 
         shutil.rmtree(root)
     result = train(
         repo_path=repo,
-        transactions_path=transactions,
+        events_path=transactions,
         output_root=root,
         feature_service=FEATURE_SERVICE,
         yaml_path=yaml,

@@ -137,7 +137,7 @@ def train_v2(repo: Path, transactions: Path, root: Path) -> dict[str, Any]:
 
     result = train(
         repo_path=repo,
-        transactions_path=transactions,
+        events_path=transactions,
         output_root=root,
         feature_service="fraud_model_v2",
         yaml_path=repo / YAML,

@@ -13,7 +13,7 @@ that says, in the business's words, what is scored and how:
   ``uncertain`` policy (which entities are required evidence and which optional);
 - ``reasons``: red flags in business words, as conditions on model inputs; they explain labels
   in serving and, summed, make the rules baseline a model must beat in training;
-- ``segments``: request fields that reports break results down by.
+- ``segments``: columns of the training data that reports break results down by.
 
 Nothing here names a domain: training and serving read these declarations instead of code.
 """
@@ -553,15 +553,22 @@ class UncertainSpec(BaseModel):
 
 
 class SegmentSpec(BaseModel):
-    """A breakdown of reports by one request field (by value, or by numeric bins)."""
+    """A breakdown of reports by one column of the training data.
+
+    By value; by numeric ``bins``; or, with ``differs_from``, into rows where the column equals
+    another and rows where it does not. The column is a request field or any other column of
+    the training data (an evaluation-only one, say); reports skip a segment whose columns a
+    frame lacks.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name
+    name: str = Field(min_length=1, max_length=64, description="Shown in reports.")
     field: Name
     bins: list[float] | None = Field(
-        default=None, description="Ascending bin edges, for number and integer fields."
+        default=None, description="Ascending bin edges (left-closed), for numeric columns."
     )
+    differs_from: Name | None = Field(default=None, description="Column to compare with.")
 
     @field_validator("bins")
     @classmethod
@@ -569,6 +576,12 @@ class SegmentSpec(BaseModel):
         if value is not None and (len(value) < 2 or any(b <= a for a, b in pairwise(value))):
             raise ValueError("bins need two or more strictly ascending edges")
         return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SegmentSpec:
+        if self.bins is not None and self.differs_from is not None:
+            raise ValueError("a segment has bins or differs_from, not both")
+        return self
 
 
 class DomainSpec(BaseModel):
@@ -641,11 +654,7 @@ class DomainSpec(BaseModel):
             raise ValueError(f"reason codes repeat: {repeated}")
         for segment in self.segments:
             field = fields.get(segment.field)
-            if field is None:
-                raise ValueError(
-                    f"segment {segment.name}: {segment.field!r} is not a request field"
-                )
-            if segment.bins is not None and field.kind not in NUMERIC_KINDS:
+            if segment.bins is not None and field is not None and field.kind not in NUMERIC_KINDS:
                 raise ValueError(f"segment {segment.name}: bins need a number or integer field")
         return self
 

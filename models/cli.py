@@ -11,13 +11,28 @@ import typer
 
 app = typer.Typer(help="Training sets, training and model packages.", no_args_is_help=True)
 
-RepoOption = Annotated[Path, typer.Option(help="Feast feature repository.")]
+DomainOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Domain folder: its domain.yaml (what is scored, label, threshold rule) and its "
+        "Feast repository, e.g. feature_repo/credit (default: the --repo folder)."
+    ),
+]
+RepoOption = Annotated[
+    Path | None, typer.Option(help="Feast feature repository (default: the domain folder).")
+]
 YamlOption = Annotated[
     Path | None,
     typer.Option(help="Alternative feature_store.yaml (e.g. feature_store.redis.yaml)."),
 ]
-ServiceOption = Annotated[str, typer.Option(help="FeatureService that defines the features.")]
-TransactionsOption = Annotated[Path, typer.Option(help="Labelled transactions (parquet).")]
+ServiceOption = Annotated[
+    str | None,
+    typer.Option(help="FeatureService that defines the features (default: the domain's)."),
+]
+EventsOption = Annotated[
+    Path | None,
+    typer.Option(help="Labelled events, parquet (default: the domain's training_data)."),
+]
 
 
 @app.callback()
@@ -33,15 +48,31 @@ def _configure(
     )
 
 
+def _domain(domain: Path | None, repo: Path | None):  # type: ignore[no-untyped-def]
+    """(domain spec, Feast repository): each defaults to the other's folder."""
+    from feature_repo.domain import DomainSpecError, load_domain
+
+    folder = domain or repo
+    if folder is None:
+        raise typer.BadParameter(
+            "name the domain's folder, e.g. --domain feature_repo/credit", param_hint="--domain"
+        )
+    try:
+        return load_domain(folder), repo or folder
+    except DomainSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--domain") from None
+
+
 @app.command()
 def dataset(
-    repo: RepoOption = Path("feature_repo/fraud"),
-    transactions: TransactionsOption = Path("data/transactions.parquet"),
-    feature_service: ServiceOption = "fraud_model_v1",
+    domain: DomainOption = None,
+    repo: RepoOption = None,
+    events: EventsOption = None,
+    feature_service: ServiceOption = None,
     start: Annotated[
-        datetime | None, typer.Option(help="First transaction time (inclusive, UTC).")
+        datetime | None, typer.Option(help="First event time (inclusive, UTC).")
     ] = None,
-    end: Annotated[datetime | None, typer.Option(help="Last transaction time (exclusive).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last event time (exclusive).")] = None,
     out: Annotated[Path, typer.Option(help="Where to write the training set.")] = Path(
         "data/training_set.parquet"
     ),
@@ -51,42 +82,49 @@ def dataset(
     from models.dataset import (
         entity_dataframe,
         feature_layout,
-        load_transactions,
+        load_events,
         open_store,
         retrieve_training_set,
     )
 
+    spec, repo = _domain(domain, repo)
+    service = feature_service or spec.feature_service
     store = open_store(repo, yaml)
     entity_df = entity_dataframe(
-        load_transactions(transactions),
+        load_events(events or spec.training_data_path, spec),
+        spec,
         start=_utc(start),
         end=_utc(end),
-        request_fields=feature_layout(store, feature_service).request_fields,
+        request_fields=feature_layout(store, service).request_fields,
     )
-    frame = retrieve_training_set(store, feature_service, entity_df)
+    frame = retrieve_training_set(store, service, entity_df, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     typer.echo(
         f"wrote {len(frame)} rows x {frame.shape[1]} columns to {out} "
-        f"(fraud rate {frame['is_fraud'].mean():.4f})"
+        f"({spec.label_column} rate {frame[spec.label_column].mean():.4f})"
     )
 
 
 @app.command()
 def train(
-    repo: RepoOption = Path("feature_repo/fraud"),
-    transactions: TransactionsOption = Path("data/transactions.parquet"),
+    domain: DomainOption = None,
+    repo: RepoOption = None,
+    events: EventsOption = None,
     feature_service: Annotated[
         list[str] | None,
         typer.Option(
-            help="FeatureService that defines the features; repeat it to train several "
-            "versions on the same time split and print their holdout metrics side by side.",
+            help="FeatureService that defines the features (default: the domain's); repeat it "
+            "to train several versions on the same time split and print their holdout metrics "
+            "side by side.",
         ),
     ] = None,
     output: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
         "models/packages"
     ),
-    name: Annotated[str, typer.Option(help="Model name.")] = "fraud_model",
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: the domain's model_name).")
+    ] = None,
     version: Annotated[
         str | None, typer.Option(help="Model version (default: the service's suffix).")
     ] = None,
@@ -94,11 +132,16 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     yaml: YamlOption = None,
 ) -> None:
-    """Train LightGBM on the point-in-time training set and publish an ONNX model package."""
+    """Train LightGBM on the point-in-time training set and publish an ONNX model package.
+
+    Prints the holdout ROC-AUC and PR-AUC of the model, of a decision tree on the same inputs
+    and split, and of the domain's rules baseline; the package's manifest records them.
+    """
     from models.train import compare_summary
     from models.train import train as run_training
 
-    services = feature_service or ["fraud_model_v1"]
+    spec, repo = _domain(domain, repo)
+    services = feature_service or [spec.feature_service]
     if version is not None and len(services) > 1:
         raise typer.BadParameter(
             "--version names one package; leave it out when training several services",
@@ -108,7 +151,7 @@ def train(
     for service in services:
         result = run_training(
             repo_path=repo,
-            transactions_path=transactions,
+            events_path=events,
             output_root=output,
             feature_service=service,
             model_name=name,
@@ -116,6 +159,7 @@ def train(
             yaml_path=yaml,
             num_boost_round=rounds,
             seed=seed,
+            domain=spec,
         )
         typer.echo(result.summary())
         typer.echo("")
@@ -138,9 +182,13 @@ def report(
             "version's inputs) from, when no --training-set is given."
         ),
     ] = None,
-    transactions: Annotated[
+    events: Annotated[
         Path | None,
-        typer.Option(help="Labelled transactions (default: the ones the package was trained on)."),
+        typer.Option(help="Labelled events (default: the ones the package was trained on)."),
+    ] = None,
+    domain: Annotated[
+        Path | None,
+        typer.Option(help="Domain folder (default: the one the package was trained with)."),
     ] = None,
     yaml: YamlOption = None,
 ) -> None:
@@ -149,7 +197,12 @@ def report(
 
     try:
         path = regenerate(
-            package, training_set=training_set, repo=repo, yaml=yaml, transactions=transactions
+            package,
+            training_set=training_set,
+            repo=repo,
+            yaml=yaml,
+            events=events,
+            domain=domain,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -186,9 +239,13 @@ def monitor(
         float | None, typer.Option(help="Alert above this PSI of any input.")
     ] = None,
     id_column: Annotated[
-        str, typer.Option(help="Labels column holding the business id.")
-    ] = "transaction_id",
-    label_column: Annotated[str, typer.Option(help="Labels column: 1 fraud, 0 not.")] = "is_fraud",
+        str | None,
+        typer.Option(help="Labels column holding the business id (default: the domain's)."),
+    ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option(help="Labels column, 1 positive, 0 not (default: the domain's)."),
+    ] = None,
 ) -> None:
     """Performance on matured labels and drift per model version, variant and day.
 

@@ -1,28 +1,26 @@
-"""Evaluation: ranking metrics, a rules baseline to beat, and label thresholds.
+"""Evaluation: ranking metrics, baselines to beat, and label thresholds by the declared rule.
 
-Threshold rule (precision-driven, chosen on the validation split, never on the holdout):
-``highly_suspicious`` is the lowest score whose validation precision reaches
-``HIGH_PRECISION`` (0.80), ``suspicious`` the lowest reaching ``SUSPICIOUS_PRECISION`` (0.30).
-Precision is what an analyst queue pays for: a label that is mostly wrong gets ignored. Where a
-target cannot be reached, the threshold falls back to a score quantile (top 0.5 % / top 3 %) so
-the labels still mean "rarest scores".
+Thresholds follow the domain's ``threshold_rule`` (``feature_repo.domain.ThresholdRule``), on the
+validation split, never on the holdout: with ``precision_targets``, each label above the lowest
+starts at the lowest score whose validation precision reaches its ``min_precision``; where no
+score reaches it, at its ``fallback_quantile`` of the validation scores, so the label still
+means "rarest scores". A label's threshold never exceeds the next riskier label's.
+
+Two baselines: the rules baseline scores one point per red flag the domain declares (its
+``reasons`` with ``baseline: true``); the decision tree is one unpruned scikit-learn tree on
+the model's own inputs and split, the approach of Feast's credit-scoring tutorial.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.tree import DecisionTreeClassifier
 
-HIGH_PRECISION = 0.80
-SUSPICIOUS_PRECISION = 0.30
-HIGH_FALLBACK_QUANTILE = 0.995
-SUSPICIOUS_FALLBACK_QUANTILE = 0.97
-THRESHOLD_RULE = (
-    f"validation split: highly_suspicious = lowest score with precision >= {HIGH_PRECISION}, "
-    f"suspicious = lowest score with precision >= {SUSPICIOUS_PRECISION}; quantile fallback "
-    f"{HIGH_FALLBACK_QUANTILE}/{SUSPICIOUS_FALLBACK_QUANTILE} where a target is unreachable"
-)
+from feature_repo.domain import Reason, ThresholdRule
 
 
 def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -35,26 +33,29 @@ def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
-def rules_baseline(frame: pd.DataFrame) -> np.ndarray:
-    """A hand-written rule score of the kind fraud teams start with: one point per red flag."""
+def rules_baseline(frame: pd.DataFrame, reasons: Sequence[Reason]) -> np.ndarray:
+    """A hand-written rule score of the kind risk teams start with: one point per red flag.
 
-    def flag(column: str, predicate) -> np.ndarray:
-        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            return np.where(np.isnan(values), 0.0, predicate(values).astype(np.float64))
+    Counts the reasons declared for the baseline whose inputs the frame has; a condition on a
+    missing value does not hold.
+    """
+    score = np.zeros(len(frame), dtype=np.float64)
+    for reason in reasons:
+        if reason.baseline and all(f in frame.columns for f in reason.features):
+            columns = {
+                f: frame[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in reason.features
+            }
+            score += reason.holds(columns)
+    return score
 
-    amount = frame["amount"].to_numpy(dtype=np.float64)
-    card_mean = frame["card_amount_mean_30d"].to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        big_amount = np.where(np.isnan(card_mean), amount > 500.0, amount > 3.0 * card_mean)
-    return (
-        flag("ip_distinct_cards_24h", lambda v: v >= 3)
-        + flag("card_distinct_countries_24h", lambda v: v >= 2)
-        + flag("card_small_txn_count_24h", lambda v: v >= 3)
-        + flag("merchant_fraud_rate_30d", lambda v: v > 0.05)
-        + flag("ip_fraud_rate_30d", lambda v: v > 0.05)
-        + big_amount.astype(np.float64)
-    )
+
+def decision_tree_baseline(
+    x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, seed: int
+) -> np.ndarray:
+    """Scores of one unpruned decision tree fitted on the training split (missing: NaN)."""
+    tree = DecisionTreeClassifier(random_state=seed)
+    tree.fit(x_train, y_train)
+    return np.asarray(tree.predict_proba(x_eval)[:, 1], dtype=np.float64)
 
 
 def _lowest_threshold_with_precision(
@@ -68,28 +69,34 @@ def _lowest_threshold_with_precision(
     return float(thresholds[reached[0]])
 
 
-def choose_thresholds(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Label thresholds from the validation split (see the module docstring for the rule)."""
-    high = _lowest_threshold_with_precision(y_true, scores, HIGH_PRECISION)
-    if high is None:
-        high = float(np.quantile(scores, HIGH_FALLBACK_QUANTILE))
-    suspicious = _lowest_threshold_with_precision(y_true, scores, SUSPICIOUS_PRECISION)
-    if suspicious is None:
-        suspicious = float(np.quantile(scores, SUSPICIOUS_FALLBACK_QUANTILE))
-    return {"suspicious": min(suspicious, high), "highly_suspicious": high}
+def choose_thresholds(
+    y_true: np.ndarray, scores: np.ndarray, rule: ThresholdRule
+) -> dict[str, float]:
+    """Label -> threshold on the validation split by the rule, lowest risk first."""
+    chosen: dict[str, float] = {}
+    for label, target in rule.targets.items():
+        value = _lowest_threshold_with_precision(y_true, scores, target.min_precision)
+        if value is None:
+            value = float(np.quantile(scores, target.fallback_quantile))
+        chosen[label] = value
+    # A label's threshold never exceeds the next riskier one's (that label would never be given).
+    ceiling = np.inf
+    for label in reversed(list(chosen)):
+        chosen[label] = ceiling = min(chosen[label], ceiling)
+    return chosen
 
 
 def label_counts(scores: np.ndarray, y_true: np.ndarray, thresholds: dict[str, float]) -> dict:
-    """Share of rows and precision per label at the chosen thresholds."""
+    """Per label above the lowest: share of rows, precision and recall of exactly that label."""
     out: dict[str, float] = {}
-    high = scores >= thresholds["highly_suspicious"]
-    suspicious = (scores >= thresholds["suspicious"]) & ~high
-    for name, mask in (("highly_suspicious", high), ("suspicious", suspicious)):
+    cutoffs = np.asarray(list(thresholds.values()), dtype=np.float64)
+    ranks = np.searchsorted(cutoffs, np.asarray(scores, dtype=np.float64), side="right")
+    positives = max(float(y_true.sum()), 1.0)
+    for rank, name in enumerate(thresholds, start=1):
+        mask = ranks == rank
         out[f"{name}_share"] = float(mask.mean()) if len(mask) else 0.0
         out[f"{name}_precision"] = float(y_true[mask].mean()) if mask.any() else float("nan")
-        out[f"{name}_recall"] = (
-            float(y_true[mask].sum() / max(y_true.sum(), 1)) if len(mask) else 0.0
-        )
+        out[f"{name}_recall"] = float(y_true[mask].sum() / positives) if len(mask) else 0.0
     return out
 
 

@@ -1,6 +1,6 @@
 """Delayed-label performance and drift from the prediction log: ``python -m models monitor``.
 
-A fraud label is known days after the answer (a chargeback, or the end of the dispute window:
+A label is known days after the answer (a chargeback, the end of a dispute window, a default:
 ``label_available_at``). The monitor joins the prediction log (``feature_repo.prediction_log``)
 with the labels known at ``as_of`` (a simulated clock in tests and backfills, now otherwise):
 a label whose ``label_available_at`` is later than ``as_of`` is not used, and its prediction
@@ -9,7 +9,7 @@ counts as pending. Per model version, variant and UTC day of the answer it repor
 - label rates (share of each business label among the answers);
 - for each alerting label (every label with a score threshold in the package): precision and
   recall among matured labels, next to the package's holdout figures, which use the same
-  definitions (``models.evaluate.label_counts``: a label's band, recall over all frauds);
+  definitions (``models.evaluate.label_counts``: a label's band, recall over all positives);
   precision and recall of "any alerting label"; PR-AUC of the score;
 - drift: score PSI against the package's baseline score distribution, and each input's PSI and
   missing rate against its training baseline (the binning and PSI of the service's
@@ -38,9 +38,10 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score
 
+import feature_repo
 from feature_repo import prediction_log as plog
+from feature_repo.domain import DomainSpec, load_domain
 from models.package import (
-    LabelThresholds,
     Manifest,
     bin_counts,
     package_dir,
@@ -53,6 +54,8 @@ from models.report import json_safe, png_base64
 logger = logging.getLogger(__name__)
 
 ALL_DAYS = "all"
+# Domain folders (feature_repo/<domain>/domain.yaml): the log names each answer's domain.
+DOMAINS = Path(feature_repo.__file__).resolve().parent
 JSON_FILE = "monitor.json"
 HTML_FILE = "monitor.html"
 _LOG_COLUMNS = [
@@ -64,6 +67,7 @@ _LOG_COLUMNS = [
     plog.LABEL,
     plog.FEATURES,
     plog.FEATURE_NAMES,
+    plog.DOMAIN,
 ]
 
 
@@ -169,18 +173,27 @@ def matured_labels(
     return out
 
 
+def log_domain(log: pd.DataFrame, domains: Path) -> DomainSpec | None:
+    """The domain of the log's answers (None for an empty log); ValueError for several."""
+    names = sorted(log[plog.DOMAIN].unique()) if plog.DOMAIN in log else []
+    if len(names) > 1:
+        raise ValueError(f"the log holds answers of several domains {names}; monitor one")
+    return load_domain(Path(domains) / names[0]) if names else None
+
+
 def join(log: pd.DataFrame, matured: pd.DataFrame) -> pd.DataFrame:
-    """The log with ``y`` (1 fraud, 0 legitimate, NaN pending) and its UTC ``day``."""
+    """The log with ``y`` (1 positive, 0 negative, NaN pending) and its UTC ``day``."""
     out = log.merge(matured, on=plog.BUSINESS_ID, how="left", validate="m:1")
     out["day"] = out[plog.TS].dt.strftime("%Y-%m-%d")
     return out
 
 
-def alerting_labels(manifest: Manifest | None) -> list[str]:
-    """Labels that alert, lowest threshold first: those with a threshold in the package."""
+def alerting_labels(manifest: Manifest | None, spec: DomainSpec | None = None) -> list[str]:
+    """Labels that alert, lowest threshold first: those with a threshold in the package
+    (without one, the domain's labels above the lowest)."""
     if manifest is None:
-        return [name for name in LabelThresholds.model_fields if name != "rule"]
-    thresholds = manifest.label_thresholds.model_dump(exclude={"rule"})
+        return spec.labels[1:] if spec is not None else []
+    thresholds = manifest.label_thresholds.cutoffs
     return sorted(thresholds, key=lambda name: thresholds[name])
 
 
@@ -212,7 +225,7 @@ def performance(group: pd.DataFrame, labels: list[str]) -> dict:
     counts = group[plog.LABEL].value_counts()
     known = group[group["y"].notna()]
     y = known["y"].to_numpy(dtype=np.int8)
-    frauds = int(y.sum())
+    positives = int(y.sum())
     per_label = {}
     for name in labels:
         mask = (known[plog.LABEL] == name).to_numpy()
@@ -220,7 +233,7 @@ def performance(group: pd.DataFrame, labels: list[str]) -> dict:
             "n": int(counts.get(name, 0)),
             "n_labelled": int(mask.sum()),
             "precision": _rate(y[mask].sum(), mask.sum()),
-            "recall": _rate(y[mask].sum(), frauds),
+            "recall": _rate(y[mask].sum(), positives),
         }
     alerted = known[plog.LABEL].isin(labels).to_numpy()
     scored = known[plog.SCORE].notna().to_numpy()
@@ -232,12 +245,12 @@ def performance(group: pd.DataFrame, labels: list[str]) -> dict:
         "label_rates": {str(k): _rate(v, n) for k, v in counts.items()},
         "n_labelled": len(known),
         "n_pending": n - len(known),
-        "fraud_rate": _rate(frauds, len(known)),
+        "positive_rate": _rate(positives, len(known)),
         "labels": per_label,
         "alert": {
             "n_labelled": int(alerted.sum()),
             "precision": _rate(y[alerted].sum(), alerted.sum()),
-            "recall": _rate(y[alerted].sum(), frauds),
+            "recall": _rate(y[alerted].sum(), positives),
         },
         "pr_auc": pr_auc,
     }
@@ -254,7 +267,7 @@ def holdout_reference(manifest: Manifest | None, labels: list[str]) -> dict:
         return float(value) if isinstance(value, int | float) else math.nan
 
     return {
-        "fraud_rate": number("fraud_rate"),
+        "positive_rate": number("positive_rate"),
         "pr_auc": number("pr_auc"),
         "labels": {
             name: {
@@ -349,13 +362,30 @@ def monitor(
     *,
     model_root: Path | None = None,
     rules: AlertRules | None = None,
-    id_column: str = "transaction_id",
-    label_column: str = "is_fraud",
+    id_column: str | None = None,
+    label_column: str | None = None,
     available_column: str = "label_available_at",
+    domains: Path = DOMAINS,
 ) -> MonitorResult:
-    """Join the log with the labels matured at ``as_of``; figures per version, variant, day."""
+    """Join the log with the labels matured at ``as_of``; figures per version, variant, day.
+
+    ``id_column`` and ``label_column`` of the labels default to the business id and the label
+    column of the log's domain (``<domains>/<domain>/domain.yaml``).
+    """
     rules = rules or AlertRules()
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    log = load_log(log_root, as_of)
+    try:
+        spec = log_domain(log, domains)
+    except ValueError:  # several domains, or no domain file: fine when the columns are named
+        if id_column is None or label_column is None:
+            raise
+        spec = None
+    if id_column is None or label_column is None:
+        if spec is None:
+            raise ValueError("the log is empty: name the labels' id and label columns")
+        id_column = id_column or spec.business_id
+        label_column = label_column or spec.label_column
     matured = matured_labels(
         labels,
         as_of,
@@ -363,7 +393,7 @@ def monitor(
         label_column=label_column,
         available_column=available_column,
     )
-    frame = join(load_log(log_root, as_of), matured)
+    frame = join(log, matured)
     versions = sorted(frame[plog.MODEL_VERSION].unique())
     manifests = load_manifests(model_root, versions)
     result = MonitorResult(as_of=as_of, groups=[])
@@ -373,7 +403,7 @@ def monitor(
     keys = [plog.MODEL_VERSION, plog.VARIANT]
     for (version, variant), part in frame.groupby(keys, sort=True):
         manifest = manifests.get(str(version))
-        labels_of = alerting_labels(manifest)
+        labels_of = alerting_labels(manifest, spec)
         days = [(day, rows) for day, rows in part.groupby("day", sort=True)]
         for day, rows in [*days, (ALL_DAYS, part)]:
             group = {
@@ -476,13 +506,13 @@ def render(result: MonitorResult, rules: AlertRules) -> str:
         days = [g for g in groups if g["day"] != ALL_DAYS]
         slug = _slug(f"{version}-{variant}")
         labels = list(groups[0]["labels"])
-        head = ["day", "answers", "matured", "pending", "fraud rate", "PR-AUC", "score PSI"]
+        head = ["day", "answers", "matured", "pending", "positive rate", "PR-AUC", "score PSI"]
         head += [f"{name} precision" for name in labels] + [f"{name} recall" for name in labels]
         head += ["alert precision", "alert recall"]
         body = []
         for g in groups:
             cells = [g["day"], g["n_predictions"], g["n_labelled"], g["n_pending"],
-                     g["fraud_rate"], g["pr_auc"], g["score_psi"]]  # fmt: skip
+                     g["positive_rate"], g["pr_auc"], g["score_psi"]]  # fmt: skip
             cells += [g["labels"][n]["precision"] for n in labels]
             cells += [g["labels"][n]["recall"] for n in labels]
             cells += [g["alert"]["precision"], g["alert"]["recall"]]

@@ -15,16 +15,18 @@ import os
 import shutil
 import tempfile
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 # 2: on-demand functions live in the feature repository (feature_repo.<domain>.transforms) and
-# views say whether they are evidence of their entity. Older packages are refused with a message.
-SCHEMA_VERSION = 2
+# views say whether they are evidence of their entity. 3: the domain and its label vocabulary
+# (thresholds per label), optional entities. Older packages are refused with a message.
+SCHEMA_VERSION = 3
 # Bin edges of a feature baseline: deciles of the training split.
 BASELINE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Proportions are floored at this before the PSI's logarithm, so an empty bin on either side
@@ -76,26 +78,67 @@ class OnDemandViewInfo(BaseModel):
 
 
 class LabelThresholds(BaseModel):
-    """Score cut-offs; a score >= a threshold gets that label (the highest one reached)."""
+    """Score cut-offs, one per label above the lowest, in rising order of risk.
 
-    model_config = ConfigDict(extra="forbid")
+    Each label of the domain but the lowest is a field named after it, e.g.
+    ``{"manual_review": 0.31, "decline": 0.62, "rule": "..."}``. A score at or above a label's
+    cut-off gets that label (the riskiest one reached); below every cut-off, the lowest label.
+    """
 
-    suspicious: float = Field(ge=0.0, le=1.0)
-    highly_suspicious: float = Field(ge=0.0, le=1.0)
+    # Labels are the domain's vocabulary, so they are extra fields (checked below).
+    model_config = ConfigDict(extra="allow")
+
     rule: str = Field(default="", description="How the thresholds were chosen.")
+
+    if TYPE_CHECKING:  # a label's cut-off reads as an attribute
+
+        def __getattr__(self, name: str) -> float: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            if name == "rule":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"threshold of label {name!r} must be a number, not {value!r}")
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"threshold of label {name!r} must be within [0, 1]")
+            out[name] = float(value)
+        return out
 
     @model_validator(mode="after")
     def _ordered(self) -> LabelThresholds:
-        if self.suspicious > self.highly_suspicious:
-            raise ValueError("suspicious threshold must not exceed highly_suspicious threshold")
+        cutoffs = list(self.cutoffs.items())
+        if not cutoffs:
+            raise ValueError("thresholds need at least one label above the lowest")
+        for (lower, low), (higher, high) in pairwise(cutoffs):
+            if low > high:
+                raise ValueError(
+                    f"{lower} threshold must not exceed {higher} threshold ({low} > {high})"
+                )
         return self
+
+    @property
+    def cutoffs(self) -> dict[str, float]:
+        """Label -> cut-off, lowest risk first."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def ranks(self, scores: np.ndarray) -> np.ndarray:
+        """Per score, the rank of its label: 0 for the lowest label, i for the i-th cut-off."""
+        edges = np.asarray(list(self.cutoffs.values()), dtype=np.float64)
+        return np.searchsorted(edges, np.asarray(scores, dtype=np.float64), side="right")
 
 
 class UncertainPolicy(BaseModel):
     """When the evidence is too thin to give a normal label.
 
     An entity is *unknown* when the online store has no row for it, or (when
-    ``stale_counts_as_unknown``) when its row is older than the feature view's TTL.
+    ``stale_counts_as_unknown``) when its row is older than the feature view's TTL. Optional
+    entities (evidence most requests lack, e.g. a credit history) never count as unknown.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -106,11 +149,15 @@ class UncertainPolicy(BaseModel):
     required_entities: list[str] = Field(
         default_factory=list, description="Join keys that must be known, else `uncertain`."
     )
+    optional_entities: list[str] = Field(
+        default_factory=list,
+        description="Join keys whose absence is reported as a reason but never counted.",
+    )
     stale_counts_as_unknown: bool = True
-    report_label_at_or_above: Literal["suspicious", "highly_suspicious", "never"] = Field(
-        default="highly_suspicious",
-        description="A score reaching this label is reported even on thin evidence: a model "
-        "alarm is worth acting on even when some entities are new.",
+    report_label_at_or_above: str = Field(
+        default="never",
+        description="A score reaching this label is reported even on thin evidence (a model "
+        "alarm is worth acting on even when some entities are new); `never`: always uncertain.",
     )
 
 
@@ -150,6 +197,9 @@ class Manifest(BaseModel):
     name: str
     version: str
     created_at: datetime
+    domain: str = Field(description="Domain the model serves (the `name` of its domain.yaml).")
+    labels: list[str] = Field(min_length=2, description="Label vocabulary, lowest risk first.")
+    uncertain_label: str = Field(default="uncertain", description="Label of thin evidence.")
     feature_service: str = Field(description="Feast FeatureService the model reads.")
     features: list[str] = Field(
         description="Ordered model input: stored, then on-demand, then request features."
@@ -197,6 +247,23 @@ class Manifest(BaseModel):
         unmapped = join_keys - set(self.entity_mapping.values())
         if unmapped:
             raise ValueError(f"no request field maps to join key(s) {sorted(unmapped)}")
+        if list(self.label_thresholds.cutoffs) != self.labels[1:]:
+            raise ValueError(
+                f"label thresholds {list(self.label_thresholds.cutoffs)} must name the labels "
+                f"above the lowest, lowest risk first: {self.labels[1:]}"
+            )
+        if self.uncertain_label in self.labels:
+            raise ValueError(f"uncertain label {self.uncertain_label!r} is also a label")
+        floor = self.uncertain_policy.report_label_at_or_above
+        if floor != "never" and floor not in self.labels[1:]:
+            raise ValueError(
+                f"report_label_at_or_above {floor!r} must be `never` or one of {self.labels[1:]}"
+            )
+        policy = self.uncertain_policy
+        named = set(policy.required_entities) | set(policy.optional_entities)
+        strangers = named - set(self.entity_mapping.values())
+        if strangers:
+            raise ValueError(f"uncertain policy names unmapped join key(s) {sorted(strangers)}")
         return self
 
     @property

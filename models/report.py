@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from feature_repo.domain import DomainSpec, SegmentSpec
 from models import evaluate
 from models.package import (
     MANIFEST_FILE,
@@ -53,7 +54,6 @@ FIGURES = (
     "fig-importance",
     "fig-segments",
 )
-AMOUNT_BANDS = (0.0, 5.0, 50.0, 200.0, 1000.0, math.inf)
 TOP_FEATURES = 25
 
 
@@ -74,28 +74,33 @@ class Segment:
     groups: Callable[[pd.DataFrame], pd.Series]
 
 
-def _amount_band(frame: pd.DataFrame) -> pd.Series:
+def _bands(column: str, edges: list[float]) -> Callable[[pd.DataFrame], pd.Series]:
     labels = [
-        f"{lo:g}-{hi:g}" if hi != math.inf else f">= {lo:g}"
-        for lo, hi in itertools.pairwise(AMOUNT_BANDS)
+        f"{lo:g}-{hi:g}" if hi != math.inf else f">= {lo:g}" for lo, hi in itertools.pairwise(edges)
     ]
-    return pd.cut(frame["amount"], bins=list(AMOUNT_BANDS), right=False, labels=labels)
+    return lambda frame: pd.cut(frame[column], bins=edges, right=False, labels=labels)
 
 
-def _country_mismatch(frame: pd.DataFrame) -> pd.Series:
-    differs = frame["card_country"].astype(str) != frame["ip_country"].astype(str)
-    return pd.Series(
-        np.where(differs, "card and IP country differ", "same country"), index=frame.index
-    )
+def _differs(column: str, other: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def groups(frame: pd.DataFrame) -> pd.Series:
+        differs = frame[column].astype(str) != frame[other].astype(str)
+        return pd.Series(
+            np.where(differs, f"{column} differs from {other}", f"same {column} and {other}"),
+            index=frame.index,
+        )
+
+    return groups
 
 
-# Segments apply only where the holdout frame carries their columns (the training set plus the
-# transactions' own columns joined on transaction_id); the others are listed as unavailable.
-SEGMENTS: tuple[Segment, ...] = (
-    Segment("country mismatch", ("card_country", "ip_country"), _country_mismatch),
-    Segment("amount band", ("amount",), _amount_band),
-    Segment("fraud pattern", ("fraud_pattern",), lambda f: f["fraud_pattern"].astype(str)),
-)
+def segment(declared: SegmentSpec) -> Segment:
+    """A report segment from a domain's declaration: by value, by bins, or same/different."""
+    column = declared.field
+    if declared.bins is not None:
+        return Segment(declared.name, (column,), _bands(column, declared.bins))
+    if declared.differs_from is not None:
+        other = declared.differs_from
+        return Segment(declared.name, (column, other), _differs(column, other))
+    return Segment(declared.name, (column,), lambda frame: frame[column].astype(str))
 
 
 @dataclass
@@ -107,6 +112,9 @@ class ReportData:
     scores: np.ndarray
     frame: pd.DataFrame  # holdout rows: features plus any segment columns
     importance: dict[str, float]  # feature -> total gain
+    # The domain's segments; they apply only where the holdout frame carries their columns (the
+    # training set plus the events' own columns joined on the business id).
+    segments: list[Segment] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -127,7 +135,7 @@ def threshold_table(manifest: Manifest, y: np.ndarray, scores: np.ndarray) -> li
     cumulative ones count every row at or above the label's threshold.
     """
     labels = alerting_labels(manifest)
-    frauds = max(int(y.sum()), 1)
+    positives = max(int(y.sum()), 1)
     rows = []
     for i, (name, low) in enumerate(labels):
         high = labels[i + 1][1] if i + 1 < len(labels) else math.inf
@@ -139,10 +147,10 @@ def threshold_table(manifest: Manifest, y: np.ndarray, scores: np.ndarray) -> li
                 "threshold": low,
                 "alert_rate": float(band.mean()) if len(band) else 0.0,
                 "precision": float(y[band].mean()) if band.any() else math.nan,
-                "recall": float(y[band].sum() / frauds),
+                "recall": float(y[band].sum() / positives),
                 "alert_rate_at_or_above": float(above.mean()) if len(above) else 0.0,
                 "precision_at_or_above": float(y[above].mean()) if above.any() else math.nan,
-                "recall_at_or_above": float(y[above].sum() / frauds),
+                "recall_at_or_above": float(y[above].sum() / positives),
             }
         )
     return rows
@@ -152,12 +160,12 @@ def segment_table(data: ReportData) -> tuple[list[dict], list[str]]:
     """Metrics per segment group; and the segments the frame lacks columns for."""
     alert_at = alerting_labels(data.manifest)[0][1]
     rows, unavailable = [], []
-    for segment in SEGMENTS:
-        missing = [c for c in segment.columns if c not in data.frame.columns]
+    for part in data.segments:
+        missing = [c for c in part.columns if c not in data.frame.columns]
         if missing:
-            unavailable.append(f"{segment.name} (no column {', '.join(missing)})")
+            unavailable.append(f"{part.name} (no column {', '.join(missing)})")
             continue
-        series = segment.groups(data.frame)
+        series = part.groups(data.frame)
         if isinstance(series.dtype, pd.CategoricalDtype):  # bands keep their own order
             order = [str(c) for c in series.cat.categories]
         else:
@@ -171,10 +179,10 @@ def segment_table(data: ReportData) -> tuple[list[dict], list[str]]:
             alerted = s >= alert_at
             rows.append(
                 {
-                    "segment": segment.name,
+                    "segment": part.name,
                     "group": str(group),
                     "n_rows": int(mask.sum()),
-                    "fraud_rate": float(y.mean()),
+                    "positive_rate": float(y.mean()),
                     "alert_rate": float(alerted.mean()),
                     "precision": float(y[alerted].mean()) if alerted.any() else math.nan,
                     "recall": float(y[alerted].sum() / y.sum()) if y.sum() else math.nan,
@@ -200,7 +208,7 @@ def summary(data: ReportData) -> dict:
         "model": f"{m.name}/{m.version}",
         "feature_service": m.feature_service,
         "holdout_rows": len(data.y_true),
-        "holdout_fraud_rate": float(data.y_true.mean()) if len(data.y_true) else math.nan,
+        "holdout_positive_rate": float(data.y_true.mean()) if len(data.y_true) else math.nan,
         "curves": curves,
         "thresholds": threshold_table(m, data.y_true, data.scores),
         "segments": segments,
@@ -271,7 +279,7 @@ def _calibration_figure(data: ReportData) -> Figure:
     ax.plot(predicted, observed, marker="o", label="model (holdout deciles of score)")
     top = max(float(np.max(predicted)), float(np.max(observed)), 1e-3)
     ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="perfect")
-    ax.set(xlabel="mean predicted score", ylabel="observed fraud rate", title="Calibration")
+    ax.set(xlabel="mean predicted score", ylabel="observed positive rate", title="Calibration")
     ax.legend(loc="upper left")
     return fig
 
@@ -279,12 +287,12 @@ def _calibration_figure(data: ReportData) -> Figure:
 def _histogram_figure(data: ReportData) -> Figure:
     fig = Figure(figsize=(6.4, 5.2))
     ax = fig.subplots()
-    # Scores of a fraud model crowd near zero: bins span the observed range, not [0, 1].
+    # Scores of a rare-event model crowd near zero: bins span the observed range, not [0, 1].
     top = max(
         float(np.max(data.scores, initial=0.0)), *(t for _, t in alerting_labels(data.manifest))
     )
     bins = np.linspace(0.0, min(1.0, top * 1.05) or 1.0, 61)
-    for value, name in ((0, "legitimate"), (1, "fraud")):
+    for value, name in ((0, "negative (label 0)"), (1, "positive (label 1)")):
         scores = data.scores[data.y_true == value]
         if scores.size:
             ax.hist(scores, bins=bins, histtype="step", density=True, linewidth=1.5, label=name)
@@ -393,7 +401,7 @@ def render(data: ReportData) -> str:
         ("trained", m.created_at.isoformat()),
         ("holdout from", str(m.training.get("holdout_from", "?"))),
         ("holdout rows", f"{numbers['holdout_rows']}"),
-        ("holdout fraud rate", _fmt(numbers["holdout_fraud_rate"])),
+        ("holdout positive rate", _fmt(numbers["holdout_positive_rate"])),
         ("manifest holdout PR-AUC", _fmt(hold.get("pr_auc", math.nan))),
         ("label thresholds", m.label_thresholds.rule or "-"),
     ]  # fmt: skip
@@ -403,13 +411,13 @@ def render(data: ReportData) -> str:
             "fig-pr",
             "Precision-recall curves",
             _pr_figure(data),
-            "Dots: the model at each alerting label's threshold; dotted line: fraud rate.",
+            "Dots: the model at each alerting label's threshold; dotted line: positive rate.",
         ),
         _figure(
             "fig-calibration",
             "Calibration plot",
             _calibration_figure(data),
-            "Observed fraud rate per decile of score against the mean score of the decile.",
+            "Observed positive rate per decile of score against the mean score of the decile.",
         ),
         _figure(
             "fig-score-histogram",
@@ -459,7 +467,7 @@ def render(data: ReportData) -> str:
 {figures[4]}
 <h2>Segments</h2>
 {unavailable}
-{_table(numbers["segments"], ["segment", "group", "n_rows", "fraud_rate", "alert_rate",
+{_table(numbers["segments"], ["segment", "group", "n_rows", "positive_rate", "alert_rate",
         "precision", "recall", "pr_auc"])}
 {figures[5]}
 <p><small>Generated {generated}.</small></p>
@@ -483,17 +491,18 @@ def holdout_rows(frame: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     return frame[mask].reset_index(drop=True)
 
 
-def with_segment_columns(frame: pd.DataFrame, transactions: pd.DataFrame | None) -> pd.DataFrame:
-    """The frame plus the transactions' own columns it lacks (countries, fraud pattern...),
-    joined on transaction_id."""
-    if transactions is None or "transaction_id" not in frame.columns:
+def with_segment_columns(
+    frame: pd.DataFrame, events: pd.DataFrame | None, spec: DomainSpec
+) -> pd.DataFrame:
+    """The frame plus the events' own columns it lacks (request fields, evaluation-only
+    columns...), joined on the business id."""
+    key = spec.business_id
+    if events is None or key not in frame.columns:
         return frame
-    extra = [c for c in transactions.columns if c not in frame.columns]
+    extra = [c for c in events.columns if c not in frame.columns]
     if not extra:
         return frame
-    joined = frame.merge(
-        transactions[["transaction_id", *extra]], on="transaction_id", how="left", validate="1:1"
-    )
+    joined = frame.merge(events[[key, *extra]], on=key, how="left", validate="1:1")
     return joined
 
 
@@ -563,14 +572,14 @@ def build(
     holdout: pd.DataFrame,
     booster,  # lightgbm.Booster of this package
     *,
-    label_column: str,
+    spec: DomainSpec,
     root: Path | None = None,
     retrieve: Callable[[str, pd.DataFrame], pd.DataFrame] | None = None,
 ) -> ReportData:
-    """Everything the report needs from a holdout frame and the package's booster."""
+    """Everything the report needs from a holdout frame, the package's booster and its domain."""
     matrix = holdout[manifest.features].to_numpy(dtype=np.float32, na_value=np.nan)
     scores = np.asarray(booster.predict(matrix.astype(np.float64)), dtype=np.float64)
-    y = holdout[label_column].to_numpy(dtype=np.int32)
+    y = holdout[spec.label_column].to_numpy(dtype=np.int32)
     gains = booster.feature_importance(importance_type="gain")
     data = ReportData(
         manifest=manifest,
@@ -578,11 +587,17 @@ def build(
         scores=scores,
         frame=holdout,
         importance={n: float(g) for n, g in zip(booster.feature_name(), gains, strict=True)},
+        segments=[segment(s) for s in spec.segments],
     )
-    try:
-        data.comparisons.append(Comparison("rules baseline", evaluate.rules_baseline(holdout)))
-    except KeyError as exc:
-        data.notes.append(f"rules baseline not computed: the holdout lacks column {exc}.")
+    flags = [r for r in spec.reasons if r.baseline]
+    usable = spec.reasons_for(list(holdout.columns), baseline=True)
+    if flags and usable:
+        data.comparisons.append(
+            Comparison("rules baseline", evaluate.rules_baseline(holdout, usable))
+        )
+    if len(usable) < len(flags):
+        lacking = sorted({f for r in flags for f in r.features} - set(holdout.columns))
+        data.notes.append(f"rules baseline without the flags on absent columns {lacking}.")
     if root is not None:
         previous, note = previous_comparison(root, manifest, holdout, retrieve)
         if previous is not None:
@@ -619,20 +634,25 @@ def republish(package: Path, manifest: Manifest, report_html: str) -> Path:
     return write_package(root, updated, files)
 
 
-def retriever(store, transactions: pd.DataFrame) -> Callable[[str, pd.DataFrame], pd.DataFrame]:
+def retriever(
+    store, events: pd.DataFrame, spec: DomainSpec
+) -> Callable[[str, pd.DataFrame], pd.DataFrame]:
     """Point-in-time features of another feature service for given holdout rows, in their
     order (to score the previous version when it reads inputs this one does not)."""
     from models.dataset import entity_dataframe, feature_layout, retrieve_training_set
 
+    key = spec.business_id
+
     def retrieve(feature_service: str, rows: pd.DataFrame) -> pd.DataFrame:
-        wanted = transactions[transactions["transaction_id"].isin(rows["transaction_id"])]
+        wanted = events[events[key].isin(rows[key])]
         layout = feature_layout(store, feature_service)
         frame = retrieve_training_set(
             store,
             feature_service,
-            entity_dataframe(wanted, request_fields=layout.request_fields),
+            entity_dataframe(wanted, spec, request_fields=layout.request_fields),
+            spec,
         )
-        return rows[["transaction_id"]].merge(frame, on="transaction_id", how="left")
+        return rows[[key]].merge(frame, on=key, how="left")
 
     return retrieve
 
@@ -643,52 +663,61 @@ def regenerate(
     training_set: Path | None = None,
     repo: Path | None = None,
     yaml: Path | None = None,
-    transactions: Path | None = None,
+    events: Path | None = None,
+    domain: Path | None = None,
 ) -> Path:
     """Rebuild a package's report from the package and its training set, and republish it.
 
     The training set is ``training_set`` (``python -m models dataset`` of the package's
     feature service) or, without one, retrieved again through the feature store in ``repo``
-    from the transactions the package was trained on. The holdout is the manifest's.
+    from the events the package was trained on. The holdout is the manifest's. The domain file
+    is ``domain``, else the one the package was trained with, else the one in ``repo``.
     """
     import lightgbm as lgb
 
+    from feature_repo.domain import load_domain
     from models.dataset import (
-        LABEL_COLUMN,
         entity_dataframe,
         feature_layout,
-        load_transactions,
+        load_events,
         open_store,
         retrieve_training_set,
     )
 
     package = Path(package)
     manifest = read_manifest(package)
-    tx_path = transactions or Path(str(manifest.training.get("transactions", "")))
-    tx = load_transactions(tx_path) if tx_path.is_file() else None
+    recorded = str(manifest.training.get("domain_file", ""))
+    domain_path = domain or (Path(recorded) if recorded else repo)
+    if domain_path is None:
+        raise ValueError("no domain file: pass --domain (the domain's folder) or --repo")
+    spec = load_domain(domain_path)
+    label = spec.label_column
+    events_path = events or Path(str(manifest.training.get("events", "")))
+    frame_events = load_events(events_path, spec) if events_path.is_file() else None
     store = open_store(repo, yaml) if repo is not None else None
     if training_set is not None:
         frame = pd.read_parquet(training_set)
-    elif store is not None and tx is not None:
+    elif store is not None and frame_events is not None:
         layout = feature_layout(store, manifest.feature_service)
         frame = retrieve_training_set(
             store,
             manifest.feature_service,
-            entity_dataframe(tx, request_fields=layout.request_fields),
+            entity_dataframe(frame_events, spec, request_fields=layout.request_fields),
+            spec,
         )
     else:
         raise ValueError(
             "no training set: pass --training-set (python -m models dataset), or --repo with "
-            f"the transactions the package was trained on ({tx_path} is not a file)"
+            f"the events the package was trained on ({events_path} is not a file)"
         )
-    holdout = with_segment_columns(holdout_rows(frame, manifest), tx)
-    lacking = [f for f in [*manifest.features, LABEL_COLUMN] if f not in holdout.columns]
+    holdout = with_segment_columns(holdout_rows(frame, manifest), frame_events, spec)
+    lacking = [f for f in [*manifest.features, label] if f not in holdout.columns]
     if lacking:
         raise ValueError(
             f"the training set lacks {lacking[:5]}: it was not retrieved through "
             f"{manifest.feature_service}"
         )
-    if holdout.empty or holdout[LABEL_COLUMN].nunique() < 2:
+    if holdout.empty or holdout[label].nunique() < 2:
         raise ValueError(
             "the training set has no holdout rows of both classes in this package's range"
         )
@@ -699,8 +728,12 @@ def regenerate(
         manifest,
         holdout,
         lgb.Booster(model_file=str(package / name)),
-        label_column=LABEL_COLUMN,
+        spec=spec,
         root=package.parent.parent,
-        retrieve=retriever(store, tx) if store is not None and tx is not None else None,
+        retrieve=(
+            retriever(store, frame_events, spec)
+            if store is not None and frame_events is not None
+            else None
+        ),
     )
     return republish(package, manifest, render(data))

@@ -2,7 +2,10 @@
 
 The split is by time (train, then validation, then holdout), as the model will meet the future,
 not a shuffled past. Early stopping and label thresholds use the validation split; the holdout is
-touched once, for the metrics written into the manifest.
+touched once, for the metrics written into the manifest: the model's, the rules baseline's and a
+decision tree's on the same inputs and split. What is trained (label, entities, request
+features, label vocabulary, threshold rule, uncertain policy) is the domain's declaration
+(``feature_repo/<domain>/domain.yaml``); nothing here names a domain.
 """
 
 from __future__ import annotations
@@ -18,18 +21,17 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from feature_repo.domain import DomainSpec, load_domain
 from feature_repo.layout import TRANSFORM_TAG
 from feature_repo.transforms import resolve
 from models import evaluate, export, report
 from models.dataset import (
-    ENTITY_MAPPING,
-    LABEL_COLUMN,
-    REQUEST_FEATURES,
+    EVENT_TIMESTAMP,
     FeatureLayout,
     entity_dataframe,
     feature_layout,
     feature_matrix,
-    load_transactions,
+    load_events,
     open_store,
     retrieve_training_set,
 )
@@ -74,17 +76,23 @@ class TrainResult:
         m = self.manifest
         hold = m.metrics["holdout"]
         valid = m.metrics["validation"]
+        thresholds = "  ".join(
+            f"{label} >= {value:.4f}" for label, value in m.label_thresholds.cutoffs.items()
+        )
         return "\n".join(
             [
                 f"model package   {m.name}/{m.version} -> {self.package_path}",
                 f"feature service {m.feature_service} ({len(m.features)} inputs)",
                 f"rows            train {m.training['n_train']}  validation {valid['n_rows']}"
-                f"  holdout {hold['n_rows']}  (holdout fraud rate {hold['fraud_rate']:.4f})",
-                f"holdout ROC-AUC {hold['roc_auc']:.4f}",
-                f"holdout PR-AUC  {hold['pr_auc']:.4f}   rules baseline PR-AUC "
+                f"  holdout {hold['n_rows']}  (holdout {m.training['label_column']} rate "
+                f"{hold['positive_rate']:.4f})",
+                "holdout                 ROC-AUC   PR-AUC",
+                f"  LightGBM              {hold['roc_auc']:.4f}   {hold['pr_auc']:.4f}",
+                f"  decision tree         {hold['decision_tree_roc_auc']:.4f}   "
+                f"{hold['decision_tree_pr_auc']:.4f}",
+                f"  rules baseline        {hold['rules_baseline_roc_auc']:.4f}   "
                 f"{hold['rules_baseline_pr_auc']:.4f}",
-                f"thresholds      suspicious >= {m.label_thresholds.suspicious:.4f}  "
-                f"highly_suspicious >= {m.label_thresholds.highly_suspicious:.4f}",
+                f"thresholds      {thresholds}",
                 f"ONNX parity     max |diff| cpu {m.training['parity_cpu']:.2e}  "
                 f"gpu graph {m.training['parity_gpu']:.2e}",
             ]
@@ -106,9 +114,11 @@ def compare_summary(results: list[TrainResult]) -> str:
         row("", names),
         row("inputs", [str(len(r.manifest.features)) for r in results]),
         row("holdout rows", [str(r.manifest.metrics["holdout"]["n_rows"]) for r in results]),
-        row("holdout fraud rate", metric("fraud_rate")),
+        row("holdout positive rate", metric("positive_rate")),
         row("holdout ROC-AUC", metric("roc_auc")),
         row("holdout PR-AUC", metric("pr_auc")),
+        row("decision tree ROC-AUC", metric("decision_tree_roc_auc")),
+        row("decision tree PR-AUC", metric("decision_tree_pr_auc")),
         row("rules baseline PR-AUC", metric("rules_baseline_pr_auc")),
         row("package", [f"{r.manifest.name}/{r.manifest.version}" for r in results]),
     ]
@@ -139,7 +149,7 @@ def split_by_time(
     frame: pd.DataFrame, valid_share: float, holdout_share: float
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / validation / holdout by event time quantiles (no shuffling)."""
-    times = frame["event_timestamp"]
+    times = frame[EVENT_TIMESTAMP]
     t_valid = times.quantile(1.0 - valid_share - holdout_share)
     t_hold = times.quantile(1.0 - holdout_share)
     train = frame[times < t_valid]
@@ -189,42 +199,65 @@ def on_demand_info(layout: FeatureLayout) -> dict[str, OnDemandViewInfo]:
     return out
 
 
+def uncertain_policy(spec: DomainSpec) -> UncertainPolicy:
+    """The package's uncertain policy, as the domain declares it."""
+    declared = spec.uncertain
+    return UncertainPolicy(
+        max_unknown_entities=declared.max_unknown_entities,
+        required_entities=declared.required_entities,
+        optional_entities=declared.optional_entities,
+        stale_counts_as_unknown=declared.stale_counts_as_unknown,
+        report_label_at_or_above=spec.report_floor,
+    )
+
+
 def train(
     repo_path: Path,
-    transactions_path: Path,
+    events_path: Path | None,
     output_root: Path,
-    feature_service: str = "fraud_model_v1",
-    model_name: str = "fraud_model",
+    feature_service: str | None = None,
+    model_name: str | None = None,
     model_version: str | None = None,
     yaml_path: Path | None = None,
     num_boost_round: int = 400,
     valid_share: float = 0.15,
     holdout_share: float = 0.15,
     seed: int = 7,
+    domain: DomainSpec | None = None,
 ) -> TrainResult:
-    """Train, export, check and publish one model version."""
+    """Train, export, check and publish one model version.
+
+    ``domain`` defaults to the ``domain.yaml`` of the Feast repository; it also supplies the
+    defaults of ``events_path`` (its training data), ``feature_service`` and ``model_name``.
+    """
+    spec = domain or load_domain(repo_path)
+    events_path = events_path or spec.training_data_path
+    feature_service = feature_service or spec.feature_service
+    model_name = model_name or spec.model_name
     model_version = model_version or feature_service.rsplit("_", 1)[-1]
+    label = spec.label_column
     store = open_store(repo_path, yaml_path)
     layout = feature_layout(store, feature_service)
-    features = layout.stored_features + layout.on_demand_features + REQUEST_FEATURES
+    features = layout.stored_features + layout.on_demand_features + spec.request_features
     on_demand_views = on_demand_info(layout)
 
-    transactions = load_transactions(transactions_path)
+    events = load_events(events_path, spec)
     frame = retrieve_training_set(
         store,
         feature_service,
-        entity_dataframe(transactions, request_fields=layout.request_fields),
+        entity_dataframe(events, spec, request_fields=layout.request_fields),
+        spec,
     )
     train_df, valid_df, hold_df = split_by_time(frame, valid_share, holdout_share)
     if min(len(train_df), len(valid_df), len(hold_df)) == 0:
         raise ValueError("not enough rows to split into train, validation and holdout")
     for name, part in (("train", train_df), ("validation", valid_df), ("holdout", hold_df)):
-        if part[LABEL_COLUMN].nunique() < 2:
+        if part[label].nunique() < 2:
             raise ValueError(f"the {name} split has a single class; generate more rows")
 
     x_train, x_valid, x_hold = (feature_matrix(p, features) for p in (train_df, valid_df, hold_df))
     y_train, y_valid, y_hold = (
-        p[LABEL_COLUMN].to_numpy(dtype=np.int32) for p in (train_df, valid_df, hold_df)
+        p[label].to_numpy(dtype=np.int32) for p in (train_df, valid_df, hold_df)
     )
     # LightGBM sees the float32 values the graphs will see, so thresholds fall between them.
     train_set = lgb.Dataset(
@@ -245,24 +278,27 @@ def train(
 
     valid_scores = np.asarray(booster.predict(x_valid.astype(np.float64)), dtype=np.float64)
     hold_scores = np.asarray(booster.predict(x_hold.astype(np.float64)), dtype=np.float64)
-    thresholds = evaluate.choose_thresholds(y_valid, valid_scores)
+    thresholds = evaluate.choose_thresholds(y_valid, valid_scores, spec.threshold_rule)
+    rules = evaluate.ranking_metrics(y_hold, evaluate.rules_baseline(hold_df, spec.reasons))
+    # The same inputs and split, one tree: what LightGBM must beat to be worth its keep.
+    tree = evaluate.ranking_metrics(
+        y_hold, evaluate.decision_tree_baseline(x_train, y_train, x_hold, seed)
+    )
 
     metrics = {
         "validation": {
             "n_rows": len(valid_df),
-            "fraud_rate": float(y_valid.mean()),
+            "positive_rate": float(y_valid.mean()),
             **evaluate.ranking_metrics(y_valid, valid_scores),
         },
         "holdout": {
             "n_rows": len(hold_df),
-            "fraud_rate": float(y_hold.mean()),
+            "positive_rate": float(y_hold.mean()),
             **evaluate.ranking_metrics(y_hold, hold_scores),
-            "rules_baseline_pr_auc": evaluate.ranking_metrics(
-                y_hold, evaluate.rules_baseline(hold_df)
-            )["pr_auc"],
-            "rules_baseline_roc_auc": evaluate.ranking_metrics(
-                y_hold, evaluate.rules_baseline(hold_df)
-            )["roc_auc"],
+            "decision_tree_roc_auc": tree["roc_auc"],
+            "decision_tree_pr_auc": tree["pr_auc"],
+            "rules_baseline_roc_auc": rules["roc_auc"],
+            "rules_baseline_pr_auc": rules["pr_auc"],
             **evaluate.label_counts(hold_scores, y_hold, thresholds),
         },
     }
@@ -284,11 +320,14 @@ def train(
         GPU_GRAPH_FILE: gpu_graph.SerializeToString(),
         BOOSTER_FILE: booster.model_to_string().encode(),
     }
-    times = frame["event_timestamp"]
+    times = frame[EVENT_TIMESTAMP]
     manifest = Manifest(
         name=model_name,
         version=model_version,
         created_at=datetime.now(UTC),
+        domain=spec.name,
+        labels=spec.labels,
+        uncertain_label=spec.uncertain_label,
         feature_service=feature_service,
         features=features,
         feature_views={
@@ -301,10 +340,10 @@ def train(
             for view, spec in layout.views.items()
         },
         on_demand_views=on_demand_views,
-        request_features=REQUEST_FEATURES,
-        entity_mapping=ENTITY_MAPPING,
-        label_thresholds=LabelThresholds(**thresholds, rule=evaluate.THRESHOLD_RULE),
-        uncertain_policy=UncertainPolicy(),
+        request_features=spec.request_features,
+        entity_mapping=spec.entity_mapping,
+        label_thresholds=LabelThresholds(**thresholds, rule=spec.threshold_rule.describe()),
+        uncertain_policy=uncertain_policy(spec),
         graphs={
             "cpu": GraphInfo(
                 file=CPU_GRAPH_FILE,
@@ -325,10 +364,13 @@ def train(
             name: feature_baseline(x_train[:, j]) for j, name in enumerate(features)
         },
         training={
-            "transactions": str(transactions_path),
+            "events": str(events_path),
+            "domain_file": str(spec.folder) if spec.folder else "",
+            "label_column": label,
+            "business_id": spec.business_id,
             "data_range": [str(times.min()), str(times.max())],
-            "validation_from": str(valid_df["event_timestamp"].min()),
-            "holdout_from": str(hold_df["event_timestamp"].min()),
+            "validation_from": str(valid_df[EVENT_TIMESTAMP].min()),
+            "holdout_from": str(hold_df[EVENT_TIMESTAMP].min()),
             "n_train": len(train_df),
             "num_trees": booster.num_trees(),
             "best_iteration": int(booster.best_iteration or booster.num_trees()),
@@ -341,14 +383,12 @@ def train(
     )
     report_data = report.build(
         manifest,
-        report.with_segment_columns(hold_df, transactions),
+        report.with_segment_columns(hold_df, events, spec),
         booster,
-        label_column=LABEL_COLUMN,
+        spec=spec,
         root=output_root,
-        retrieve=report.retriever(store, transactions),
+        retrieve=report.retriever(store, events, spec),
     )
-    manifest, files[report.REPORT_FILE] = report.with_report(
-        manifest, report.render(report_data)
-    )
+    manifest, files[report.REPORT_FILE] = report.with_report(manifest, report.render(report_data))
     path = write_package(output_root, manifest, files)
     return TrainResult(package_path=path, manifest=manifest)

@@ -202,7 +202,7 @@ def model_root(tmp_path_factory, sqlite_repo, transactions_path) -> Path:
     root = tmp_path_factory.mktemp("packages")
     train(
         repo_path=sqlite_repo,
-        transactions_path=transactions_path,
+        events_path=transactions_path,
         output_root=root,
         num_boost_round=80,
     )
@@ -281,7 +281,7 @@ def v1_v2_training(tmp_path_factory, sqlite_repo, transactions_path) -> tuple[Pa
             "train",
             "--repo",
             str(sqlite_repo),
-            "--transactions",
+            "--events",
             str(transactions_path),
             "--output",
             str(root),

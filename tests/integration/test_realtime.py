@@ -25,6 +25,7 @@ from feature_pipelines.fraud.windows import CATALOGUE, STATE_PREFIX
 from feature_pipelines.streaming.consumer import FeastPushWriter, StreamConsumer
 from feature_pipelines.streaming.source import RedisStreamSource, append_events
 from feature_pipelines.streaming.state import WindowState
+from feature_repo.domain import load_domain
 from feature_repo.layout import ViewSpec
 from feature_repo.transforms import resolve
 from models.dataset import entity_dataframe, feature_layout, open_store, retrieve_training_set
@@ -87,10 +88,12 @@ def test_on_demand_features_are_identical_in_training_and_serving(
     sample = pd.concat(
         [transactions.sample(300, random_state=3), transactions[transactions["is_fraud"] == 1]]
     ).drop_duplicates("transaction_id")
+    spec = load_domain(sqlite_repo)
     frame = retrieve_training_set(
         store,
         "fraud_model_v2",
-        entity_dataframe(sample, request_fields=layout.request_fields),
+        entity_dataframe(sample, spec, request_fields=layout.request_fields),
+        spec,
     )
     on_demand = for_manifest(v2_manifest)
     # Serving: stored features as the online reader returns them (float32, NaN when missing),

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from feature_pipelines.fraud.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
+from feature_repo.domain import load_domain
 from models.dataset import entity_dataframe, open_store, retrieve_training_set
 from tests.conftest import copy_repo, feast_cli
 
@@ -77,7 +78,10 @@ def planted(tmp_path_factory) -> pd.DataFrame:
         }
     )
     store = open_store(repo)
-    frame = retrieve_training_set(store, "fraud_model_v1", entity_dataframe(transactions))
+    spec = load_domain(repo)
+    frame = retrieve_training_set(
+        store, "fraud_model_v1", entity_dataframe(transactions, spec), spec
+    )
     return frame.set_index("transaction_id")
 
 

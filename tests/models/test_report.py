@@ -162,7 +162,7 @@ def test_report_command_regenerates_with_the_previous_version(
             str(current),
             "--repo",
             str(sqlite_repo),
-            "--transactions",
+            "--events",
             str(transactions_path),
         ],
     )

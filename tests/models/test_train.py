@@ -30,12 +30,20 @@ def test_manifest_contract(model_root) -> None:
     for lib in ("lightgbm", "onnxruntime", "onnx", "feast", "python"):
         assert manifest.library_versions[lib]
     holdout = manifest.metrics["holdout"]
-    for key in ("roc_auc", "pr_auc", "rules_baseline_pr_auc", "n_rows", "fraud_rate"):
+    for key in (
+        "roc_auc",
+        "pr_auc",
+        "rules_baseline_pr_auc",
+        "decision_tree_roc_auc",
+        "decision_tree_pr_auc",
+        "n_rows",
+        "positive_rate",
+    ):
         assert key in holdout
     t = manifest.label_thresholds
     assert 0.0 < t.suspicious <= t.highly_suspicious < 1.0
     assert "precision" in t.rule
-    assert json.loads((path / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION == 2
+    assert json.loads((path / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION == 3
 
 
 def test_model_beats_rules_baseline(model_root) -> None:

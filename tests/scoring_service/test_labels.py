@@ -15,7 +15,7 @@ FEATURES = ["ip_distinct_cards_24h", "card_amount_mean_30d", "amount"]
 def policy(**uncertain) -> LabelPolicy:
     return LabelPolicy(
         LabelThresholds(suspicious=0.3, highly_suspicious=0.8),
-        UncertainPolicy(**uncertain),
+        UncertainPolicy(**{"report_label_at_or_above": "highly_suspicious", **uncertain}),
         FEATURES,
     )
 
