@@ -15,7 +15,7 @@ DomainOption = Annotated[
     Path | None,
     typer.Option(
         help="Domain folder: its domain.yaml (what is scored, label, threshold rule) and its "
-        "Feast repository, e.g. feature_repo/credit (default: the --repo folder)."
+        "Feast repository, feature_repo/<domain> (default: the --repo folder)."
     ),
 ]
 RepoOption = Annotated[
@@ -55,7 +55,7 @@ def _domain(domain: Path | None, repo: Path | None):  # type: ignore[no-untyped-
     folder = domain or repo
     if folder is None:
         raise typer.BadParameter(
-            "name the domain's folder, e.g. --domain feature_repo/credit", param_hint="--domain"
+            "name the domain's folder: --domain feature_repo/<domain>", param_hint="--domain"
         )
     try:
         return load_domain(folder), repo or folder

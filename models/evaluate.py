@@ -8,7 +8,8 @@ means "rarest scores". A label's threshold never exceeds the next riskier label'
 
 Two baselines: the rules baseline scores one point per red flag the domain declares (its
 ``reasons`` with ``baseline: true``); the decision tree is one unpruned scikit-learn tree on
-the model's own inputs and split, the approach of Feast's credit-scoring tutorial.
+the model's own inputs and split, the model of the Feast tutorial the second domain's data
+comes from.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def session(
 
 
 def onnx_probability(sess: ort.InferenceSession, features: np.ndarray) -> np.ndarray:
-    """Fraud probability (class 1) from an exported graph."""
+    """Probability of the positive class (class 1) from an exported graph."""
     (probabilities,) = sess.run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32)})
     return probabilities[:, 1].astype(np.float64)
 

@@ -138,7 +138,7 @@ class UncertainPolicy(BaseModel):
 
     An entity is *unknown* when the online store has no row for it, or (when
     ``stale_counts_as_unknown``) when its row is older than the feature view's TTL. Optional
-    entities (evidence most requests lack, e.g. a credit history) never count as unknown.
+    entities (evidence most requests lack, e.g. a bureau's history) never count as unknown.
     """
 
     model_config = ConfigDict(extra="forbid")
