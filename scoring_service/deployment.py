@@ -75,6 +75,11 @@ class Variant(Scorable):
 
     name: Name = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
     weight: float = Field(ge=0.0, le=1.0, description="Share of the traffic (sums to 1).")
+    required_views: list[str] = Field(
+        default_factory=list,
+        description="Feature views whose row must be present (not missing, not past its TTL) "
+        "for this variant to answer; otherwise the fallback chain answers.",
+    )
 
 
 class Shadow(Scorable):
@@ -88,6 +93,7 @@ class FallbackStep(_Strict):
 
     name: Name = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
     package: str
+    required_views: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _reference(self) -> FallbackStep:

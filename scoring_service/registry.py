@@ -18,7 +18,16 @@ from feast import FeatureStore
 from pydantic import ValidationError
 
 from feature_repo.layout import ViewSpec, feature_layout
-from models.package import Manifest, checksums, package_dir, read_manifest, sha256_file
+from models.package import (
+    MANIFEST_FILE,
+    Manifest,
+    PackageIntegrityError,
+    checksums,
+    package_dir,
+    read_manifest,
+    sha256_file,
+    verify_package,
+)
 from scoring_service import metrics
 from scoring_service.errors import ModelPackageInvalid
 from scoring_service.features import StoreLayout
@@ -141,14 +150,24 @@ def load_package(
     intra_op_threads: int = 1,
     gpu_min_batch: int = DEFAULT_GPU_MIN_BATCH,
     gpu_device_id: int = 0,
+    signing_key: bytes | None = None,
 ) -> LoadedModel:
     """Read, verify and open a package; raises ModelPackageInvalid naming what is wrong.
+
+    The package's seal (one digest over every file, manifest included) is checked first, and its
+    signature when ``signing_key`` is given, so an edited manifest never loads.
 
     On CUDA the predictor holds two sessions: the GPU graph for batches of at least
     ``gpu_min_batch`` rows and the CPU graph for smaller ones. ``device="cuda"`` is refused when
     CUDA does not really initialize; ``auto`` then serves from the CPU graph.
     """
     path = Path(path)
+    if not (path / MANIFEST_FILE).is_file():
+        raise ModelPackageInvalid(f"no model package at {path}; train one with `make train`.")
+    try:
+        verify_package(path, signing_key)
+    except PackageIntegrityError as exc:
+        raise ModelPackageInvalid(str(exc)) from exc
     try:
         manifest = read_manifest(path)
     except FileNotFoundError as exc:
@@ -251,8 +270,10 @@ class ModelRegistry:
         intra_op_threads: int = 1,
         gpu_min_batch: int = DEFAULT_GPU_MIN_BATCH,
         gpu_device_id: int = 0,
+        signing_key: bytes | None = None,
     ) -> None:
         self.root = Path(root)
+        self.signing_key = signing_key
         self.store = store
         self.device = device
         self.intra_op_threads = intra_op_threads
@@ -277,6 +298,7 @@ class ModelRegistry:
             intra_op_threads=self.intra_op_threads,
             gpu_min_batch=self.gpu_min_batch,
             gpu_device_id=self.gpu_device_id,
+            signing_key=self.signing_key,
         )
         info = (
             loaded.version_label,

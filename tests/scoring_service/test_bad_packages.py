@@ -1,7 +1,10 @@
-"""Bad model packages: a wrong checksum, a corrupt graph, a feature list that does not match the
-live FeatureService. Each is refused with a message naming the mismatch: at start-up the service
-does not start; at reload (admin route) the running version keeps serving and the reload
-answers 409 model_package_invalid.
+"""Bad model packages: edited after sealing, unsealed, a wrong checksum, a corrupt graph, a
+feature list that does not match the live FeatureService. Each is refused with a message naming
+the mismatch: at start-up the service does not start; at reload (admin route) the running version
+keeps serving and the reload answers 409 model_package_invalid.
+
+The deeper checks (checksums, graph, features) are reached by packages that were sealed after
+the damage, as a faulty training job would seal them.
 """
 
 from __future__ import annotations
@@ -16,24 +19,44 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from models.package import MANIFEST_FILE, sha256_file
+from models.package import DIGEST_FILE, MANIFEST_FILE, seal_package, sha256_file
 from scoring_service.app import create_app
 from scoring_service.errors import ModelPackageInvalid
+from scoring_service.registry import load_package
 from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, settings_for
 
 NAME = "fraud_model"
 
 
-def edit_manifest(package: Path, change: Callable[[dict[str, Any]], None]) -> None:
+def edit_manifest(
+    package: Path, change: Callable[[dict[str, Any]], None], reseal: bool = True
+) -> None:
     manifest = json.loads((package / MANIFEST_FILE).read_text())
     change(manifest)
     (package / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    if reseal:
+        seal_package(package)
+
+
+def edited_after_sealing(package: Path) -> None:
+    """A threshold lowered by hand in a published package."""
+
+    def change(manifest: dict[str, Any]) -> None:
+        manifest["label_thresholds"]["suspicious"] = 0.0
+
+    edit_manifest(package, change, reseal=False)
+
+
+def unsealed(package: Path) -> None:
+    """A folder that was never sealed by training."""
+    (package / DIGEST_FILE).unlink()
 
 
 def wrong_checksum(package: Path) -> None:
-    """The graph changed after the manifest was written."""
+    """The graph changed after the manifest was written (and the folder was sealed again)."""
     graph = package / "model.onnx"
     graph.write_bytes(graph.read_bytes() + b"\0")
+    seal_package(package)
 
 
 def corrupt_graph(package: Path) -> None:
@@ -62,6 +85,8 @@ def feature_mismatch(package: Path) -> None:
 
 
 BAD = {
+    "edited": (edited_after_sealing, r"changed after it was sealed"),
+    "unsealed": (unsealed, r"has no package\.sha256"),
     "bad_checksum": (wrong_checksum, r"checksum mismatch for model\.onnx"),
     "bad_graph": (corrupt_graph, r"model\.onnx.*does not load in ONNX Runtime"),
     "bad_features": (
@@ -139,3 +164,21 @@ def test_good_reload_swaps_the_model(serving: TestClient, valid_body: dict) -> N
     assert config["model"]["model_version"] == f"{NAME}/v2"
     assert reload(serving, "v1").status_code == 200
     assert serving_version(serving, valid_body) == f"{NAME}/v1"
+
+
+def test_signed_packages_only_when_a_key_is_configured(
+    sqlite_repo: Path, model_root: Path, tmp_path: Path
+) -> None:
+    from feature_repo.layout import open_store
+
+    store = open_store(sqlite_repo)
+    package = tmp_path / "v1"
+    shutil.copytree(model_root / NAME / "v1", package)
+    with pytest.raises(ModelPackageInvalid, match="is not signed"):
+        load_package(package, store, signing_key=b"release-key")
+    seal_package(package, b"release-key")
+    assert load_package(package, store, signing_key=b"release-key").manifest.version == "v1"
+    with pytest.raises(ModelPackageInvalid, match="does not verify"):
+        load_package(package, store, signing_key=b"another-key")
+    # Signed or not, a package loads without a configured key as long as its seal holds.
+    assert load_package(package, store).manifest.name == NAME
