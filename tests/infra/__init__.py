@@ -1,0 +1,1 @@
+"""Deployment files: Kubernetes manifests, compose file, images."""
