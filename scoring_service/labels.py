@@ -1,115 +1,106 @@
 """Post-process: score -> business label, with reasons a person can read.
 
-Thresholds and the "uncertain" policy come from the model package. Reasons name the red flags
-visible in the features (for suspicious labels) and every evidence gap (unknown or stale entity).
+The label vocabulary, thresholds and the "uncertain" policy come from the model package; the red
+flags and the reason code of each unknown entity come from the domain's declaration
+(``feature_repo/<domain>/domain.yaml``). Reasons name the red flags visible in the features (for
+labels above the lowest) and every evidence gap (unknown or stale entity).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.package import LabelThresholds, UncertainPolicy
+from feature_repo.domain import DomainSpec, Reason
+from models.package import LabelThresholds, Manifest, UncertainPolicy
 from scoring_service.features import MISSING, STALE
 
-# Red flags: (reason code, features it needs, predicate on {feature: value}).
-RedFlag = tuple[str, tuple[str, ...], Callable[[dict[str, float]], bool]]
-RED_FLAGS: list[RedFlag] = [
-    (
-        "ip_shared_by_many_cards",
-        ("ip_distinct_cards_24h",),
-        lambda f: f["ip_distinct_cards_24h"] >= 3,
-    ),
-    ("ip_has_chargebacks", ("ip_fraud_rate_30d",), lambda f: f["ip_fraud_rate_30d"] > 0.05),
-    (
-        "card_used_from_several_countries",
-        ("card_distinct_countries_24h",),
-        lambda f: f["card_distinct_countries_24h"] >= 2,
-    ),
-    (
-        "card_used_from_several_ips",
-        ("card_distinct_ips_24h",),
-        lambda f: f["card_distinct_ips_24h"] >= 3,
-    ),
-    (
-        "card_testing_pattern",
-        ("card_small_txn_count_24h",),
-        lambda f: f["card_small_txn_count_24h"] >= 3,
-    ),
-    (
-        "merchant_with_high_fraud_rate",
-        ("merchant_fraud_rate_30d",),
-        lambda f: f["merchant_fraud_rate_30d"] > 0.05,
-    ),
-    (
-        "amount_far_above_card_usual",
-        ("amount", "card_amount_mean_30d"),
-        lambda f: f["card_amount_mean_30d"] > 0 and f["amount"] > 3 * f["card_amount_mean_30d"],
-    ),
-]
-
-RANK = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}
-LABEL_NAMES = ("not_fraud", "suspicious", "highly_suspicious")  # by rank
 VECTOR_MIN_ROWS = 32
 """From this many rows on, ``decide_many`` works on arrays."""
 
 
 @dataclass(frozen=True)
 class LabelPolicy:
-    """Thresholds + uncertain policy of one model package."""
+    """Thresholds, label vocabulary and uncertain policy of one model package, with the
+    domain's declared reasons (red flags) and the reason code of each unknown entity."""
 
     thresholds: LabelThresholds
     uncertain: UncertainPolicy
     features: list[str]
-
-    def score_label(self, score: float) -> str:
-        """Label from the score alone (>= threshold gets the label)."""
-        if score >= self.thresholds.highly_suspicious:
-            return "highly_suspicious"
-        if score >= self.thresholds.suspicious:
-            return "suspicious"
-        return "not_fraud"
+    labels: Sequence[str]  # the domain's vocabulary, lowest risk first
+    uncertain_label: str = "uncertain"
+    reasons: Sequence[Reason] = ()  # red flags given with labels above the lowest
+    unknown_reasons: Mapping[str, str] = field(default_factory=dict)  # join key -> reason code
 
     def __post_init__(self) -> None:
         # The model's columns are fixed per package: resolve which red flags apply, and where
-        # their features sit, once rather than on every suspicious answer.
+        # their features sit, once rather than on every risky answer.
         index = {name: i for i, name in enumerate(self.features)}
         applicable = [
-            (code, tuple((n, index[n]) for n in needs), predicate)
-            for code, needs, predicate in RED_FLAGS
-            if all(n in index for n in needs)
+            (reason, {name: index[name] for name in reason.features})
+            for reason in self.reasons
+            if all(name in index for name in reason.features)
         ]
         object.__setattr__(self, "_flags", applicable)
+        object.__setattr__(self, "_rank", {label: i for i, label in enumerate(self.labels)})
+        object.__setattr__(self, "_edges", list(self.thresholds.cutoffs.values()))
+
+    @classmethod
+    def for_package(cls, manifest: Manifest, domain: DomainSpec | None) -> LabelPolicy:
+        """The policy of a package, with its domain's reasons when the domain is known."""
+        return cls(
+            thresholds=manifest.label_thresholds,
+            uncertain=manifest.uncertain_policy,
+            features=list(manifest.features),
+            labels=list(manifest.labels),
+            uncertain_label=manifest.uncertain_label,
+            reasons=domain.reasons_for(manifest.features, report=True) if domain else (),
+            unknown_reasons=(
+                {e.join_key: e.unknown_reason for e in domain.entities.values()} if domain else {}
+            ),
+        )
+
+    def score_label(self, score: float) -> str:
+        """Label from the score alone (at or above a cut-off gets that label)."""
+        rank = 0
+        for i, edge in enumerate(self._edges):  # type: ignore[attr-defined]
+            if score >= edge:
+                rank = i + 1
+        return self.labels[rank]
 
     def red_flags(self, row: np.ndarray) -> list[str]:
-        """Reason codes whose features are known and whose predicate holds."""
+        """Reason codes whose features are known and whose conditions hold."""
         out = []
-        for code, columns, predicate in self._flags:  # type: ignore[attr-defined]
-            values = {name: float(row[i]) for name, i in columns}
-            if any(np.isnan(v) for v in values.values()):
-                continue
-            if predicate(values):
-                out.append(code)
+        for reason, columns in self._flags:  # type: ignore[attr-defined]
+            values = {name: np.array([row[i]], dtype=np.float64) for name, i in columns.items()}
+            if bool(reason.holds(values)[0]):
+                out.append(reason.code)
         return out
 
     def _evidence(self, statuses: Mapping[str, int]) -> tuple[list[str], bool]:
         """(evidence gaps as reasons, whether the evidence is too thin) for one row's statuses."""
         gaps: list[str] = []
         unknown: list[str] = []
+        optional = self.uncertain.optional_entities
         for key, status in statuses.items():
             if status == MISSING:
-                gaps.append(f"unknown_{key}")
-                unknown.append(key)
+                gaps.append(self.unknown_reasons.get(key, f"unknown_{key}"))
+                if key not in optional:
+                    unknown.append(key)
             elif status == STALE:
                 gaps.append(f"stale_features_{key}")
-                if self.uncertain.stale_counts_as_unknown:
+                if self.uncertain.stale_counts_as_unknown and key not in optional:
                     unknown.append(key)
         thin = len(unknown) > self.uncertain.max_unknown_entities or any(
             key in unknown for key in self.uncertain.required_entities
         )
         return gaps, thin
+
+    def _below_floor(self, rank: int) -> bool:
+        floor = self.uncertain.report_label_at_or_above
+        return floor == "never" or rank < self._rank.get(floor, len(self.labels))  # type: ignore[attr-defined]
 
     def decide(
         self,
@@ -120,13 +111,12 @@ class LabelPolicy:
         """Label and reasons for one request; statuses maps join key -> entity status."""
         gaps, thin = self._evidence(statuses)
         if score is None:
-            return "uncertain", ["no_model_answer", *gaps]
+            return self.uncertain_label, ["no_model_answer", *gaps]
         label = self.score_label(score)
-        if thin:
-            floor = self.uncertain.report_label_at_or_above
-            if floor == "never" or RANK[label] < RANK[floor]:
-                return "uncertain", ["insufficient_evidence", *gaps]
-        reasons = self.red_flags(row) if label != "not_fraud" else []
+        rank = self._rank[label]  # type: ignore[attr-defined]
+        if thin and self._below_floor(rank):
+            return self.uncertain_label, ["insufficient_evidence", *gaps]
+        reasons = self.red_flags(row) if rank > 0 else []
         return label, reasons + gaps
 
     def decide_many(
@@ -163,16 +153,16 @@ class LabelPolicy:
             gaps, thin_of[p] = self._evidence({key: int(statuses[key][row]) for key in keys})
             gaps_of.append(gaps)
         scores = np.asarray(scores, dtype=np.float64)
-        rank = np.where(
-            scores >= self.thresholds.highly_suspicious,
-            2,
-            np.where(scores >= self.thresholds.suspicious, 1, 0),
-        )
+        # NaN reaches no cut-off, as in score_label (searchsorted would put it past them all).
+        rank = np.where(np.isnan(scores), 0, self.thresholds.ranks(scores))
         floor = self.uncertain.report_label_at_or_above
-        below_floor = np.ones(n, dtype=bool) if floor == "never" else rank < RANK[floor]
+        floor_rank = (
+            len(self.labels) if floor == "never" else self._rank.get(floor, len(self.labels))
+        )  # type: ignore[attr-defined]
+        below_floor = rank < floor_rank
         uncertain = thin_of[inverse] & below_floor
-        named = np.array(LABEL_NAMES, dtype=object)[rank]
-        named[uncertain] = "uncertain"
+        named = np.array(list(self.labels), dtype=object)[rank]
+        named[uncertain] = self.uncertain_label
         labels: list[str] = named.tolist()
         reasons: list[list[str]] = []
         flagged = ((rank > 0) & ~uncertain).tolist()

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from feast import FeatureStore
 from pydantic import ValidationError
 
+from feature_repo.domain import DOMAIN_FILE, DomainSpec, DomainSpecError, load_domain
 from feature_repo.layout import ViewSpec, feature_layout
 from models.package import (
     MANIFEST_FILE,
@@ -142,6 +143,17 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
     )
 
 
+def domain_of(store: FeatureStore) -> DomainSpec | None:
+    """The domain declared next to the store's Feast repository (its domain.yaml), if any."""
+    folder = Path(store.repo_path)
+    if not (folder / DOMAIN_FILE).is_file():
+        return None
+    try:
+        return load_domain(folder)
+    except DomainSpecError as exc:
+        raise ModelPackageInvalid(str(exc)) from exc
+
+
 def load_package(
     path: Path,
     store: FeatureStore,
@@ -187,6 +199,12 @@ def load_package(
                 f"file is {actual[:12]}...; the package is damaged"
             )
     layout = verify_against_store(manifest, store)
+    domain = domain_of(store)
+    if domain is not None and domain.name != manifest.domain:
+        raise ModelPackageInvalid(
+            f"package {manifest.name}/{manifest.version} serves domain {manifest.domain!r}, but "
+            f"the feature repository {store.repo_path} is domain {domain.name!r}"
+        )
     device_name, _, _ = choose_device(device, manifest)
     cpu_graph = manifest.graphs["cpu"]
     gpu_graph = manifest.graphs["gpu"] if device_name == "cuda" else None
@@ -251,7 +269,7 @@ def load_package(
         path=path,
         layout=layout,
         predictor=predictor,
-        policy=LabelPolicy(manifest.label_thresholds, manifest.uncertain_policy, manifest.features),
+        policy=LabelPolicy.for_package(manifest, domain),
         device=device_name,
         graph=predictor.graphs,
         on_demand=for_manifest(manifest),

@@ -1,15 +1,20 @@
-"""Label mapping: thresholds at their edges and the uncertain policy."""
+"""Label mapping: thresholds at their edges, the uncertain policy, the fraud domain's declared
+red flags (feature_repo/fraud/domain.yaml) and a second vocabulary."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from feature_repo.domain import load_domain
 from models.package import LabelThresholds, UncertainPolicy
 from scoring_service.features import MISSING, NOT_REQUESTED, PRESENT, STALE
 from scoring_service.labels import LabelPolicy
 
 FEATURES = ["ip_distinct_cards_24h", "card_amount_mean_30d", "amount"]
+FRAUD = load_domain(Path(__file__).resolve().parents[2] / "feature_repo" / "fraud")
+LABELS = ["not_fraud", "suspicious", "highly_suspicious"]
 
 
 def policy(**uncertain) -> LabelPolicy:
@@ -17,6 +22,8 @@ def policy(**uncertain) -> LabelPolicy:
         LabelThresholds(suspicious=0.3, highly_suspicious=0.8),
         UncertainPolicy(**{"report_label_at_or_above": "highly_suspicious", **uncertain}),
         FEATURES,
+        LABELS,
+        reasons=FRAUD.reasons_for(FEATURES, report=True),
     )
 
 
@@ -40,7 +47,9 @@ def test_threshold_edges(score: float, label: str) -> None:
 
 
 def test_equal_thresholds_skip_suspicious() -> None:
-    p = LabelPolicy(LabelThresholds(suspicious=0.5, highly_suspicious=0.5), UncertainPolicy(), [])
+    p = LabelPolicy(
+        LabelThresholds(suspicious=0.5, highly_suspicious=0.5), UncertainPolicy(), [], LABELS
+    )
     assert p.score_label(0.5) == "highly_suspicious"
     assert p.score_label(0.49) == "not_fraud"
 
@@ -145,3 +154,31 @@ def test_decide_many_equals_decide_row_by_row(uncertain: dict, n: int) -> None:
 def test_decide_many_of_nothing() -> None:
     labels, reasons = policy().decide_many(np.empty(0), np.empty((0, 3)), {"card_id": np.empty(0)})
     assert len(labels) == 0 and reasons == []
+
+
+def test_another_vocabulary_and_optional_evidence() -> None:
+    """Credit-like labels; a missing optional entity is named by its declared reason but never
+    makes the answer uncertain."""
+    credit = LabelPolicy(
+        LabelThresholds(manual_review=0.2, decline=0.6),
+        UncertainPolicy(
+            max_unknown_entities=0, optional_entities=["dob_ssn"], required_entities=["zipcode"]
+        ),
+        [],
+        ["approve", "manual_review", "decline"],
+        unknown_reasons={"dob_ssn": "no_credit_history", "zipcode": "unknown_zipcode"},
+    )
+    present = {"zipcode": PRESENT, "dob_ssn": PRESENT}
+    assert credit.decide(0.1, np.empty(0), present) == ("approve", [])
+    assert credit.decide(0.7, np.empty(0), present)[0] == "decline"
+    no_history = {"zipcode": PRESENT, "dob_ssn": MISSING}
+    assert credit.decide(0.3, np.empty(0), no_history) == ("manual_review", ["no_credit_history"])
+    no_zip = {"zipcode": MISSING, "dob_ssn": PRESENT}
+    assert credit.decide(0.3, np.empty(0), no_zip) == (
+        "uncertain",
+        ["insufficient_evidence", "unknown_zipcode"],
+    )
+    labels, _ = credit.decide_many(
+        np.array([0.1, 0.3, 0.7] * 20), np.empty((60, 0)), {k: np.zeros(60) for k in present}
+    )
+    assert labels[:3] == ["approve", "manual_review", "decline"]
