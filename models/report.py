@@ -291,7 +291,7 @@ def _histogram_figure(data: ReportData) -> Figure:
     top = max(
         float(np.max(data.scores, initial=0.0)), *(t for _, t in alerting_labels(data.manifest))
     )
-    bins = np.linspace(0.0, min(1.0, top * 1.05) or 1.0, 61)
+    bins = np.linspace(0.0, min(1.0, top * 1.05) or 1.0, 61).tolist()
     for value, name in ((0, "negative (label 0)"), (1, "positive (label 1)")):
         scores = data.scores[data.y_true == value]
         if scores.size:
