@@ -1,7 +1,12 @@
-"""The framework ceiling: the scoring route's request model, FastAPI and uvicorn, and no work.
+"""The anchors: what the HTTP stack alone costs, with the service's own server settings.
 
-Served with the service's own uvicorn settings (uvloop, httptools, access log off), so the
-difference to ``POST /v1/transactions/score`` is what the service does per request.
+- ``trivial``: the scoring route's request model on FastAPI and no work (the framework's
+  ceiling): the difference to ``POST /v1/transactions/score`` is what the service does per
+  request, its own framework use included.
+- ``bare``: a raw ASGI app that reads the body and answers a fixed JSON document (the HTTP
+  stack's ceiling: server, event loop, HTTP parser).
+
+Both run under uvicorn with the service's settings (uvloop, httptools, access log off).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import argparse
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from scoring_service.schemas import Transaction
 
@@ -29,20 +35,41 @@ def create_app() -> FastAPI:
     return app
 
 
+BARE_BODY = b'{"transaction_id":"tx_000000042","score":0.01,"label":"not_fraud"}'
+BARE_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", b"%d" % len(BARE_BODY)),
+]
+
+
+async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Any HTTP request: its body read to the end, then a fixed JSON answer."""
+    if scope["type"] != "http":
+        return  # lifespan: nothing to start
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": BARE_HEADERS})
+    await send({"type": "http.response.body", "body": BARE_BODY})
+
+
 def main() -> None:
-    """Serve the trivial app."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Serve one of the anchors."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--app", choices=["trivial", "bare"], default="trivial")
     args = parser.parse_args()
     uvicorn.run(
-        create_app(),
+        create_app() if args.app == "trivial" else bare_app,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=False,
         loop="uvloop",
         http="httptools",
+        lifespan="auto" if args.app == "trivial" else "off",
     )
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feature_repo.layout import open_store
@@ -19,13 +22,15 @@ from scoring_service.errors import (
     ScoringError,
     error_response,
     response_for,
+    validation_message,
 )
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
-from scoring_service.observability import RequestIdMiddleware
+from scoring_service.observability import RequestIdMiddleware, flush_logging
 from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
 from scoring_service.registry import LoadedModel, ModelRegistry
 from scoring_service.resilience import ScoringGuard, configure_online_store
 from scoring_service.routes import admin, health, score
+from scoring_service.runtime import metrics_exposition, process_stopped, settle_heap
 from scoring_service.scoring import Scorer
 from scoring_service.security import KeyRing, RequestLimitsMiddleware, require_keys
 from scoring_service.settings import Settings
@@ -40,29 +45,6 @@ HTTP_CODES = {
 }
 
 
-def validation_message(exc: RequestValidationError) -> str:
-    """One sentence per invalid field, naming the field and what it must be."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(
-            str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query", "header")
-        )
-        kind = err.get("type", "")
-        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-        if kind == "missing":
-            msg = "is required"
-        elif kind == "extra_forbidden":
-            msg = "is not a field of this request; remove it"
-        elif kind == "json_invalid":
-            loc, msg = "body", "is not valid JSON"
-        elif kind in ("finite_number",):
-            msg = "must be a finite number"
-        parts.append(f"{loc or 'body'}: {msg}")
-    more = len(exc.errors()) - len(parts)
-    suffix = f" (and {more} more)" if more > 0 else ""
-    return "; ".join(parts) + suffix
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every refusal leaves as {code, stage, message, request_id}."""
 
@@ -74,7 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", "request", validation_message(exc))
+        return error_response(422, "invalid_request", "request", validation_message(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -122,6 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return RedisFeatureReader(layout, redis_client, store.config.project)
 
         def new_scorer(loaded: LoadedModel, reader: OnlineFeatureReader | None = None) -> Scorer:
+            # score-batch's model call uses every core (a second session; small calls keep one).
+            loaded.predictor.add_batch_session(
+                settings.batch_intra_op_threads or os.cpu_count() or 1
+            )
             return Scorer(
                 loaded,
                 reader or open_reader(loaded.layout),
@@ -146,6 +132,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return new_scorer(loaded)
 
             app.state.build_scorer = build_scorer
+            # Warm (model sessions run, store connection open): what is alive now lives as
+            # long as the process; collections never walk it again.
+            settle_heap(settings.gc_freeze, settings.gc_thresholds)
             logger.info(
                 "ready: model %s on %s, store %s",
                 model.version_label,
@@ -160,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reader.close()
             if redis_client is not None:
                 redis_client.close()
+            process_stopped()
             logger.info("stopped")
+            flush_logging()
 
     app = FastAPI(
         title="Fraud scoring service",
@@ -177,7 +168,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    app.include_router(score.router)
+    # The score routes are served by pure ASGI endpoints (routes/fast.py); their FastAPI
+    # definitions document them in /openapi.json and /docs, and are not served.
+    app.router.routes.extend(score.serving_routes(app))
+    document(app, score.router)
     app.include_router(health.router)
     app.include_router(admin.router)
 
@@ -185,6 +179,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # data. Restrict it at the network level where even that is too much.
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # Every worker's samples when several serve (scoring_service/runtime.py).
+        return Response(metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """``create_app`` with settings from SCORING_* variables: the factory each worker process
+    of ``python -m scoring_service serve`` loads."""
+    return create_app(Settings())
+
+
+def document(app: FastAPI, *routers: APIRouter) -> None:
+    """Show routes the app serves outside FastAPI's routing in its OpenAPI document (and so in
+    /docs), from their FastAPI definitions, in front of the app's own routes."""
+    documented = APIRouter()
+    for router in routers:
+        documented.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if not app.openapi_schema:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                summary=app.summary,
+                description=app.description,
+                terms_of_service=app.terms_of_service,
+                contact=app.contact,
+                license_info=app.license_info,
+                routes=[*documented.routes, *app.routes],
+                webhooks=app.webhooks.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+                separate_input_output_schemas=app.separate_input_output_schemas,
+                external_docs=app.openapi_external_docs,
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

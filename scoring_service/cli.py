@@ -19,26 +19,49 @@ app = typer.Typer(help="The fraud scoring service.", no_args_is_help=True)
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface (default SCORING_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default SCORING_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default SCORING_WORKERS).")
+    ] = None,
 ) -> None:
-    """Run the service with uvicorn (settings from SCORING_* variables)."""
+    """Run the service with uvicorn (settings from SCORING_* variables).
+
+    With several workers (SCORING_WORKERS or --workers), uvicorn starts that many processes on
+    one socket, each building the app with ``scoring_service.app:create_app_from_env``; their
+    Prometheus metrics are aggregated through PROMETHEUS_MULTIPROC_DIR (a temporary directory
+    unless set; see scoring_service/runtime.py).
+    """
     import uvicorn
 
-    from scoring_service.app import create_app
-    from scoring_service.observability import configure_logging
+    from scoring_service.observability import configure_logging, log_config
+    from scoring_service.runtime import prepare_metrics_dir, remove_metrics_dir
     from scoring_service.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=10,
-    )
+    count = workers or settings.workers
+    metrics_dir = prepare_metrics_dir(count)  # before any worker imports prometheus_client
+    if count > 1:
+        target: object = "scoring_service.app:create_app_from_env"
+    else:
+        from scoring_service.app import create_app
+
+        target = create_app(settings)
+    try:
+        uvicorn.run(
+            target,  # type: ignore[arg-type]
+            factory=count > 1,
+            workers=count,
+            host=host or settings.host,
+            port=port or settings.port,
+            # Records are written by a thread, never on the event loop (observability.py).
+            log_config=log_config(settings.log_level),
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        remove_metrics_dir(metrics_dir)
 
 
 @app.command("score-sample")

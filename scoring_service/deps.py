@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
 from scoring_service.errors import NotReady
 from scoring_service.resilience import Deadline, ScoringGuard, get_batch_deadline, get_deadline
@@ -21,12 +21,28 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+NOT_READY = "The scoring service is starting or stopping; retry in a moment."
+
+
 async def get_scorer(request: Request) -> Scorer:
     """The live scorer, or 503 not_ready while starting or stopping."""
     scorer = getattr(request.app.state, "scorer", None)
     if scorer is None:
-        raise NotReady("The scoring service is starting or stopping; retry in a moment.")
+        raise NotReady(NOT_READY)
     return scorer
+
+
+def live_scorer(app: FastAPI) -> Scorer:
+    """The live scorer for routes served without dependency injection (``routes/fast.py``).
+
+    A test's ``app.dependency_overrides[get_scorer]`` applies there too; it is called without
+    arguments.
+    """
+    override = app.dependency_overrides.get(get_scorer) if app.dependency_overrides else None
+    scorer = override() if override is not None else app.state.scorer
+    if scorer is None:
+        raise NotReady(NOT_READY)
+    return scorer  # type: ignore[no-any-return]
 
 
 async def get_guard(request: Request) -> ScoringGuard:

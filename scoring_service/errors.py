@@ -9,8 +9,8 @@ the exception's text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from starlette.responses import JSONResponse
 
@@ -156,3 +156,27 @@ def error_response(
 def response_for(error: ScoringError) -> JSONResponse:
     """The envelope of a ``ScoringError``, with its status and headers."""
     return error_response(error.status_code, error.code, error.stage, error.message, error.headers)
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence per invalid field (pydantic's error list), naming the field and what it must
+    be; locations lose FastAPI's ``body``/``path``/``query``/``header`` prefix."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(
+            str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query", "header")
+        )
+        kind = err.get("type", "")
+        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if kind == "missing":
+            msg = "is required"
+        elif kind == "extra_forbidden":
+            msg = "is not a field of this request; remove it"
+        elif kind == "json_invalid":
+            loc, msg = "body", "is not valid JSON"
+        elif kind in ("finite_number",):
+            msg = "must be a finite number"
+        parts.append(f"{loc or 'body'}: {msg}")
+    more = len(errors) - len(parts)
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return "; ".join(parts) + suffix

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# With several worker processes (SCORING_WORKERS, scoring_service/runtime.py) every gauge keeps
+# one series per live worker (label pid): each worker has its own model, window and answers.
+# Counters and histograms are summed over workers.
+MODE: Final = "liveall"
 
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -25,6 +32,7 @@ MODEL_INFO = Gauge(
     "The model now serving (1; 0 for ones it replaced): version, device (cpu, cuda), graphs "
     "(cpu, or gpu+cpu) and the smallest batch sent to the GPU graph (0 without one).",
     ["model_version", "device", "graph", "gpu_min_batch"],
+    multiprocess_mode=MODE,
 )
 PREDICT_ROWS = Counter(
     "scoring_predict_rows_total",
@@ -38,38 +46,45 @@ SCORE_PSI = Gauge(
     "scoring_score_psi",
     "PSI of the scores in the drift window against the package's baseline score distribution.",
     ["model_version"],
+    multiprocess_mode=MODE,
 )
 FEATURE_PSI = Gauge(
     "scoring_feature_psi",
     "PSI of a model input in the drift window against its training baseline (non-missing values).",
     ["model_version", "feature"],
+    multiprocess_mode=MODE,
 )
 FEATURE_MISSING_RATE = Gauge(
     "scoring_feature_missing_rate",
     "Share of rows in the drift window where a model input is missing (NaN).",
     ["model_version", "feature"],
+    multiprocess_mode=MODE,
 )
 DRIFT_WINDOW_ROWS = Gauge(
     "scoring_drift_window_rows",
     "Rows in the drift window the PSI gauges were computed on.",
     ["model_version"],
+    multiprocess_mode=MODE,
 )
 FEATURE_AGE_SECONDS = Gauge(
     "scoring_feature_age_seconds",
     "Age of the feature rows read in the drift window, by feature view: min (the freshest row; "
     "grows when the view stops being refreshed), p50 and max.",
     ["view", "stat"],
+    multiprocess_mode=MODE,
 )
 FEATURE_UNAVAILABLE_RATIO = Gauge(
     "scoring_feature_unavailable_ratio",
     "Share of the drift window's reads of a view that found no row, or one older than its TTL "
     "(1 for a view that was never materialized).",
     ["view"],
+    multiprocess_mode=MODE,
 )
 SHADOW_LABEL_AGREEMENT = Gauge(
     "scoring_shadow_label_agreement",
     "Share of recent requests where a shadow model's label equals the answering model's.",
     ["shadow", "model_version"],
+    multiprocess_mode=MODE,
 )
 PREDICTION_LOG_WRITTEN = Counter(
     "scoring_prediction_log_written_total",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import logging.handlers
 import re
+import signal
+import threading
 import uuid
+from queue import Queue
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,16 +34,77 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_listener: logging.handlers.QueueListener | None = None
+_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
 def configure_logging(level: str = "info") -> None:
-    """Configure the root logger once: one line per record, with the request id."""
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
+    """Configure the root logger once: one line per record, with the request id.
+
+    Records are written by a background thread (``QueueHandler`` -> ``QueueListener``): a log
+    call on the event loop only puts the record on a queue, it never waits for stderr (a pipe a
+    slow reader can fill, a terminal, a container runtime). The request id is read from the
+    context when the record is made, in the caller's thread.
+    """
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [queue_handler()]
     root.setLevel(level.upper())
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """``configure_logging`` as a ``logging.config.dictConfig`` document, for uvicorn's
+    ``log_config``: uvicorn applies it in every worker process it starts, before it serves."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"queue": {"()": f"{__name__}.queue_handler"}},
+        "root": {"level": level.upper(), "handlers": ["queue"]},
+    }
+
+
+def queue_handler() -> logging.Handler:
+    """The root handler: puts records (with their request id) on the queue of a writer thread
+    started here, replacing any earlier one."""
+    global _listener
+    flush_logging(final=True)
+    writer = logging.StreamHandler()
+    writer.setFormatter(logging.Formatter(_FORMAT))
+    # Unbounded: a burst is absorbed rather than blocking the loop. Overload refusals are
+    # counted in metrics, not logged one by one, so bursts stay small.
+    queue: Queue[logging.LogRecord] = Queue()
+    handler = logging.handlers.QueueHandler(queue)
+    handler.addFilter(RequestIdFilter())
+    _listener = logging.handlers.QueueListener(queue, writer)
+    _listener.start()
+    atexit.unregister(flush_logging)
+    atexit.register(flush_logging, final=True)
+    # uvicorn re-raises the SIGTERM that stopped it once it has shut down gracefully; the
+    # process then dies of it without running atexit. Flush first, then die of it as before.
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _flush_then_terminate)
+    return handler
+
+
+def flush_logging(final: bool = False) -> None:
+    """Write every queued record now; unless ``final``, the writer thread then goes on."""
+    global _listener
+    listener = _listener
+    if listener is None:
+        return
+    listener.stop()  # drains the queue, then joins the thread
+    for handler in listener.handlers:
+        handler.flush()
+    if final:
+        _listener = None
+    else:
+        listener.start()
+
+
+def _flush_then_terminate(signum: int, _frame: object) -> None:
+    flush_logging(final=True)
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 class RequestIdMiddleware:

@@ -31,6 +31,9 @@ DEFAULT_GPU_MIN_BATCH = 256
 # Largest slice of a batch given to the GPU graph in one run: the gemm form holds a few
 # float32 [trees, leaves, rows] tensors (~2 GB each at 131,072 rows for 140 trees x 31 leaves).
 DEFAULT_GPU_MAX_ROWS = 65_536
+# Smallest batch the CPU batch session (several intra-op threads) takes: below it, a single
+# thread answers before a thread pool has split the work.
+BATCH_SESSION_MIN_ROWS = 1_024
 
 _preload_lock = threading.Lock()
 _preloaded = False
@@ -147,6 +150,10 @@ class Predictor:
         self.session = ort.InferenceSession(
             graph, session_options(intra_op_threads), providers=providers or [CPU_PROVIDER]
         )
+        self._graph = graph
+        self.providers_requested = providers or [CPU_PROVIDER]
+        self.batch_session: ort.InferenceSession | None = None
+        self.batch_min_rows = BATCH_SESSION_MIN_ROWS
         self.n_features = n_features
         self.input_name = input_name
         self.output_names = [output_name]
@@ -166,6 +173,24 @@ class Predictor:
             self.gpu_session.get_providers() if self.gpu_session else self.session.get_providers()
         )
         self.device = "cuda" if self.gpu_session is not None else "cpu"
+
+    def add_batch_session(self, threads: int, min_rows: int = BATCH_SESSION_MIN_ROWS) -> None:
+        """A second session over the same graph with ``threads`` intra-op threads, for CPU
+        batches of at least ``min_rows`` rows (score-batch): ONNX Runtime splits their rows
+        over the threads. Its threads sleep between runs instead of spinning, so an idle pool
+        takes no core from the event loop. ``threads`` <= 1 adds none."""
+        if threads <= 1:
+            return
+        options = session_options(threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.batch_session = ort.InferenceSession(
+            self._graph, options, providers=self.providers_requested
+        )
+        self._check_input(self.batch_session)
+        self.batch_min_rows = min_rows
+        self.batch_session.run(
+            self.output_names, {self.input_name: np.zeros((min_rows, self.n_features), np.float32)}
+        )
 
     def _check_input(self, session: ort.InferenceSession) -> None:
         declared = session.get_inputs()[0].shape
@@ -192,7 +217,10 @@ class Predictor:
             if graph == "gpu":
                 probabilities = self._run_gpu(features)
             else:
-                (probabilities,) = self.session.run(self.output_names, {self.input_name: features})
+                session = self.session
+                if self.batch_session is not None and len(features) >= self.batch_min_rows:
+                    session = self.batch_session
+                (probabilities,) = session.run(self.output_names, {self.input_name: features})
         except Exception as exc:  # ONNX Runtime raises its own untyped errors
             raise ModelUnavailable(
                 "The model could not score this request; retry, and alert the on-call team "

@@ -4,8 +4,9 @@ Every scoring request has a deadline (``deadline_ms``; ``batch_deadline_ms`` for
 a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
 ``ScoringGuard.score`` wraps the scorer from the outside:
 
-- **Overload.** At most ``max_in_flight`` scoring calls wait at once; past it, 503
-  ``overloaded`` at once instead of unbounded latency.
+- **Overload.** At most ``max_in_flight`` scoring calls are admitted at once; past it, 503
+  ``overloaded`` at once instead of unbounded latency. The score routes take their slot at
+  arrival (``admit``), before the body is read, so a refusal costs next to nothing.
 - **Deadline and outage policy.** A read that fails, or does not finish within the deadline,
   gets the configured policy's answer: ``fail`` (503 ``feature_store_unavailable`` with
   Retry-After) or ``degrade`` (label ``uncertain``, reason ``feature_store_unavailable``,
@@ -27,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request
 from feast import FeatureStore
@@ -41,6 +43,8 @@ from scoring_service.security import ARRIVED_AT
 from scoring_service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 DEADLINE_HEADER = "X-Deadline-Ms"
 RESERVE_S = 0.002
@@ -58,8 +62,17 @@ OUTAGE_ANSWERS = Counter(
     "Requests answered by the outage policy instead of a model score.",
     ["policy", "cause"],
 )
-IN_FLIGHT = Gauge("scoring_in_flight", "Scoring calls whose work has not ended yet.")
-CIRCUIT_OPEN = Gauge("scoring_store_circuit_open", "1 while the online-store circuit is open.")
+# Summed over live worker processes when metrics are shared between them (multiprocess mode).
+IN_FLIGHT = Gauge(
+    "scoring_in_flight",
+    "Scoring calls admitted whose answer has not left yet.",
+    multiprocess_mode="livesum",
+)
+CIRCUIT_OPEN = Gauge(
+    "scoring_store_circuit_open",
+    "1 while the online-store circuit is open (in any worker process).",
+    multiprocess_mode="livemax",
+)
 
 
 @dataclass(frozen=True)
@@ -161,31 +174,66 @@ class ScoringGuard:
         self.in_flight = 0
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_ms / 1000)
 
-    async def score(self, scorer: Any, mapped: MappedRequests, deadline: Deadline) -> list[Scored]:
+    def admit(self) -> bool:
+        """Take an in-flight slot at a call's arrival, before its body is read.
+
+        True when a slot was taken: give it back with ``release`` when the call ends. Past
+        ``max_in_flight`` the call is refused at once, 503 ``overloaded``, unless the circuit
+        is open: the outage policy then answers without a read, so the call needs no slot
+        (False), and an outage is not reported as overload.
+        """
+        if self.in_flight < self.max_in_flight:
+            self._acquire()
+            return True
+        if self.breaker.is_open:
+            return False
+        raise self._overloaded()
+
+    def release(self) -> None:
+        """Give back a slot taken by ``admit``."""
+        self._release()
+
+    async def score(
+        self, scorer: Any, mapped: MappedRequests, deadline: Deadline, *, holds_slot: bool = False
+    ) -> list[Scored]:
         """Score within the deadline, or answer by the outage policy; 503 when overloaded."""
         n = mapped.request_values.shape[0]
+        return await self.run(lambda: scorer.score(mapped), n, deadline, holds_slot=holds_slot)
+
+    async def run(
+        self,
+        work: Callable[[], Awaitable[R]],
+        n: int,
+        deadline: Deadline,
+        *,
+        holds_slot: bool = False,
+    ) -> R | list[Scored]:
+        """Run scoring work on n requests within the deadline, or answer by the outage policy.
+
+        ``holds_slot``: the call took its in-flight slot at arrival (``admit``); otherwise one
+        is taken here, and 503 ``overloaded`` when none is free.
+        """
         # An open circuit answers by the policy first: during an outage callers get the
         # policy's answer, not "overloaded" because abandoned reads still hold their slots.
         if not self.breaker.allow():
             return self._outage(n, "circuit_open", None)
-        if self.in_flight >= self.max_in_flight:
+        if not holds_slot and self.in_flight >= self.max_in_flight:
             self.breaker.trial_out = False
-            raise Overloaded(
-                f"The service has {self.max_in_flight} scoring calls in flight, its limit; "
-                "retry shortly.",
-                headers={"Retry-After": self.retry_after},
-            )
+            raise self._overloaded()
         timeout = deadline.remaining()
         if timeout <= 0:
             # Spent before any read (e.g. a slow upload): no read is tried.
             self.breaker.trial_out = False
             return self._outage(n, "deadline", None)
-        self._acquire()
+        if not holds_slot:
+            self._acquire()
         try:
             # At the deadline the call is cancelled: work not started yet (a queued thread, a
             # micro-batch waiter) is dropped; a read already running in a thread ends with its
-            # socket timeout, and such threads are bounded by the worker pool.
-            results: list[Scored] = await asyncio.wait_for(scorer.score(mapped), timeout)
+            # socket timeout, and such threads are bounded by the worker pool. (A timeout
+            # context cancels this task in place: no task is created per call.)
+            async with asyncio.timeout(timeout):
+                results = await work()
         except TimeoutError:
             self._overran()
             return self._outage(n, "deadline", None)
@@ -199,9 +247,17 @@ class ScoringGuard:
             self.breaker.succeeded()  # not the store's failure (e.g. the model's, after a read)
             raise
         finally:
-            self._release()
+            if not holds_slot:
+                self._release()
         self.breaker.succeeded()
         return results
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"The service has {self.max_in_flight} scoring calls in flight, its limit; "
+            "retry shortly.",
+            headers={"Retry-After": self.retry_after},
+        )
 
     def _acquire(self) -> None:
         self.in_flight += 1

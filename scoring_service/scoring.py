@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from scoring_service.schemas import EntityFreshness
 
 logger = logging.getLogger(__name__)
 
+V = TypeVar("V")
+
 OFF_LOOP_ROWS = 256
 """Above this many requests in one call, decoding and the model call move off the event loop,
 so other requests keep flowing."""
@@ -36,6 +39,53 @@ class Scored:
     label: str
     reasons: list[str]
     freshness: dict[str, EntityFreshness]
+
+
+@dataclass
+class ScoredColumns:
+    """The outcomes of n requests, column by column (Python lists, ready for JSON)."""
+
+    scores: list[float]
+    labels: list[str]
+    reasons: list[list[str]]
+    status: dict[str, list[int]]  # join key -> n entity statuses (feature_repo.online codes)
+    age_seconds: dict[str, list[float]]  # join key -> n row ages (NaN: no row)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def freshness(self, make: Callable[[int, float | None], V]) -> list[dict[str, V]]:
+        """Per request, join key -> ``make(status, age)`` (age in seconds rounded to ms, None
+        without a row); one ``make`` per distinct pair, shared by the rows that have it
+        (snapshots are hourly: many rows share their age)."""
+        seen: dict[tuple[int, float], V] = {}
+        columns = [(key, self.status[key], self.age_seconds[key]) for key in self.status]
+        out = []
+        for i in range(len(self.scores)):
+            row = {}
+            for key, statuses, ages in columns:
+                status, age = statuses[i], ages[i]
+                cache_key = (status, age if age == age else -1.0)  # NaN is not a usable key
+                made = seen.get(cache_key)
+                if made is None:
+                    made = seen[cache_key] = make(status, None if age != age else round(age, 3))
+                row[key] = made
+            out.append(row)
+        return out
+
+    def rows(self) -> list[Scored]:
+        """One ``Scored`` per request."""
+        freshness = self.freshness(_entity_freshness)
+        return [
+            Scored(score, label, reasons, fresh)
+            for score, label, reasons, fresh in zip(
+                self.scores, self.labels, self.reasons, freshness, strict=True
+            )
+        ]
+
+
+def _entity_freshness(status: int, age: float | None) -> EntityFreshness:
+    return EntityFreshness(status=STATUS_NAMES[status], age_seconds=age)  # type: ignore[arg-type]
 
 
 class Scorer:
@@ -93,42 +143,46 @@ class Scorer:
         self._seconds["features"].observe(time.perf_counter() - started)
         return self.predict_and_label(batch, mapped)
 
-    def predict_and_label(self, batch: FeatureBatch, mapped: MappedRequests) -> list[Scored]:
-        """One model call for the requests whose features were read, then their labels."""
+    def label_columns(self, batch: FeatureBatch, mapped: MappedRequests) -> ScoredColumns:
+        """One model call for the requests whose features were read, then their labels, as
+        arrays (``LabelPolicy.decide_many``): no object per row."""
         started = time.perf_counter()
         matrix = self.model_input(batch, mapped)
         scores = self.model.predictor.predict(np.ascontiguousarray(matrix, dtype=np.float32))
         predicted = time.perf_counter()
         self._seconds["predict"].observe(predicted - started)
         self.drift.observe(matrix, scores, batch)  # copies into a ring buffer; summarised later
-        policy = self.model.policy
-        statuses = {key: batch.status[key].tolist() for key in self._keys}
-        ages = {key: batch.age_seconds[key].tolist() for key in self._keys}
-        # One answer object per (status, age) within the batch: snapshots are hourly, so many
-        # entities of a batch share their age.
-        answers: dict[tuple[int, float], EntityFreshness] = {}
-        counts: Counter[str] = Counter()
-        out: list[Scored] = []
-        for i, score in enumerate(scores.tolist()):
-            row_status = {key: statuses[key][i] for key in self._keys}
-            label, reasons = policy.decide(score, matrix[i], row_status)
-            freshness = {}
-            for key, status in row_status.items():
-                age = ages[key][i]
-                seen = (status, age if age == age else -1.0)  # NaN is not a usable key
-                answer = answers.get(seen)
-                if answer is None:
-                    answer = answers[seen] = EntityFreshness(
-                        status=STATUS_NAMES[status],  # type: ignore[arg-type]
-                        age_seconds=None if age != age else round(age, 3),  # NaN: no row
-                    )
-                freshness[key] = answer
-            counts[label] += 1
-            out.append(Scored(score, label, reasons, freshness))
-        for label, n in counts.items():
+        status = {key: batch.status[key] for key in self._keys}
+        labels, reasons = self.model.policy.decide_many(scores, matrix, status)
+        for label, n in Counter(labels).items():
             self._labels[label].inc(n)
         self._seconds["post_process"].observe(time.perf_counter() - predicted)
-        return out
+        return ScoredColumns(
+            scores=scores.tolist(),
+            labels=labels,
+            reasons=reasons,
+            status={key: values.tolist() for key, values in status.items()},
+            age_seconds={key: batch.age_seconds[key].tolist() for key in self._keys},
+        )
+
+    def predict_and_label(self, batch: FeatureBatch, mapped: MappedRequests) -> list[Scored]:
+        """``label_columns``, one ``Scored`` per request."""
+        return self.label_columns(batch, mapped).rows()
+
+    async def score_columns(self, mapped: MappedRequests) -> ScoredColumns:
+        """One feature read and one model call for a large call (score-batch), as columns;
+        decoding, the model call and labelling run off the event loop when it is large."""
+        started = time.perf_counter()
+        if self._read_async is None:
+            batch = await asyncio.to_thread(self.reader.read, mapped.keys)
+            large = True
+        else:
+            large = len(mapped.request_values) > OFF_LOOP_ROWS
+            batch = await self._read_async(mapped.keys, decode_off_loop=large)
+        self._seconds["features"].observe(time.perf_counter() - started)
+        if large:
+            return await asyncio.to_thread(self.label_columns, batch, mapped)
+        return self.label_columns(batch, mapped)
 
     async def score_now(self, mapped: MappedRequests) -> list[Scored]:
         """One feature read and one model call for these requests, without batching."""

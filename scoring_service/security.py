@@ -108,27 +108,32 @@ api_key_header = APIKeyHeader(
 )
 
 
+def check_key(keyring: KeyRing, key: str | None, scope: KeyScope) -> None:
+    """Let a presented key through only when it holds this scope: Unauthorized (no key, or an
+    unknown one) or Forbidden (a known key of another scope) otherwise."""
+    if not key:
+        raise Unauthorized(
+            f"This route needs an API key in the {API_KEY_HEADER} header.",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+    granted = keyring.scopes_of(key) if len(key) <= MAX_KEY_LENGTH else set()
+    if not granted:
+        raise Unauthorized(
+            f"The key in the {API_KEY_HEADER} header is not valid; check it with whoever "
+            "issued it.",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+    if scope not in granted:
+        raise Forbidden(f"This key may not call {scope.value} routes; use a {scope.value} key.")
+
+
 def require_scope(scope: KeyScope) -> Callable[..., Awaitable[None]]:
     """A dependency that lets a request through only with a key of this scope."""
 
     async def check(
         request: Request, key: Annotated[str | None, Security(api_key_header)] = None
     ) -> None:
-        if not key:
-            raise Unauthorized(
-                f"This route needs an API key in the {API_KEY_HEADER} header.",
-                headers={"WWW-Authenticate": API_KEY_HEADER},
-            )
-        keyring: KeyRing = request.app.state.keyring
-        granted = keyring.scopes_of(key) if len(key) <= MAX_KEY_LENGTH else set()
-        if not granted:
-            raise Unauthorized(
-                f"The key in the {API_KEY_HEADER} header is not valid; check it with whoever "
-                "issued it.",
-                headers={"WWW-Authenticate": API_KEY_HEADER},
-            )
-        if scope not in granted:
-            raise Forbidden(f"This key may not call {scope.value} routes; use a {scope.value} key.")
+        check_key(request.app.state.keyring, key, scope)
 
     check.__name__ = f"require_{scope.value}_key"
     return check

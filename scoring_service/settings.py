@@ -119,6 +119,24 @@ class Settings(BaseSettings):
     """Rows at which a micro-batch leaves without waiting; calls of this many rows or more
     (score-batch) are scored on their own."""
 
+    batch_intra_op_threads: int = Field(default=0, ge=0, le=64)
+    """ONNX Runtime intra-op threads of a second CPU session that scores large calls
+    (score-batch, from 1,024 rows), so one batch uses every core; 0: one per CPU core, 1: no
+    second session. Small calls keep intra_op_threads."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    """Worker processes serving on one socket (`python -m scoring_service serve`). Each loads
+    the model and opens its own store connections; their Prometheus metrics are aggregated
+    (multiprocess mode, see scoring_service/runtime.py)."""
+
+    gc_freeze: bool = True
+    """After warm-up, collect the start-up garbage and freeze the rest, so that garbage
+    collections never walk the start-up heap again (scoring_service/runtime.py)."""
+
+    gc_thresholds: tuple[int, int, int] = (10_000, 10, 10)
+    """Collector thresholds set with gc_freeze, generations 0, 1 and 2 (JSON in the
+    environment, e.g. [10000,10,10]); CPython's default is (700, 10, 10)."""
+
     # Reliability: deadlines, outage policy, overload (see scoring_service/resilience.py).
 
     deadline_ms: int = Field(default=50, ge=1, le=60_000)

@@ -1,0 +1,264 @@
+"""How the score routes are served: pure ASGI endpoints, without FastAPI's per-request machinery.
+
+A FastAPI route resolves its dependency graph, builds a ``Request``, reads and validates the body
+through it and validates and serializes a response model on every call: under load that was
+about half of the event loop's busy time, more than the scoring itself (``docs/performance.md``).
+A score route served from here does the same work directly, in this order:
+
+1. arrival: the deadline counts from the time ``RequestLimitsMiddleware`` stamped;
+2. the API key, from the headers (401 / 403, ``security.check_key``);
+3. admission: past ``max_in_flight`` calls, 503 ``overloaded`` at once, before one byte of the
+   body is read (``ScoringGuard.admit``);
+4. ``X-Deadline-Ms`` may shorten the deadline;
+5. the body (or path parameter) is validated by the request model's compiled pydantic-core
+   validator, ``validate_json`` on the raw bytes (large bodies in a worker thread);
+6. the route's scoring callable gets a ``ScoreCall`` and returns a JSON-able answer (or bytes);
+7. the answer leaves as orjson bytes.
+
+Refusals leave in the one error envelope (``errors.response_for``). The endpoints are generic:
+a route is a request model (or a path parameter parser) plus a scoring callable, so routes
+built from a domain's specification get the same path. Their documentation still comes from
+FastAPI route definitions (``routes/score.py``), which serve ``/openapi.json`` and ``/docs``
+only; ``tests/scoring_service/test_openapi.py`` keeps it equal to what clients were given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
+
+import orjson
+from fastapi import FastAPI
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from scoring_service import metrics
+from scoring_service.deps import live_scorer
+from scoring_service.domain import MappedRequests
+from scoring_service.errors import (
+    InvalidRequest,
+    Overloaded,
+    ScoringError,
+    response_for,
+    validation_message,
+)
+from scoring_service.resilience import DEADLINE_HEADER, Deadline, ScoringGuard
+from scoring_service.scoring import Scored, Scorer
+from scoring_service.security import API_KEY_HEADER, ARRIVED_AT, KeyScope, check_key
+from scoring_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+OFF_LOOP_BODY_BYTES = 256 * 1024
+"""Bodies at least this large are validated in a worker thread, so the event loop keeps
+answering other calls meanwhile (a 10,000-row batch is about 2 MB)."""
+
+_KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
+_DEADLINE_HEADER = DEADLINE_HEADER.lower().encode("latin-1")
+_DEADLINE_MS = TypeAdapter(Annotated[int, Field(ge=1, le=600_000)])
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived: nothing to answer."""
+
+
+@dataclass(slots=True)
+class ScoreCall(Generic[T]):
+    """What a scoring callable gets: its validated input and the means to score it in time."""
+
+    value: T
+    scorer: Scorer
+    guard: ScoringGuard
+    deadline: Deadline
+    holds_slot: bool
+    """Whether this call took an in-flight slot at arrival (the guard then takes none)."""
+
+    async def score(self, mapped: MappedRequests) -> list[Scored]:
+        """Score mapped requests within the deadline, or the outage policy's answer."""
+        return await self.guard.score(
+            self.scorer, mapped, self.deadline, holds_slot=self.holds_slot
+        )
+
+    async def run(self, work: Callable[[], Awaitable[R]], n: int) -> R | list[Scored]:
+        """Any scoring work on n requests under the same guard (deadline, outage policy)."""
+        return await self.guard.run(work, n, self.deadline, holds_slot=self.holds_slot)
+
+
+Parser = Callable[[Scope, bytes], T]
+"""Builds a route's input from the scope (path parameters) and the body; InvalidRequest when
+it cannot."""
+Handler = Callable[[ScoreCall[T]], Awaitable[Any]]
+"""A scoring callable: the answer as a JSON-able object, or as JSON bytes already."""
+
+
+def json_body(model: Any) -> Parser[Any]:
+    """A parser validating the raw body with ``model``'s compiled validator (JSON mode)."""
+    adapter = TypeAdapter(model)
+
+    def parse(_: Scope, body: bytes) -> Any:
+        try:
+            return adapter.validate_json(body)
+        except ValidationError as exc:
+            raise InvalidRequest(validation_message(exc.errors())) from None
+
+    return parse
+
+
+def path_parameter(name: str, convert: Callable[[str], T]) -> Parser[T]:
+    """A parser of one path parameter; ``convert`` raises InvalidRequest for a bad value."""
+
+    def parse(scope: Scope, _: bytes) -> T:
+        return convert(scope["path_params"][name])
+
+    return parse
+
+
+def constrained(name: str, annotation: Any) -> Callable[[str], str]:
+    """A converter checking a path value against a constrained type (pydantic), errors named
+    after the parameter."""
+    adapter = TypeAdapter(annotation)
+
+    def convert(value: str) -> str:
+        try:
+            return adapter.validate_python(value)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            errors = [{**e, "loc": (name, *e["loc"])} for e in exc.errors()]
+            raise InvalidRequest(validation_message(errors)) from None
+
+    return convert
+
+
+class ScoreEndpoint(Generic[T]):
+    """One score route as a raw ASGI app (see the module docstring for the order of work)."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        route: str,
+        parse: Parser[T],
+        handler: Handler[T],
+        *,
+        reads_body: bool,
+        batch: bool = False,
+    ) -> None:
+        settings: Settings = app.state.settings
+        self.app = app
+        self.parse = parse
+        self.handler = handler
+        self.reads_body = reads_body
+        self.budget_ms = settings.batch_deadline_ms if batch else settings.deadline_ms
+        self.seconds = metrics.REQUEST_SECONDS.labels(route)  # the child, looked up once
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = scope.get(ARRIVED_AT) or time.monotonic()
+        key: str | None = None
+        asked: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == _KEY_HEADER:
+                key = value.decode("latin-1")
+            elif name == _DEADLINE_HEADER:
+                asked = value
+        state = self.app.state
+        guard: ScoringGuard = state.guard
+        try:
+            check_key(state.keyring, key, KeyScope.SCORE)
+            holds_slot = guard.admit()  # refused here, before the body is read
+            try:
+                scorer = live_scorer(self.app)
+                deadline = self._deadline(arrived, asked)
+                value = await self._input(scope, receive)
+                with self.seconds.time():
+                    answer = await self.handler(
+                        ScoreCall(value, scorer, guard, deadline, holds_slot)
+                    )
+            finally:
+                if holds_slot:
+                    guard.release()
+        except _Disconnected:
+            return
+        except ScoringError as exc:
+            # Refusals of overload are counted, not logged one by one: an overload would
+            # otherwise become a flood of log lines too.
+            if exc.status_code >= 500 and not isinstance(exc, Overloaded):
+                logger.warning(
+                    "%s at %s: %s", exc.code, exc.stage, exc.message, exc_info=exc.__cause__
+                )
+            await response_for(exc)(scope, receive, send)
+            return
+        body = answer if isinstance(answer, bytes) else orjson.dumps(answer)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _deadline(self, arrived: float, asked: bytes | None) -> Deadline:
+        budget = self.budget_ms
+        if asked is not None:
+            try:
+                budget = min(budget, _DEADLINE_MS.validate_python(asked.decode("latin-1")))
+            except ValidationError as exc:
+                errors = [{**e, "loc": (DEADLINE_HEADER, *e["loc"])} for e in exc.errors()]
+                raise InvalidRequest(validation_message(errors)) from None
+        return Deadline(expires_at=arrived + budget / 1000, budget_ms=budget)
+
+    async def _input(self, scope: Scope, receive: Receive) -> T:
+        if not self.reads_body:
+            return self.parse(scope, b"")
+        body = await read_body(receive)
+        if len(body) >= OFF_LOOP_BODY_BYTES:
+            return await asyncio.to_thread(self.parse, scope, body)
+        return self.parse(scope, body)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (the body-limit middleware counts it as it arrives)."""
+    message: Message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body  # the usual case: one message
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def post_route(
+    app: FastAPI,
+    path: str,
+    route: str,
+    model: Any,
+    handler: Handler[Any],
+    *,
+    batch: bool = False,
+) -> Route:
+    """A POST score route: a JSON body of ``model`` and a scoring callable."""
+    endpoint = ScoreEndpoint(app, route, json_body(model), handler, reads_body=True, batch=batch)
+    return Route(path, endpoint, methods=["POST"], name=route, include_in_schema=False)
+
+
+def get_route(
+    app: FastAPI, path: str, route: str, parse: Parser[Any], handler: Handler[Any]
+) -> Route:
+    """A GET score route: a path parameter and a scoring callable."""
+    endpoint = ScoreEndpoint(app, route, parse, handler, reads_body=False)
+    return Route(path, endpoint, methods=["GET"], name=route, include_in_schema=False)

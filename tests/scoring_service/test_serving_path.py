@@ -1,0 +1,312 @@
+"""The score routes' serving path (``routes/fast.py``) and the process around it.
+
+Answers are what the documented response models say, the batch route's columns give every
+transaction what a single call gives it, overload is refused before a byte of the body is read,
+the deadline counts from arrival, the garbage-collector policy is in force after start-up,
+logging never writes on the caller's thread, and with several workers the metrics are their sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.routing import Route
+
+from scoring_service.app import create_app
+from scoring_service.schemas import (
+    EntityScoreResponse,
+    ScoreBatchResponse,
+    ScoreResponse,
+    canonical_ip,
+)
+from scoring_service.security import ARRIVED_AT, hash_key
+from tests.conftest import ROOT, free_port
+from tests.scoring_service.conftest import API_HEADERS, API_KEY, as_request, settings_for
+
+SCORE = "/v1/transactions/score"
+BATCH = "/v1/transactions/score-batch"
+
+
+@pytest.fixture(scope="module")
+def served(redis_repo: Path, model_root: Path) -> Iterator[TestClient]:
+    """The app on Redis; batches of 8 rows and more are scored as columns (score_columns)."""
+    settings = settings_for(redis_repo, model_root, "feature_store.redis.yaml", batch_max_rows=8)
+    with TestClient(create_app(settings), headers=API_HEADERS) as client:
+        yield client
+
+
+def same_json(model: Any, body: dict) -> None:
+    """The body is exactly what the response model produces for it."""
+    assert model.model_validate(body).model_dump(mode="json") == body
+
+
+def test_answers_are_their_response_models(served: TestClient, recent: pd.DataFrame) -> None:
+    row = recent.iloc[-1]
+    single = served.post(SCORE, json=as_request(row))
+    assert single.status_code == 200, single.text
+    assert single.headers["content-type"] == "application/json"
+    same_json(ScoreResponse, single.json())
+    bodies = [as_request(r) for _, r in recent.tail(12).iterrows()]
+    batch = served.post(BATCH, json={"transactions": bodies})
+    assert batch.status_code == 200, batch.text
+    same_json(ScoreBatchResponse, batch.json())
+    for path in (
+        f"/v1/ip-addresses/{row.ip_address}/score",
+        f"/v1/cards/{row.card_id}/score",
+        f"/v1/merchants/{row.merchant_id}/score",
+    ):
+        entity = served.get(path)
+        assert entity.status_code == 200, entity.text
+        same_json(EntityScoreResponse, entity.json())
+
+
+def test_batch_columns_equal_single_calls(served: TestClient, recent: pd.DataFrame) -> None:
+    """A batch scored as columns gives each transaction the single route's answer."""
+    bodies = [as_request(r) for _, r in recent.tail(40).iterrows()]
+    bodies.append({**bodies[0], "transaction_id": "tx_unknown", "card_id": "card_never_seen"})
+    batch = served.post(BATCH, json={"transactions": bodies})
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["transaction_id"] for r in results] == [b["transaction_id"] for b in bodies]
+    for body, result in zip(bodies, results, strict=True):
+        single = served.post(SCORE, json=body).json()
+        assert single["score"] == pytest.approx(result["score"], abs=1e-7)
+        assert (single["label"], single["reasons"]) == (result["label"], result["reasons"])
+        for key, fresh in single["feature_freshness"].items():
+            other = result["feature_freshness"][key]
+            assert fresh["status"] == other["status"]
+            assert (fresh["age_seconds"] is None) == (other["age_seconds"] is None)
+
+
+def _scope(path: str, key: str = API_KEY, method: str = "POST") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"x-api-key", key.encode()), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+def _call(app: Any, scope: dict[str, Any], body: bytes | None) -> tuple[int, dict[str, Any]]:
+    """One request straight through an ASGI app; ``body=None`` fails the test if it is read."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        assert body is not None, "the body was read"
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(payload)
+
+
+def test_overload_is_refused_before_the_body_is_read(sqlite_repo: Path, model_root: Path) -> None:
+    app = create_app(settings_for(sqlite_repo, model_root, max_in_flight=1))
+    with TestClient(app):
+        guard = app.state.guard
+        assert guard.admit()  # the only slot is taken
+        try:
+            status, answer = _call(app, _scope(SCORE), body=None)
+        finally:
+            guard.release()
+        assert status == 503
+        assert (answer["code"], answer["stage"]) == ("overloaded", "service")
+        assert guard.in_flight == 0
+        # The key is checked first: an unknown caller learns nothing about the load.
+        assert guard.admit()
+        try:
+            status, answer = _call(app, _scope(SCORE, key="not-a-key"), body=None)
+        finally:
+            guard.release()
+        assert (status, answer["code"]) == (401, "unauthorized")
+
+
+def test_deadline_counts_from_arrival(
+    sqlite_repo: Path, model_root: Path, valid_body: dict
+) -> None:
+    """A call that waited past its deadline before it was handled is not scored at all."""
+    app = create_app(settings_for(sqlite_repo, model_root, deadline_ms=100))
+    with TestClient(app):
+        endpoint = next(r for r in app.routes if isinstance(r, Route) and r.path == SCORE).app
+        scorer = app.state.scorer
+        rows_before = scorer.batcher.rows
+        scope = {**_scope(SCORE), "app": app, "path_params": {}}
+        scope[ARRIVED_AT] = time.monotonic() - 0.2
+        status, answer = _call(endpoint, scope, json.dumps(valid_body).encode())
+        assert (status, answer["code"]) == (503, "feature_store_unavailable")
+        assert scorer.batcher.rows == rows_before
+        assert app.state.guard.in_flight == 0
+        scope[ARRIVED_AT] = time.monotonic()
+        status, answer = _call(endpoint, scope, json.dumps(valid_body).encode())
+        assert status == 200, answer
+
+
+def test_garbage_collector_policy(served: TestClient) -> None:
+    """After start-up the start-up heap is frozen and the thresholds are the settings'."""
+    settings = served.app.state.settings  # type: ignore[attr-defined]
+    assert settings.gc_freeze
+    assert gc.get_threshold() == settings.gc_thresholds
+    assert gc.get_freeze_count() > 10_000
+
+
+dotted = st.lists(
+    st.one_of(st.integers(0, 300).map(str), st.from_regex(r"0[0-9]{1,2}", fullmatch=True)),
+    min_size=3,
+    max_size=5,
+).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(dotted, st.ip_addresses().map(str)), st.sampled_from(["", " ", "\t"]))
+def test_canonical_ip_fast_path_agrees_with_ipaddress(text: str, pad: str) -> None:
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        with pytest.raises(ValueError, match="not a valid IPv4 or IPv6"):
+            canonical_ip(pad + text + pad)
+        return
+    assert canonical_ip(pad + text + pad) == expected
+
+
+LOGGING_CHILD = textwrap.dedent(
+    """
+    import logging, signal, threading
+    from scoring_service.observability import configure_logging, request_id_var
+
+    configure_logging("info")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.handlers.QueueHandler), handler
+    writes = []
+    writer_emit = logging.StreamHandler.emit
+    def emit(self, record):
+        writes.append(threading.current_thread().name)
+        writer_emit(self, record)
+    logging.StreamHandler.emit = emit
+    request_id_var.set("req-42")
+    logging.getLogger("child").info("scored %d", 7)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("child").exception("failed")
+    signal.raise_signal(signal.SIGTERM)  # as uvicorn does after a graceful shutdown
+    """
+)
+
+
+def test_logging_is_written_by_a_thread_and_flushed_at_sigterm() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_CHILD], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == -15, result.stderr
+    assert "INFO child [req-42] scored 7" in result.stderr
+    assert "ERROR child [req-42] failed" in result.stderr
+    assert "ValueError: boom" in result.stderr
+
+
+def _worker_counts(directory: Path, route: str) -> dict[str, float]:
+    """Per worker (its metric file), scoring_request_seconds observations of a route."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counts = {}
+    for path in directory.glob("histogram_*.db"):
+        total = 0.0
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            _, sample, labels, _ = json.loads(key)
+            # Files hold buckets and sums; a histogram's count is its +Inf bucket.
+            if (
+                sample == "scoring_request_seconds_bucket"
+                and labels.get("route") == route
+                and labels.get("le") == "+Inf"
+            ):
+                total += value
+        counts[path.stem.rsplit("_", 1)[1]] = total
+    return counts
+
+
+def _scraped(text: str, route: str) -> float:
+    prefix = f'scoring_request_seconds_count{{route="{route}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.slow
+def test_metrics_are_summed_over_workers(
+    sqlite_repo: Path, model_root: Path, valid_body: dict, tmp_path: Path
+) -> None:
+    """Two workers on one socket: every scrape, whichever worker answers it, counts the
+    requests both served."""
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    env = {
+        **os.environ,
+        "SCORING_FEATURE_REPO": str(sqlite_repo),
+        "SCORING_MODEL_ROOT": str(model_root),
+        "SCORING_API_KEY_HASHES": hash_key(API_KEY),
+        "SCORING_DEADLINE_MS": "10000",
+        "SCORING_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    env.pop("PROMETHEUS_MULTIPROCESS_DIR", None)
+    log = tmp_path / "service.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while log.read_text(errors="replace").count("ready: model") < 2:
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        sent = 0
+        # Fresh connections until both workers have answered some (bounded).
+        while sent < 400:
+            for _ in range(20):
+                answer = httpx.post(f"{url}{SCORE}", json=valid_body, headers=API_HEADERS)
+                assert answer.status_code == 200, answer.text
+                sent += 1
+            per_worker = _worker_counts(metrics_dir, "score")
+            if sum(1 for n in per_worker.values() if n > 0) >= 2:
+                break
+        assert sum(1 for n in per_worker.values() if n > 0) >= 2, per_worker
+        assert sum(per_worker.values()) == sent
+        for _ in range(6):
+            scraped = httpx.get(f"{url}/metrics").text
+            assert _scraped(scraped, "score") == sent
+        assert "scoring_in_flight 0.0" in scraped
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "stopped" in log.read_text(errors="replace")
