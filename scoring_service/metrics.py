@@ -94,3 +94,34 @@ PREDICTION_LOG_DROPPED = Counter(
     "scoring_prediction_log_dropped_total",
     "Answers not logged: the log's queue was full (overload) or the disk refused them.",
 )
+VARIANT_REQUESTS = Counter(
+    "scoring_variant_requests_total",
+    "Rows answered (or, for shadows, scored) by each variant of the live deployment.",
+    ["variant", "model_version"],
+)
+VARIANT_SCORES = Histogram(
+    "scoring_variant_score",
+    "Scores given by each variant (a sample of each call).",
+    ["variant", "model_version"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+)
+VARIANT_SECONDS = Histogram(
+    "scoring_variant_predict_seconds",
+    "Model time of each variant per call (input assembly and prediction).",
+    ["variant"],
+    buckets=_BUCKETS,
+)
+SHADOW_SCORE_DIFF = Gauge(
+    "scoring_shadow_score_abs_diff",
+    "Mean absolute difference between a shadow's scores and the answers' over recent requests.",
+    ["shadow", "model_version"],
+)
+SHADOW_DROPPED = Counter(
+    "scoring_shadow_dropped_total",
+    "Rows not scored by shadows because their queue was full (shadows yield first under load).",
+)
+DEPLOYMENT_INFO = Gauge(
+    "scoring_deployment_info",
+    "The live deployment (1; 0 for those it replaced).",
+    ["domain", "deployment"],
+)

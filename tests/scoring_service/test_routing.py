@@ -1,0 +1,257 @@
+"""Many models behind one answer, on real packages and a real feature store: loading checks,
+sticky variants over one feature read, fallbacks (required views, a failing session, the store
+down), ensembles equal to their rule, shadows that never change the answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_repo.layout import open_store
+from models.package import MANIFEST_FILE, seal_package
+from scoring_service.deployment import DeploymentInvalid, parse_deployment
+from scoring_service.domain import map_records
+from scoring_service.features import FeastOnlineReader
+from scoring_service.routing import (
+    FALLBACK_FEATURES,
+    FALLBACK_MODEL_ERROR,
+    FALLBACK_STORE,
+    LiveDeployment,
+    ShadowRunner,
+)
+
+NAME = "fraud_model"
+
+
+def copy_version(root: Path, source: Path, version: str) -> None:
+    target = root / NAME / version
+    shutil.copytree(source, target)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["version"] = version
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    seal_package(target)
+
+
+@pytest.fixture(scope="module")
+def packages(
+    model_root: Path, sqlite_repo: Path, transactions_path: Path, tmp_path_factory
+) -> Path:
+    """v1, its copy v1b (same trees), and rt: a request-time-only model for fallbacks."""
+    from models.train import train
+
+    root = tmp_path_factory.mktemp("routing_packages")
+    copy_version(root, model_root / NAME / "v1", "v1")
+    copy_version(root, model_root / NAME / "v1", "v1b")
+    train(
+        repo_path=sqlite_repo,
+        events_path=transactions_path,
+        output_root=root,
+        feature_service="fraud_model_rt",
+        num_boost_round=30,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(sqlite_repo: Path):
+    return open_store(sqlite_repo)
+
+
+def deployment(**changes) -> dict:
+    base = {
+        "name": "test",
+        "sticky_field": "card_id",
+        "salt": "s",
+        "champion": {"name": "champion", "package": f"{NAME}/v1", "weight": 0.5},
+        "challengers": [{"name": "copy", "package": f"{NAME}/v1b", "weight": 0.5}],
+        "fallback": [{"name": "request-only", "package": f"{NAME}/rt"}],
+    }
+    return {**base, **changes}
+
+
+def live(packages: Path, store, data: dict, **kwargs) -> LiveDeployment:
+    return LiveDeployment.load(
+        parse_deployment(data), str(packages), store, request_fields=REQUEST_FIELDS, **kwargs
+    )
+
+
+REQUEST_FIELDS = ["transaction_id", "amount", "currency", "ip_address", "card_id", "merchant_id",
+                  "card_country", "ip_country", "merchant_country"]  # fmt: skip
+
+
+def mapped_for(dep: LiveDeployment, frame: pd.DataFrame):
+    records = list(frame.itertuples(index=False))
+    return map_records(records, dep.plan)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def requests(recent: pd.DataFrame) -> pd.DataFrame:
+    return recent.tail(200)
+
+
+def read(dep: LiveDeployment, store, mapped):
+    return FeastOnlineReader(store, dep.layout).read(mapped.keys)
+
+
+def test_one_read_serves_every_model_and_variants_are_sticky(packages, store, requests) -> None:
+    dep = live(packages, store, deployment())
+    # The union of the models' views: v1's three batch views; rt reads none.
+    assert [v.name for v in dep.layout.views] == [
+        v.name for v in dep.models[f"{NAME}/v1"].layout.views
+    ]
+    mapped = mapped_for(dep, requests)
+    batch = read(dep, store, mapped)
+    first = dep.answer(batch, mapped, len(requests))
+    again = dep.answer(batch, mapped, len(requests))
+    assert first.variants == again.variants
+    assert set(first.variants) == {"champion", "copy"}
+    # v1b is v1 sealed under another version: the same score for every row, whoever answered.
+    single = live(
+        packages,
+        store,
+        deployment(
+            champion={"name": "champion", "package": f"{NAME}/v1", "weight": 1.0}, challengers=[]
+        ),
+    )
+    alone = single.answer(batch, mapped, len(requests))
+    np.testing.assert_allclose(first.scores, alone.scores, atol=0)
+    assert first.labels == alone.labels
+    assert {v for v in first.model_versions} == {f"{NAME}/v1", f"{NAME}/v1b"}
+
+
+def test_required_views_missing_fall_back_with_a_reason(packages, store, requests) -> None:
+    data = deployment(
+        champion={
+            "name": "champion",
+            "package": f"{NAME}/v1",
+            "weight": 1.0,
+            "required_views": ["card_features"],
+        },
+        challengers=[],
+    )
+    dep = live(packages, store, data)
+    unknown = requests.copy()
+    unknown["card_id"] = [f"never_seen_{i}" for i in range(len(unknown))]
+    mapped = mapped_for(dep, unknown)
+    answered = dep.answer(read(dep, store, mapped), mapped, len(unknown))
+    assert set(answered.variants) == {"request-only"}
+    assert set(answered.model_versions) == {f"{NAME}/rt"}
+    assert all(FALLBACK_FEATURES in reasons for reasons in answered.reasons)
+    assert not np.isnan(answered.scores).any()
+
+
+def test_a_failing_session_falls_back(packages, store, requests) -> None:
+    dep = live(packages, store, deployment())
+
+    class Broken:
+        def predict(self, matrix):
+            raise RuntimeError("session failed")
+
+    for variant in dep.variants:
+        variant.members[0].model.predictor = Broken()  # type: ignore[assignment]
+    mapped = mapped_for(dep, requests)
+    answered = dep.answer(read(dep, store, mapped), mapped, len(requests))
+    assert set(answered.variants) == {"request-only"}
+    assert all(FALLBACK_MODEL_ERROR in reasons for reasons in answered.reasons)
+
+
+def test_store_down_uses_a_step_that_needs_no_store_then_the_outage_policy(
+    packages, store, requests
+) -> None:
+    dep = live(packages, store, deployment())
+    mapped = mapped_for(dep, requests)
+    answered = dep.answer(None, mapped, len(requests))
+    assert set(answered.variants) == {"request-only"}
+    assert all(FALLBACK_STORE in reasons for reasons in answered.reasons)
+    no_store_free_step = live(packages, store, deployment(fallback=[]))
+    assert no_store_free_step.answer(None, mapped, len(requests)) is None
+
+
+def test_ensemble_scores_follow_the_rule(packages, store, requests) -> None:
+    ensemble = {
+        "members": [{"package": f"{NAME}/v1", "weight": 3}, {"package": f"{NAME}/rt"}],
+        "rule": "weighted_mean",
+        "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.8},
+    }
+    data = deployment(
+        champion={"name": "blend", "ensemble": "blend", "weight": 1.0},
+        challengers=[],
+        fallback=[],
+        ensembles={"blend": ensemble},
+    )
+    dep = live(packages, store, data)
+    mapped = mapped_for(dep, requests)
+    batch = read(dep, store, mapped)
+    answered = dep.answer(batch, mapped, len(requests))
+    rows = np.arange(len(requests))
+    v1 = dep.variants[0].members[0].score(batch, mapped, rows)[0]
+    rt = dep.variants[0].members[1].score(batch, mapped, rows)[0]
+    np.testing.assert_allclose(answered.scores, (3 * v1 + rt) / 4, atol=1e-6)
+    assert set(answered.model_versions) == {"ensemble:blend"}
+    maximum = live(packages, store, {**data, "ensembles": {"blend": {**ensemble, "rule": "max"}}})
+    np.testing.assert_allclose(
+        maximum.answer(batch, mapped, len(requests)).scores, np.maximum(v1, rt), atol=1e-6
+    )
+
+
+def test_shadows_never_change_the_answer(packages, store, requests) -> None:
+    plain = live(packages, store, deployment())
+    shadowed = live(
+        packages, store, deployment(shadows=[{"name": "rt-shadow", "package": f"{NAME}/rt"}])
+    )
+    mapped = mapped_for(plain, requests)
+    batch = read(plain, store, mapped)
+    without = plain.answer(batch, mapped, len(requests))
+    with_shadow = shadowed.answer(batch, mapped, len(requests))
+    assert without.labels == with_shadow.labels and without.variants == with_shadow.variants
+    np.testing.assert_array_equal(without.scores, with_shadow.scores)
+    runner = ShadowRunner(shadowed)
+    runner.score(batch, mapped, with_shadow)  # agreement metrics from the same batch
+    from scoring_service import metrics
+
+    agreement = metrics.SHADOW_LABEL_AGREEMENT.labels("rt-shadow", f"{NAME}/rt")._value.get()
+    assert 0.0 <= agreement <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "fault"),
+    [
+        (
+            {"champion": {"name": "champion", "package": f"{NAME}/v9", "weight": 0.5}},
+            "package fraud_model/v9: no model package",
+        ),
+        ({"sticky_field": "customer"}, "sticky_field 'customer' is not a request field"),
+        (
+            {
+                "champion": {
+                    "name": "champion",
+                    "package": f"{NAME}/v1",
+                    "weight": 1.0,
+                    "required_views": ["nope"],
+                },
+                "challengers": [],
+            },
+            "required views \\['nope'\\] are read by no model",
+        ),
+        (
+            {
+                "ensembles": {
+                    "e": {
+                        "members": [{"package": f"{NAME}/v1"}, {"package": f"{NAME}/rt"}],
+                        "thresholds": {"highly_suspicious": 0.8, "suspicious": 0.3},
+                    }
+                },
+                "shadows": [{"name": "e-shadow", "ensemble": "e"}],
+            },
+            "thresholds must name the labels",
+        ),
+    ],
+)
+def test_faults_found_on_loading_name_themselves(packages, store, changes, fault) -> None:
+    with pytest.raises(DeploymentInvalid, match=fault):
+        live(packages, store, deployment(**changes))
