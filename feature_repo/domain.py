@@ -13,7 +13,9 @@ that says, in the business's words, what is scored and how:
   ``uncertain`` policy (which entities are required evidence and which optional);
 - ``reasons``: red flags in business words, as conditions on model inputs; they explain labels
   in serving and, summed, make the rules baseline a model must beat in training;
-- ``segments``: columns of the training data that reports break results down by.
+- ``segments``: columns of the training data that reports break results down by;
+- ``object_name`` and ``score_description``: how the API documentation names the business object
+  and the score; ``features``: each model input in business words, for explanations.
 
 Nothing here names a domain: training and serving read these declarations instead of code.
 """
@@ -26,6 +28,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from itertools import pairwise
 from numbers import Real
 from pathlib import Path
@@ -263,16 +266,32 @@ def _parse_text(spec: RequestField, value: Any, now: datetime | None) -> str:
     return value
 
 
+# A dotted quad already in canonical form: four decimal octets, no leading zeros, each <= 255.
+_CANONICAL_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+
+
 def _parse_ip(spec: RequestField, value: Any, now: datetime | None) -> str:
+    # Parsed once per scored request (10,000 times for a full batch): an IPv4 address already in
+    # canonical form, most of them, is recognised by one regular expression; other text goes
+    # through ``ipaddress``, its results cached (addresses repeat in traffic).
     if not isinstance(value, str) or len(value) > IP_TEXT_MAX:
         raise ValueError("must be an IPv4 or IPv6 address in text form, e.g. 203.0.113.7")
+    text = value.strip()
+    canonical = text if _CANONICAL_IPV4.fullmatch(text) else _canonical_ip(text)
+    return canonical if spec.canonicalize else value
+
+
+@lru_cache(maxsize=8192)
+def _canonical_ip(text: str) -> str:
     try:
-        address = ipaddress.ip_address(value.strip())
+        return str(ipaddress.ip_address(text))
     except ValueError:
         raise ValueError(
-            f"{value!r} is not a valid IPv4 or IPv6 address (e.g. 203.0.113.7 or 2001:db8::1)"
+            f"{text!r} is not a valid IPv4 or IPv6 address (e.g. 203.0.113.7 or 2001:db8::1)"
         ) from None
-    return str(address) if spec.canonicalize else value
 
 
 def _parse_currency(spec: RequestField, value: Any, now: datetime | None) -> str:
@@ -584,6 +603,44 @@ class SegmentSpec(BaseModel):
         return self
 
 
+class FeatureText(BaseModel):
+    """A model input in business words, for explanations.
+
+    ``text`` is a Python format string of ``value`` (``card used from {value:g} countries in the
+    last 24 h``); ``missing`` is said when the input has no value. In the file, a plain string
+    is the ``text``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, description="Sentence with {value}, e.g. {value:g}.")
+    missing: str | None = Field(
+        default=None, description="Sentence for a missing value (default: `<name>: unknown`)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        return {"text": data} if isinstance(data, str) else data
+
+    @field_validator("text")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        if "{value" not in value:
+            raise ValueError(f"{value!r} does not show the value; write {{value}} or {{value:g}}")
+        try:
+            value.format(value=1.5)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a format string of `value`: {exc}") from None
+        return value
+
+    def say(self, name: str, value: float | None) -> str:
+        """The sentence for one value (None or NaN: missing)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return self.missing or f"{name}: unknown"
+        return self.text.format(value=value)
+
+
 class DomainSpec(BaseModel):
     """A business domain: what is scored, from which request, into which labels, and why."""
 
@@ -615,6 +672,25 @@ class DomainSpec(BaseModel):
     training_data: str = Field(
         description="Labelled business objects (parquet) that training reads: the request "
         "fields, the label column and the event time; relative to the domain folder."
+    )
+    object_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9]*( [a-z0-9]+)*$",
+        max_length=64,
+        description="The business object in words, singular (`transaction`, `loan application`): "
+        "names the API's schemas (Transaction, LoanApplication) and documentation. Default: the "
+        "resource less a final s, hyphens as spaces.",
+    )
+    score_description: str | None = Field(
+        default=None,
+        min_length=1,
+        description="What the score means, for the API documentation (e.g. `Fraud probability "
+        "in [0, 1].`). Default: the probability of a positive label column.",
+    )
+    features: dict[Name, FeatureText] = Field(
+        default_factory=dict,
+        description="Model input -> its sentence in business words, for explanations; inputs "
+        "not listed are shown by name.",
     )
 
     _folder: Path | None = PrivateAttr(default=None)
@@ -719,6 +795,40 @@ class DomainSpec(BaseModel):
     def folder(self) -> Path | None:
         """Folder the spec was loaded from (the domain's Feast repository)."""
         return self._folder
+
+    @property
+    def object_words(self) -> str:
+        """The business object in words, singular (e.g. `loan application`)."""
+        if self.object_name:
+            return self.object_name
+        return self.resource.removesuffix("s").replace("-", " ")
+
+    @property
+    def schema_name(self) -> str:
+        """The request's schema name in the API (e.g. `LoanApplication`)."""
+        return "".join(word.capitalize() for word in self.object_words.split())
+
+    @property
+    def collection_field(self) -> str:
+        """Field of a batch request holding its objects (the resource, e.g. `loan_applications`)."""
+        return self.resource.replace("-", "_")
+
+    @property
+    def score_meaning(self) -> str:
+        """What the score means, for the API documentation."""
+        return (
+            self.score_description
+            or f"Probability that `{self.label_column}` is 1 (the riskiest outcome), in [0, 1]."
+        )
+
+    def feature_text(self, name: str, value: float | None) -> str:
+        """A model input and its value in business words (by name when not declared)."""
+        declared = self.features.get(name)
+        if declared is not None:
+            return declared.say(name, value)
+        if value is None or math.isnan(value):
+            return f"{name}: unknown"
+        return f"{name} = {value:g}"
 
     @property
     def join_keys(self) -> list[str]:

@@ -126,8 +126,12 @@ def write(root: Path, table: pa.Table, basename: str) -> list[Path]:
     return written
 
 
-def read(root: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of the log (hidden and temporary files are skipped), with its ``date``."""
+def read(
+    root: Path, columns: Sequence[str] | None = None, where: pc.Expression | None = None
+) -> pa.Table:
+    """Every row of the log (hidden and temporary files are skipped), with its ``date``; with
+    ``where`` (a pyarrow expression, e.g. ``pc.field(BUSINESS_ID) == "tx_1"``) only the rows
+    it keeps, pushed down to the parquet scan."""
     dataset = ds.dataset(
         str(root),
         format="parquet",
@@ -135,4 +139,4 @@ def read(root: Path, columns: Sequence[str] | None = None) -> pa.Table:
         exclude_invalid_files=True,
         ignore_prefixes=[".", "_"],
     )
-    return dataset.to_table(columns=list(columns) if columns is not None else None)
+    return dataset.to_table(columns=list(columns) if columns is not None else None, filter=where)

@@ -289,6 +289,19 @@ BAD = [
         ["reason codes repeat: ['large_claim']"],
     ),
     (
+        "feature_text_without_value",
+        "features",
+        {"claimed": "a large claim"},
+        ["features.claimed.text", "does not show the value"],
+    ),
+    (
+        "feature_text_bad_format",
+        "features",
+        {"claimed": "claimed {value:q}"},
+        ["is not a format string of `value`"],
+    ),
+    ("object_name_not_words", "object_name", "Insurance_Claim", ["object_name"]),
+    (
         "segment_bins_on_category",
         "segments",
         [{"name": "by_channel", "field": "channel", "bins": [0, 1]}],
@@ -360,6 +373,52 @@ def test_fields_parse_values_as_declared() -> None:
         refuse.parse("carrier pigeon")
     with pytest.raises(ValueError, match="must be a number"):
         spec.request_fields["claimed"].parse("ten")
+
+
+def test_ip_addresses_parse_to_the_text_the_keys_were_written_with() -> None:
+    ip = load_domain(ROOT / "feature_repo" / "fraud").request_fields["ip_address"]
+    assert ip.parse("203.0.113.7") == "203.0.113.7"  # canonical already: the fast path
+    assert ip.parse(" 203.0.113.7 ") == "203.0.113.7"
+    assert ip.parse("::ffff:cb00:7107") == "::ffff:cb00:7107"
+    assert ip.parse("2001:DB8::0:1") == ip.parse("2001:db8::1") == "2001:db8::1"
+    for bad in ("256.1.1.1", "010.1.2.3", "1.2.3", "not-an-ip"):
+        with pytest.raises(ValueError, match="not a valid IPv4 or IPv6 address"):
+            ip.parse(bad)
+    with pytest.raises(ValueError, match="in text form"):
+        ip.parse(12345)
+    kept = ip.model_copy(
+        update={"constraints": ip.constraints.model_copy(update={"canonicalize": False})}
+    )
+    assert kept.parse("2001:DB8::0:1") == "2001:DB8::0:1"
+
+
+def test_api_names_and_feature_sentences() -> None:
+    spec = DomainSpec.model_validate(
+        {
+            **minimal(),
+            "features": {
+                "claimed": "{value:,.0f} claimed",
+                "policy_claims_30d": {"text": "{value:g} claims in 30 days", "missing": "new"},
+            },
+        }
+    )
+    assert (spec.object_words, spec.schema_name) == ("insurance claim", "InsuranceClaim")
+    assert spec.collection_field == "insurance_claims"
+    assert "is_fraudulent" in spec.score_meaning
+    assert spec.feature_text("claimed", 12000.0) == "12,000 claimed"
+    assert spec.feature_text("policy_claims_30d", float("nan")) == "new"
+    assert spec.feature_text("claimed", None) == "claimed: unknown"
+    assert spec.feature_text("undeclared", 0.25) == "undeclared = 0.25"
+    named = DomainSpec.model_validate({**minimal(), "object_name": "claim"})
+    assert (named.schema_name, named.collection_field) == ("Claim", "insurance_claims")
+    fraud = load_domain(ROOT / "feature_repo" / "fraud")
+    assert fraud.schema_name == "Transaction"
+    assert fraud.feature_text("card_distinct_countries_24h", 3.0) == (
+        "card used from 3 countries in the last 24 h"
+    )
+    credit = load_domain(ROOT / "feature_repo" / "credit")
+    assert credit.schema_name == "LoanApplication"
+    assert credit.feature_text("bankruptcies", None) == "no credit history on record"
 
 
 def test_conditions_evaluate_per_row_and_skip_missing_inputs() -> None:
