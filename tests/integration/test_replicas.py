@@ -15,6 +15,7 @@ Counts are printed (pytest -s) and kept in the assertion messages.
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import RedisServer
-from tests.fixtures.nginx import LogEntry, Nginx
+from tests.fixtures.nginx import CONFIG, LogEntry, Nginx, nginx_binary
 from tests.fixtures.service import Replica, launch_replica
 from tests.scoring_service.conftest import API_HEADERS, as_request
 
@@ -257,3 +258,21 @@ def test_sigkill_one_replica_under_load_fails_at_most_its_in_flight_requests(
     assert len(failed_during) <= in_flight, (counts, failed_during[:5])
     assert len(failed_during) <= client_in_flight, (counts, failed_during[:5])
     assert len(after) >= 150 and not failed_after, (counts, failed_after[:5])
+
+
+def test_example_configuration_is_valid(tmp_path: Path) -> None:
+    """infra/nginx/nginx.conf with its example includes, as shipped, passes `nginx -t`."""
+    result = subprocess.run(
+        [
+            nginx_binary(),
+            "-t",
+            "-p", str(tmp_path),
+            "-e", str(tmp_path / "error.log"),
+            "-c", str(CONFIG),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr, result.stderr
