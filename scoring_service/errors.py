@@ -79,6 +79,14 @@ class ModelPackageInvalid(ScoringError):
     stage = "registry"
 
 
+class DeploymentRefused(ScoringError):
+    """A deployment cannot go live (unknown package, weights, cycle, ...); the live one stays."""
+
+    status_code = 409
+    code = "deployment_invalid"
+    stage = "deployment"
+
+
 class NotReady(ScoringError):
     """The service has not finished starting (or is shutting down)."""
 
@@ -125,6 +133,14 @@ class ConfigurationInvalid(ScoringError):
     status_code = 500
     code = "configuration_invalid"
     stage = "service"
+
+
+class AnswerNotLogged(ScoringError):
+    """An explanation was asked for an answer the prediction log does not hold."""
+
+    status_code = 404
+    code = "answer_not_logged"
+    stage = "explanation"
 
 
 UNEXPECTED_MESSAGE = (

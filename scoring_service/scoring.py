@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,9 +17,10 @@ from scoring_service import metrics
 from scoring_service.batcher import BatcherClosed, MicroBatcher
 from scoring_service.domain import MappedRequests
 from scoring_service.drift import DriftMonitor
-from scoring_service.errors import NotReady
+from scoring_service.errors import FeatureStoreUnavailable, NotReady
 from scoring_service.features import STATUS_NAMES, FeatureBatch, OnlineFeatureReader
 from scoring_service.registry import LoadedModel
+from scoring_service.routing import LiveDeployment, ShadowRunner, unread_batch
 from scoring_service.schemas import EntityFreshness
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Scored:
     label: str
     reasons: list[str]
     freshness: dict[str, EntityFreshness]
+    variant: str = "champion"  # the variant or fallback step that decided
+    model_version: str = ""  # `name/version` of the package (or `ensemble:<name>`)
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ScoredColumns:
     reasons: list[list[str]]
     status: dict[str, list[int]]  # join key -> n entity statuses (feature_repo.online codes)
     age_seconds: dict[str, list[float]]  # join key -> n row ages (NaN: no row)
+    variants: list[str] | None = None  # who decided each row (None: the champion, all rows)
+    model_versions: list[str] | None = None
+    default_version: str = ""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -76,10 +82,13 @@ class ScoredColumns:
     def rows(self) -> list[Scored]:
         """One ``Scored`` per request."""
         freshness = self.freshness(_entity_freshness)
+        n = len(self.scores)
+        variants = self.variants or ["champion"] * n
+        versions = self.model_versions or [self.default_version] * n
         return [
-            Scored(score, label, reasons, fresh)
-            for score, label, reasons, fresh in zip(
-                self.scores, self.labels, self.reasons, freshness, strict=True
+            Scored(score, label, reasons, fresh, variant, version)
+            for score, label, reasons, fresh, variant, version in zip(
+                self.scores, self.labels, self.reasons, freshness, variants, versions, strict=True
             )
         ]
 
@@ -89,7 +98,11 @@ def _entity_freshness(status: int, age: float | None) -> EntityFreshness:
 
 
 class Scorer:
-    """Scores mapped requests against one model and one online store.
+    """Scores mapped requests against a deployment's models and one online store.
+
+    A deployment of one package (the default) takes the direct path below; with challengers,
+    shadows, fallbacks or ensembles, ``scoring_service.routing`` decides each row over the same
+    single feature read.
 
     ``score`` is the service's path: small calls join a micro-batch (one feature read and one
     model call for every request that arrives while the previous batch is being scored, see
@@ -105,9 +118,14 @@ class Scorer:
         batch_max_rows: int = 64,
         batch_max_wait_s: float = 0.001,
         micro_batching: bool = True,
+        deployment: LiveDeployment | None = None,
     ) -> None:
         self.model = model
         self.reader = reader
+        self.deployment = deployment
+        # The direct path unless the deployment has more than one model or any fallback.
+        self.routed = deployment is not None and not _single(deployment)
+        self.shadows = ShadowRunner(deployment) if deployment is not None else None
         self._read_async: Callable[..., Awaitable[FeatureBatch]] | None
         self._read_async = getattr(reader, "read_async", None)
         version = model.version_label
@@ -118,7 +136,7 @@ class Scorer:
         }
         self._labels = {
             label: metrics.LABELS.labels(label, version)
-            for label in ("not_fraud", "suspicious", "highly_suspicious", "uncertain")
+            for label in [*model.policy.labels, model.policy.uncertain_label]
         }
         self._keys = [view.join_key for view in model.layout.views]
         self.drift = DriftMonitor.for_model(model)  # sliding-window drift and freshness gauges
@@ -127,6 +145,16 @@ class Scorer:
             if micro_batching
             else None
         )
+
+    @property
+    def mapping(self) -> Any:
+        """What ``map_records`` maps requests by: the deployment's union, or the manifest."""
+        return self.deployment.plan if self.routed else self.model.manifest  # type: ignore[union-attr]
+
+    @property
+    def version_label(self) -> str:
+        """The deployment's name when routed, else the model's ``name/version``."""
+        return self.deployment.spec.name if self.routed else self.model.version_label  # type: ignore[union-attr]
 
     def model_input(self, batch: FeatureBatch, mapped: MappedRequests) -> np.ndarray:
         """The model's input matrix: stored, then on-demand features, then request values."""
@@ -143,9 +171,13 @@ class Scorer:
         self._seconds["features"].observe(time.perf_counter() - started)
         return self.predict_and_label(batch, mapped)
 
-    def label_columns(self, batch: FeatureBatch, mapped: MappedRequests) -> ScoredColumns:
+    def label_columns(self, batch: FeatureBatch | None, mapped: MappedRequests) -> ScoredColumns:
         """One model call for the requests whose features were read, then their labels, as
-        arrays (``LabelPolicy.decide_many``): no object per row."""
+        arrays (``LabelPolicy.decide_many``): no object per row. ``batch`` is None only on a
+        routed deployment whose store could not be read."""
+        if self.routed:
+            return self._routed_columns(batch, mapped)
+        assert batch is not None
         started = time.perf_counter()
         matrix = self.model_input(batch, mapped)
         scores = self.model.predictor.predict(np.ascontiguousarray(matrix, dtype=np.float32))
@@ -163,9 +195,50 @@ class Scorer:
             reasons=reasons,
             status={key: values.tolist() for key, values in status.items()},
             age_seconds={key: batch.age_seconds[key].tolist() for key in self._keys},
+            default_version=self.model.version_label,
         )
 
-    def predict_and_label(self, batch: FeatureBatch, mapped: MappedRequests) -> list[Scored]:
+    def _routed_columns(self, batch: FeatureBatch | None, mapped: MappedRequests) -> ScoredColumns:
+        """Every row decided by its variant or the fallback chain (scoring_service.routing)."""
+        assert self.deployment is not None and self.shadows is not None
+        n = len(mapped.request_values)
+        started = time.perf_counter()
+        answered = self.deployment.answer(batch, mapped, n)
+        if answered is None:  # the store is down and no fallback answers without it
+            raise FeatureStoreUnavailable(
+                "The online feature store cannot be read right now; retry shortly."
+            )
+        self._seconds["predict"].observe(time.perf_counter() - started)
+        self.shadows.offer(batch, mapped, answered)
+        for label, count in Counter(answered.labels).items():
+            child = self._labels.get(label)
+            if child is not None:
+                child.inc(count)
+        shown = batch if batch is not None else unread_batch(self.deployment.layout, n)
+        keys = list(shown.status)
+        return ScoredColumns(
+            scores=[None if s != s else s for s in answered.scores.tolist()],  # type: ignore[misc]
+            labels=answered.labels,
+            reasons=answered.reasons,
+            status={key: shown.status[key].tolist() for key in keys},
+            age_seconds={key: shown.age_seconds[key].tolist() for key in keys},
+            variants=answered.variants,
+            model_versions=answered.model_versions,
+        )
+
+    async def _read(self, mapped: MappedRequests, large: bool) -> FeatureBatch | None:
+        """The feature read; None when a routed deployment's store is down (its fallbacks may
+        still answer)."""
+        try:
+            if self._read_async is None:
+                return await asyncio.to_thread(self.reader.read, mapped.keys)
+            return await self._read_async(mapped.keys, decode_off_loop=large)
+        except FeatureStoreUnavailable:
+            if self.routed and self.deployment is not None and self.deployment.fallback:
+                return None
+            raise
+
+    def predict_and_label(self, batch: FeatureBatch | None, mapped: MappedRequests) -> list[Scored]:
         """``label_columns``, one ``Scored`` per request."""
         return self.label_columns(batch, mapped).rows()
 
@@ -173,12 +246,8 @@ class Scorer:
         """One feature read and one model call for a large call (score-batch), as columns;
         decoding, the model call and labelling run off the event loop when it is large."""
         started = time.perf_counter()
-        if self._read_async is None:
-            batch = await asyncio.to_thread(self.reader.read, mapped.keys)
-            large = True
-        else:
-            large = len(mapped.request_values) > OFF_LOOP_ROWS
-            batch = await self._read_async(mapped.keys, decode_off_loop=large)
+        large = self._read_async is None or len(mapped.request_values) > OFF_LOOP_ROWS
+        batch = await self._read(mapped, large)
         self._seconds["features"].observe(time.perf_counter() - started)
         if large:
             return await asyncio.to_thread(self.label_columns, batch, mapped)
@@ -187,15 +256,15 @@ class Scorer:
     async def score_now(self, mapped: MappedRequests) -> list[Scored]:
         """One feature read and one model call for these requests, without batching."""
         started = time.perf_counter()
-        if self._read_async is None:
+        if self._read_async is None and not self.routed:
             return await asyncio.to_thread(self.score_sync, mapped)
         large = len(mapped.request_values) > OFF_LOOP_ROWS
-        batch = await self._read_async(mapped.keys, decode_off_loop=large)
+        batch = await self._read(mapped, large)
         self._seconds["features"].observe(time.perf_counter() - started)
-        if large:
+        if large or self._read_async is None:
             # A large call would hold the event loop for its whole model call and labelling.
-            return await asyncio.to_thread(self.predict_and_label, batch, mapped)
-        return self.predict_and_label(batch, mapped)
+            return await asyncio.to_thread(self.predict_and_label, batch, mapped)  # type: ignore[arg-type]
+        return self.predict_and_label(batch, mapped)  # type: ignore[arg-type]
 
     async def score(self, mapped: MappedRequests) -> list[Scored]:
         """Score n requests: small calls join the next micro-batch, large ones go alone."""
@@ -219,10 +288,29 @@ class Scorer:
             start += n
         return out
 
+    def start(self) -> None:
+        """Start the background work (shadow scoring) on the running event loop."""
+        if self.shadows is not None:
+            self.shadows.start()
+
     async def aclose(self) -> None:
         """Finish the batches in progress; take no more."""
         if self.batcher is not None:
             await self.batcher.close()
+        if self.shadows is not None:
+            await self.shadows.aclose()
+
+
+def _single(deployment: LiveDeployment) -> bool:
+    """A deployment of one package, no ensemble, no fallback, no shadow."""
+    (variant,) = deployment.variants[:1]
+    return (
+        len(deployment.variants) == 1
+        and len(variant.members) == 1
+        and not variant.required_views
+        and not deployment.fallback
+        and not deployment.shadows
+    )
 
 
 def merge_mapped(items: list[MappedRequests]) -> MappedRequests:

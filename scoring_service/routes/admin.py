@@ -1,4 +1,7 @@
-"""Admin: reload the model, read the running configuration. Every route needs an admin key."""
+"""Admin: deployments (apply, roll back, history), model reload, the running configuration.
+
+Every route needs an admin key.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,14 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Security
+from fastapi import APIRouter, Body, Request, Security
 from pydantic import BaseModel, ConfigDict, Field
 
 from scoring_service.deps import SettingsDep
 from scoring_service.errors import NotReady
 from scoring_service.registry import LoadedModel, ModelRegistry
 from scoring_service.schemas import ErrorResponse
-from scoring_service.security import KeyRing, KeyScope, require_scope
+from scoring_service.security import API_KEY_HEADER, KeyRing, KeyScope, hash_key, require_scope
 from scoring_service.settings import Settings
 
 router = APIRouter(
@@ -130,3 +133,67 @@ async def reload_model(body: ReloadRequest, request: Request) -> ModelSummary:
     loaded = await asyncio.to_thread(registry.reload, body.name, body.version)
     request.app.state.scorer = build(loaded)
     return summarize(loaded)
+
+
+# --- deployments ---------------------------------------------------------------------------------
+
+DEPLOYMENT_EXAMPLE = {
+    "name": "fraud v2 with a v1 control group",
+    "sticky_field": "card_id",
+    "salt": "2026-12",
+    "champion": {"name": "champion", "package": "fraud_model/v2", "weight": 0.9},
+    "challengers": [{"name": "v1-control", "package": "fraud_model/v1", "weight": 0.1}],
+    "shadows": [{"name": "v1-shadow", "package": "fraud_model/v1"}],
+    "fallback": [{"name": "request-only", "package": "fraud_model/rt"}],
+}
+REFUSED = {
+    409: {
+        "model": ErrorResponse,
+        "description": "deployment_invalid: the deployment cannot go live (unknown package, "
+        "weights not summing to 1, a fallback cycle, an ensemble member with other entities, "
+        "an unknown sticky field, ...); the message names the fault and the live deployment "
+        "keeps serving.",
+    }
+}
+
+
+def _manager(request: Request) -> Any:
+    manager = getattr(request.app.state, "deployments", None)
+    if manager is None:
+        raise NotReady("The scoring service is starting or stopping; retry in a moment.")
+    return manager
+
+
+def _key_id(request: Request) -> str:
+    """Which admin key asked: the first 12 hex digits of its sha256 (never the key)."""
+    key = request.headers.get(API_KEY_HEADER, "")
+    return f"key:{hash_key(key)[:12]}"
+
+
+@router.get("/deployments", responses=ERRORS)
+async def deployments(request: Request) -> dict[str, Any]:
+    """The live deployment, the one a rollback would restore, and the history of changes."""
+    return _manager(request).describe()  # type: ignore[no-any-return]
+
+
+@router.post("/deployments", responses={**ERRORS, **REFUSED})
+async def apply_deployment(
+    request: Request,
+    body: Annotated[
+        dict[str, Any], Body(openapi_examples={"canary": {"value": DEPLOYMENT_EXAMPLE}})
+    ],
+) -> dict[str, Any]:
+    """Validate a deployment completely (every package loads and is sealed, its graphs agree,
+    its features are in the live feature store, thresholds rise, the sticky field exists) and
+    swap it in atomically; requests in flight finish on the deployment they started on."""
+    manager = _manager(request)
+    live = await manager.apply(body, _key_id(request))
+    return {"live": live.spec.name, "history": manager.describe()["history"][-1]}
+
+
+@router.post("/deployments/rollback", responses={**ERRORS, **REFUSED})
+async def rollback_deployment(request: Request) -> dict[str, Any]:
+    """Restore the previous deployment (kept open: no loading, so it takes effect at once)."""
+    manager = _manager(request)
+    live = await manager.rollback(_key_id(request))
+    return {"live": live.spec.name, "history": manager.describe()["history"][-1]}

@@ -239,14 +239,14 @@ def _freshness(freshness: dict[str, EntityFreshness]) -> dict[str, dict[str, Any
 
 async def answer_transaction(call: ScoreCall[Transaction]) -> dict[str, Any]:
     """POST /v1/transactions/score: a ``ScoreResponse``."""
-    transaction, model = call.value, call.scorer.model
-    (result,) = await call.score(map_records([transaction], model.manifest))
+    transaction, scorer = call.value, call.scorer
+    (result,) = await call.score(map_records([transaction], scorer.mapping))
     return {
         "transaction_id": transaction.transaction_id,
         "score": result.score,
         "label": result.label,
         "reasons": result.reasons,
-        "model_version": model.version_label,
+        "model_version": result.model_version or scorer.model.version_label,
         "feature_freshness": _freshness(result.freshness),
         "request_id": current_request_id(),
     }
@@ -256,15 +256,15 @@ def entity_answerer(entity: str, join_key: str) -> Any:
     """GET /v1/{entities}/{id}/score: an ``EntityScoreResponse`` for one entity id."""
 
     async def answer(call: ScoreCall[str]) -> dict[str, Any]:
-        entity_id, model = call.value, call.scorer.model
-        (result,) = await call.score(map_entity(join_key, entity_id, model.manifest))
+        entity_id, scorer = call.value, call.scorer
+        (result,) = await call.score(map_entity(join_key, entity_id, scorer.mapping))
         return {
             "entity": entity,
             "entity_id": entity_id,
             "score": result.score,
             "label": result.label,
             "reasons": result.reasons,
-            "model_version": model.version_label,
+            "model_version": result.model_version or scorer.model.version_label,
             "feature_freshness": _freshness(result.freshness),
             "request_id": current_request_id(),
         }
@@ -288,14 +288,14 @@ def batch_answerer(max_batch_size: int) -> Any:
                 "split it into smaller calls"
             )
         scorer = call.scorer
-        mapped = map_records(transactions, scorer.model.manifest)
+        mapped = map_records(transactions, scorer.mapping)
         if scorer.batcher is not None and n < scorer.batcher.max_size:
             # Small enough to share a micro-batch with concurrent calls.
             scored: ScoredColumns | list[Scored] = await call.score(mapped)
         else:
             scored = await call.run(lambda: scorer.score_columns(mapped), n)
         ids = [t.transaction_id for t in transactions]
-        version, request_id = scorer.model.version_label, current_request_id()
+        version, request_id = scorer.version_label, current_request_id()
         if n > OFF_LOOP_ROWS:
             return await asyncio.to_thread(batch_json, ids, scored, version, request_id)
         return batch_json(ids, scored, version, request_id)
@@ -308,25 +308,28 @@ def batch_json(
 ) -> bytes:
     """A ``ScoreBatchResponse`` as JSON: rows in request order."""
     scores: list[float] | list[float | None]
+    versions: list[str]
     if isinstance(scored, ScoredColumns):
         scores, labels, reasons = scored.scores, scored.labels, scored.reasons
         freshness = scored.freshness(_freshness_json)
+        versions = scored.model_versions or [version] * len(ids)
     else:  # answers of the outage policy, or a micro-batch's rows
         scores = [r.score for r in scored]
         labels = [r.label for r in scored]
         reasons = [r.reasons for r in scored]
         freshness = [_freshness(r.freshness) for r in scored]
-    columns = zip(ids, scores, labels, reasons, freshness, strict=True)
+        versions = [r.model_version or version for r in scored]
+    columns = zip(ids, scores, labels, reasons, versions, freshness, strict=True)
     results = [
         {
             "transaction_id": transaction_id,
             "score": score,
             "label": label,
             "reasons": reasons,
-            "model_version": version,
+            "model_version": row_version or version,
             "feature_freshness": fresh,
         }
-        for transaction_id, score, label, reasons, fresh in columns
+        for transaction_id, score, label, reasons, row_version, fresh in columns
     ]
     return orjson.dumps({"results": results, "model_version": version, "request_id": request_id})
 

@@ -15,8 +15,10 @@ from scoring_service.security import hash_key
 from scoring_service.settings import Settings
 
 API_KEY = "test-scoring-key"
+ANALYST_KEY = "test-analyst-key"
 ADMIN_KEY = "test-admin-key"
 API_HEADERS = {"X-API-Key": API_KEY}
+ANALYST_HEADERS = {"X-API-Key": ANALYST_KEY}
 ADMIN_HEADERS = {"X-API-Key": ADMIN_KEY}
 
 
@@ -25,6 +27,7 @@ def settings_for(repo: Path, model_root: Path, yaml: str | None = None, **extra)
     machine (tests of deadlines set their own)."""
     defaults: dict = {
         "api_key_hashes": (hash_key(API_KEY),),
+        "analyst_key_hashes": (hash_key(ANALYST_KEY),),
         "admin_key_hashes": (hash_key(ADMIN_KEY),),
         "deadline_ms": 5_000,
         "batch_deadline_ms": 10_000,
@@ -78,3 +81,33 @@ def recent(transactions: pd.DataFrame, feature_tables: dict[str, pd.DataFrame]) 
 @pytest.fixture()
 def valid_body(recent: pd.DataFrame) -> dict:
     return as_request(recent.iloc[-1])
+
+
+@pytest.fixture(scope="session")
+def deployment_packages(
+    model_root: Path, sqlite_repo: Path, transactions_path: Path, tmp_path_factory
+) -> Path:
+    """Packages for deployments: v1, v1b (v1's trees sealed as another version) and rt, a
+    request-time-only model for fallbacks, trained through the real pipeline."""
+    import json
+    import shutil
+
+    from models.package import MANIFEST_FILE, seal_package
+    from models.train import train
+
+    root = tmp_path_factory.mktemp("deployment_packages")
+    for version in ("v1", "v1b"):
+        target = root / "fraud_model" / version
+        shutil.copytree(model_root / "fraud_model" / "v1", target)
+        manifest = json.loads((target / MANIFEST_FILE).read_text())
+        manifest["version"] = version
+        (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        seal_package(target)
+    train(
+        repo_path=sqlite_repo,
+        events_path=transactions_path,
+        output_root=root,
+        feature_service="fraud_model_rt",
+        num_boost_round=30,
+    )
+    return root

@@ -4,8 +4,6 @@ down), ensembles equal to their rule, shadows that never change the answer."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,6 @@ import pandas as pd
 import pytest
 
 from feature_repo.layout import open_store
-from models.package import MANIFEST_FILE, seal_package
 from scoring_service.deployment import DeploymentInvalid, parse_deployment
 from scoring_service.domain import map_records
 from scoring_service.features import FeastOnlineReader
@@ -28,33 +25,10 @@ from scoring_service.routing import (
 NAME = "fraud_model"
 
 
-def copy_version(root: Path, source: Path, version: str) -> None:
-    target = root / NAME / version
-    shutil.copytree(source, target)
-    manifest = json.loads((target / MANIFEST_FILE).read_text())
-    manifest["version"] = version
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    seal_package(target)
-
-
 @pytest.fixture(scope="module")
-def packages(
-    model_root: Path, sqlite_repo: Path, transactions_path: Path, tmp_path_factory
-) -> Path:
-    """v1, its copy v1b (same trees), and rt: a request-time-only model for fallbacks."""
-    from models.train import train
-
-    root = tmp_path_factory.mktemp("routing_packages")
-    copy_version(root, model_root / NAME / "v1", "v1")
-    copy_version(root, model_root / NAME / "v1", "v1b")
-    train(
-        repo_path=sqlite_repo,
-        events_path=transactions_path,
-        output_root=root,
-        feature_service="fraud_model_rt",
-        num_boost_round=30,
-    )
-    return root
+def packages(deployment_packages: Path) -> Path:
+    """v1, v1b and rt (tests/scoring_service/conftest.py)."""
+    return deployment_packages
 
 
 @pytest.fixture(scope="module")
