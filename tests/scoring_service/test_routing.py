@@ -229,3 +229,69 @@ def test_shadows_never_change_the_answer(packages, store, requests) -> None:
 def test_faults_found_on_loading_name_themselves(packages, store, changes, fault) -> None:
     with pytest.raises(DeploymentInvalid, match=fault):
         live(packages, store, deployment(**changes))
+
+
+# --- the same fallbacks against a real redis-server, through the fast reader --------------------
+
+
+@pytest.fixture(scope="module")
+def redis_store(redis_repo: Path):
+    return open_store(redis_repo, redis_repo / "feature_store.redis.yaml")
+
+
+def test_fallbacks_on_a_real_redis(
+    packages, redis_store, redis_server, redis_repo, requests, monkeypatch
+) -> None:
+    """Required views deleted from Redis -> the fallback answers, naming why; the store
+    unreachable -> the request-time step answers; without it, the outage policy's turn (None)."""
+    import redis
+
+    from scoring_service.errors import FeatureStoreUnavailable
+    from scoring_service.redis.codec import ViewCodec
+    from scoring_service.redis.reader import RedisFeatureReader
+
+    data = deployment(
+        champion={"name": "champion", "package": f"{NAME}/v1", "weight": 1.0,
+                  "required_views": ["card_features"]},
+        challengers=[],
+    )  # fmt: skip
+    dep = live(packages, redis_store, data)
+    reader = RedisFeatureReader.from_store(redis_store, dep.layout)
+    try:
+        mapped = mapped_for(dep, requests)
+        assert set(dep.answer(reader.read(mapped.keys), mapped, len(requests)).variants) == {
+            "champion"
+        }
+        # Delete the card rows of the first 50 requests: those fall back, the rest do not.
+        view = next(v for v in dep.layout.views if v.name == "card_features")
+        codec = ViewCodec.build(view, redis_store.config.project)
+        client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+        cards = list(dict.fromkeys(mapped.keys["card_id"][:50]))
+        client.delete(*[codec.redis_key(card) for card in cards])
+        answered = dep.answer(reader.read(mapped.keys), mapped, len(requests))
+        gone = {i for i, card in enumerate(mapped.keys["card_id"]) if card in set(cards)}
+        for i, variant in enumerate(answered.variants):
+            if i in gone:
+                assert variant == "request-only" and FALLBACK_FEATURES in answered.reasons[i]
+            else:
+                assert variant == "champion"
+        # A store whose server does not answer (nothing listens on the port): the shared server
+        # keeps its data for the other tests.
+        from tests.conftest import free_port
+
+        monkeypatch.setenv("REDIS_CONNECTION_STRING", f"127.0.0.1:{free_port()}")
+        dead = RedisFeatureReader.from_store(
+            open_store(redis_repo, redis_repo / "feature_store.redis.yaml"), dep.layout
+        )
+        try:
+            with pytest.raises(FeatureStoreUnavailable):
+                dead.read(mapped.keys)
+        finally:
+            dead.close()
+        down = dep.answer(None, mapped, len(requests))
+        assert set(down.variants) == {"request-only"}
+        assert all(FALLBACK_STORE in reasons for reasons in down.reasons)
+        no_fallback = live(packages, redis_store, {**data, "fallback": []})
+        assert no_fallback.answer(None, mapped, len(requests)) is None
+    finally:
+        reader.close()
