@@ -47,7 +47,7 @@ from models.package import (
     package_dir,
     psi,
     read_manifest,
-    score_baseline,
+    score_reference,
 )
 from models.report import json_safe, png_base64
 
@@ -301,7 +301,7 @@ def drift(group: pd.DataFrame, manifest: Manifest | None) -> dict:
     out: dict = {"score_psi": math.nan, "features": {}}
     if manifest is None:
         return out
-    reference = score_baseline(manifest.baseline_score_distribution)
+    reference = score_reference(manifest)
     scores = group[plog.SCORE].to_numpy(dtype=np.float64, na_value=np.nan)
     if reference is not None and len(scores):
         out["score_psi"] = psi(reference.proportions, bin_counts(scores, reference.edges))

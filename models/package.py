@@ -33,6 +33,13 @@ BASELINE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Proportions are floored at this before the PSI's logarithm, so an empty bin on either side
 # contributes a large but finite term.
 PSI_EPSILON = 1e-4
+# Bin edges of the score baseline: deciles, and the tail where the alerting labels live.
+SCORE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+# Score bin edges sit this far below the holdout quantiles. The served graphs answer in float32
+# and within the ONNX parity tolerance of LightGBM's float64 scores, and a fraud model's scores
+# pile up on a few values (a quarter of them can equal the lowest quantile): without the margin,
+# those rows would fall just below an edge and fake a drift.
+SCORE_EDGE_TOLERANCE = 1e-5
 
 
 class GraphInfo(BaseModel):
@@ -225,6 +232,11 @@ class Manifest(BaseModel):
     feature_baselines: dict[str, FeatureBaseline] = Field(
         default_factory=dict,
         description="Per-input distribution on the training split (empty in older packages).",
+    )
+    baseline_score_bins: FeatureBaseline | None = Field(
+        default=None,
+        description="Holdout scores binned and counted, for score PSI (older packages: None, "
+        "and the quantiles of baseline_score_distribution serve).",
     )
     training: dict[str, object] = Field(default_factory=dict)
     library_versions: dict[str, str] = Field(default_factory=dict)
@@ -461,9 +473,35 @@ def psi(expected: np.ndarray | list[float], actual_counts: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def score_bins(scores: np.ndarray) -> FeatureBaseline:
+    """The score baseline of holdout scores: ``SCORE_QUANTILES`` edges (less
+    ``SCORE_EDGE_TOLERANCE``) and the counted share of the scores in each bin."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return FeatureBaseline(edges=[], proportions=[1.0], missing_rate=0.0, n_rows=0)
+    edges = np.unique(np.quantile(values, SCORE_QUANTILES)) - SCORE_EDGE_TOLERANCE
+    return FeatureBaseline(
+        edges=edges.tolist(),
+        proportions=(bin_counts(values, edges) / values.size).tolist(),
+        missing_rate=0.0,
+        n_rows=int(values.size),
+    )
+
+
+def score_reference(manifest: Manifest) -> FeatureBaseline | None:
+    """What served scores are compared with: the package's counted score bins, or for older
+    packages bins derived from its score quantiles."""
+    if manifest.baseline_score_bins is not None:
+        return manifest.baseline_score_bins
+    return score_baseline(manifest.baseline_score_distribution)
+
+
 def score_baseline(distribution: dict[str, float]) -> FeatureBaseline | None:
-    """The score baseline as bins: the quantiles of ``baseline_score_distribution`` are the
-    edges, and the gaps between their levels the expected shares (tied quantiles merge)."""
+    """Score bins from quantiles alone (packages without ``baseline_score_bins``): the
+    quantiles (less ``SCORE_EDGE_TOLERANCE``) are the edges and the gaps between their levels
+    the expected shares, tied quantiles merged. Approximate where scores tie: a quantile level
+    says nothing of how much mass sits exactly on it."""
     levels: list[tuple[float, float]] = []
     for key, value in distribution.items():
         if not key.startswith("q") or value != value:  # NaN: no scores at training
@@ -482,4 +520,5 @@ def score_baseline(distribution: dict[str, float]) -> FeatureBaseline | None:
         edges.append(value)
         below = level
     proportions.append(1.0 - below)
-    return FeatureBaseline(edges=edges, proportions=proportions, missing_rate=0.0, n_rows=0)
+    shifted = [edge - SCORE_EDGE_TOLERANCE for edge in edges]
+    return FeatureBaseline(edges=shifted, proportions=proportions, missing_rate=0.0, n_rows=0)

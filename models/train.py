@@ -43,6 +43,7 @@ from models.package import (
     OnDemandViewInfo,
     UncertainPolicy,
     feature_baseline,
+    score_bins,
     sha256_bytes,
     write_package,
 )
@@ -359,6 +360,7 @@ def train(
         artefacts={BOOSTER_FILE: sha256_bytes(files[BOOSTER_FILE])},
         metrics=metrics,
         baseline_score_distribution=evaluate.score_quantiles(hold_scores),
+        baseline_score_bins=score_bins(hold_scores),
         # Drift references for serving and monitoring: the data the trees were fitted on.
         feature_baselines={
             name: feature_baseline(x_train[:, j]) for j, name in enumerate(features)

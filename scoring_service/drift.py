@@ -7,7 +7,7 @@ or ``every_rows`` rows, a background thread summarises the window into Prometheu
 (``scoring_service.metrics``):
 
 - ``scoring_score_psi{model_version}``: PSI of the window's scores against the package's
-  ``baseline_score_distribution`` (holdout score quantiles);
+  holdout score baseline (``baseline_score_bins``; quantiles in older packages);
 - ``scoring_feature_psi{model_version,feature}`` and ``scoring_feature_missing_rate``: each
   input against its training baseline (``Manifest.feature_baselines``: decile bins, missing
   rate). PSI is over the non-missing values; a feature going missing shows in the missing rate;
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feature_repo.online import NOT_REQUESTED, FeatureBatch
-from models.package import FeatureBaseline, Manifest, bin_counts, psi, score_baseline
+from models.package import FeatureBaseline, Manifest, bin_counts, psi, score_reference
 from scoring_service import metrics
 
 if TYPE_CHECKING:
@@ -156,12 +156,12 @@ class DriftMonitor:
             f"{manifest.name}/{manifest.version}",
             manifest.features,
             manifest.feature_baselines,
-            score_baseline(manifest.baseline_score_distribution),
+            score_reference(manifest),
             views,
             **options,  # type: ignore[arg-type]
         )
 
-    def observe(self, matrix: np.ndarray, scores: np.ndarray, batch: FeatureBatch) -> None:
+    def observe(self, matrix: np.ndarray, scores: np.ndarray, batch: FeatureBatch | None) -> None:
         """Add a scored batch to the window; summarise when due. Never raises into scoring."""
         try:
             due = self._add(matrix, scores, batch)
@@ -176,7 +176,7 @@ class DriftMonitor:
             else:
                 self._refresh_once()
 
-    def _add(self, matrix: np.ndarray, scores: np.ndarray, batch: FeatureBatch) -> bool:
+    def _add(self, matrix: np.ndarray, scores: np.ndarray, batch: FeatureBatch | None) -> bool:
         n = len(scores)
         if n == 0:
             return False
@@ -184,8 +184,9 @@ class DriftMonitor:
             raise ValueError(f"{matrix.shape[1]} inputs, the package has {len(self.features)}")
         skip = max(0, n - self.window_rows)  # a batch larger than the window keeps its tail
         rows = n - skip
-        ages = [batch.view_age_seconds.get(view.name) for view in self.views]
-        statuses = [batch.status.get(view.join_key) for view in self.views]
+        # No batch: nothing was read from the store (a model of request features only).
+        ages = [batch.view_age_seconds.get(v.name) if batch else None for v in self.views]
+        statuses = [batch.status.get(v.join_key) if batch else None for v in self.views]
         with self._lock:
             # At most two slice writes per array: up to the end of the ring, then from its start.
             first = min(rows, self.window_rows - self._next)

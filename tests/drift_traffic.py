@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.package import FeatureBaseline, Manifest, score_baseline
+from models.package import FeatureBaseline, Manifest, score_reference
 
 
 def sample(baseline: FeatureBaseline, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -33,7 +33,7 @@ def traffic(manifest: Manifest, n: int, seed: int = 0) -> tuple[np.ndarray, np.n
     matrix = np.column_stack(
         [sample(manifest.feature_baselines[name], n, rng) for name in manifest.features]
     ).astype(np.float32)
-    reference = score_baseline(manifest.baseline_score_distribution)
+    reference = score_reference(manifest)
     assert reference is not None
     scores = np.clip(sample(reference, n, rng), 0.0, 1.0)
     return matrix, scores

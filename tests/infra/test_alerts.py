@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from feature_pipelines.fraud.schema import api_body
 from feature_repo.layout import ViewSpec
 from feature_repo.online import StoreLayout, assemble
-from models.package import feature_baseline, score_baseline
+from models.package import feature_baseline, score_bins
 from scoring_service.app import create_app
 from scoring_service.drift import DriftMonitor, ViewWatch
 from tests.scoring_service.conftest import API_HEADERS, settings_for
@@ -137,13 +137,7 @@ def planted_exposition() -> str:
     training = {"amount": rng.lognormal(3.5, 1.0, 20_000), "count": rng.poisson(2.0, 20_000)}
     baselines = {name: feature_baseline(values) for name, values in training.items()}
     scores = rng.beta(0.5, 20.0, 20_000)
-    quantiles = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999]
-    reference = score_baseline(
-        {
-            f"q{q:g}": float(v)
-            for q, v in zip(quantiles, np.quantile(scores, quantiles), strict=True)
-        }
-    )
+    reference = score_bins(scores)
     views = {
         "alerts_fresh_view": ViewSpec("k_fresh", 86_400, ["x"]),
         "alerts_stalled_view": ViewSpec("k_stalled", 30 * 86_400, ["y"]),
