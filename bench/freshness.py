@@ -54,9 +54,10 @@ from feature_pipelines.fraud.aggregate import aggregate  # noqa: E402
 from feature_pipelines.fraud.events import STREAM, TransactionEvent  # noqa: E402
 from feature_pipelines.fraud.generate import generate_transactions, write_transactions  # noqa: E402
 from feature_pipelines.fraud.schema import TABLE_FILES  # noqa: E402
-from feature_pipelines.fraud.windows import CATALOGUE  # noqa: E402
+from feature_pipelines.fraud.windows import CATALOGUE, STATE_PREFIX  # noqa: E402
 from feature_pipelines.streaming.replay import stream_tables, write_stream_tables  # noqa: E402
 from feature_pipelines.streaming.source import append_events  # noqa: E402
+from feature_pipelines.streaming.state import state_key  # noqa: E402
 from feature_pipelines.tables import write_feature_tables  # noqa: E402
 from scoring_service.security import hash_key, new_key  # noqa: E402
 
@@ -215,7 +216,7 @@ def score(client: httpx.Client, body: dict[str, Any]) -> float | None:
 
 def row_written(client: redis.Redis, card_id: str) -> bool:
     """Whether the consumer's window state holds the card (its row was pushed before the ack)."""
-    return bool(client.exists(f"fraud:rt:card:{card_id}"))
+    return bool(client.exists(state_key(STATE_PREFIX, "card", card_id)))
 
 
 def measure(

@@ -105,8 +105,9 @@ class Settings(BaseSettings):
 
     redis_reader: Literal["fast", "feast"] = "fast"
     """How to read a Redis online store: fast (pipelined HMGETs of Feast's own layout on the
-    event loop, proven equal to Feast's get_online_features) or feast (Feast's SDK). Other
-    stores (SQLite) and Redis Cluster/Sentinel always read through Feast's SDK."""
+    event loop, proven equal to Feast's get_online_features; on a Redis Cluster one pipeline
+    per master) or feast (Feast's SDK). Other stores (SQLite) and Redis Sentinel always read
+    through Feast's SDK."""
 
     micro_batching: bool = True
     """Gather concurrent scoring calls into one feature read and one model call."""

@@ -35,8 +35,12 @@ MEMBER_SEPARATOR: Final = "|"
 
 
 def state_key(prefix: str, kind: str, entity: str) -> str:
-    """Redis key of one entity's event set: the one place that names state keys."""
-    return f"{prefix}:{kind}:{entity}"
+    """Redis key of one entity's event set: the one place that names state keys.
+
+    The entity is the key's hash tag (``{entity}``): on a Redis Cluster everything kept for one
+    entity hashes to one slot, so commands on it may share a transaction there.
+    """
+    return f"{prefix}:{kind}:{{{entity}}}"
 
 
 class WindowState:
@@ -78,12 +82,17 @@ class WindowState:
         return MEMBER_SEPARATOR.join(parts)
 
     def apply(self, events: Sequence[Any]) -> dict[str, pd.DataFrame]:
-        """Add events, then compute each event's row from the state (one MULTI/EXEC per call).
+        """Add events, then compute each event's row from the state (one MULTI/EXEC per call;
+        on a Redis Cluster, one pipeline).
 
         Returns rows per table of ``catalogue.tables``, as ``replay.stream_tables`` does.
         """
         grouped: dict[str, dict[str, list[Any]]] = {}
-        with self.client.pipeline(transaction=True) as pipe:
+        # A cluster runs a transaction within one slot only, and a batch spans many entities:
+        # there the batch is a plain pipeline. Each entity's commands still run in order on its
+        # node, and with one consumer per entity (module docstring) nothing comes between them.
+        atomic = not isinstance(self.client, redis.cluster.RedisCluster)
+        with self.client.pipeline(transaction=atomic) as pipe:
             for table, kind in self.catalogue.tables.items():
                 by_entity: dict[str, list[Any]] = defaultdict(list)
                 for event in events:

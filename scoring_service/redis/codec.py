@@ -157,7 +157,10 @@ class ViewCodec:
 
     def command(self, entity_id: str) -> bytes:
         """One packed ``HMGET key field...``."""
-        key = self.redis_key(entity_id)
+        return self.command_for_key(self.redis_key(entity_id))
+
+    def command_for_key(self, key: bytes) -> bytes:
+        """The same for a key already built."""
         return b"%s$%d\r\n%s\r\n%s" % (self.head, len(key), key, self.tail)
 
 
@@ -166,26 +169,39 @@ class ReadPlan:
     """The commands of one read and where each request's row comes back."""
 
     n: int
-    payload: bytes
-    count: int  # replies expected
-    slots: list[tuple[ViewCodec, list[int], int]]  # (view, [n] reply index or -1, replies)
+    commands: list[bytes]  # one packed HMGET per distinct (view, entity)
+    keys: list[bytes]  # each command's key (a cluster routes by it)
+    blocks: list[tuple[ViewCodec, list[int], int]]  # (view, [n] reply index or -1, replies)
+
+    @property
+    def count(self) -> int:
+        """Replies expected."""
+        return len(self.commands)
+
+    @property
+    def payload(self) -> bytes:
+        """Every command, back to back (one pipeline to one server)."""
+        return b"".join(self.commands)
 
 
 def plan_read(codecs: Sequence[ViewCodec], keys: dict[str, list[str | None]]) -> ReadPlan:
     """Pack one HMGET per distinct (view, entity) of the requests, views in layout order."""
     n = len(next(iter(keys.values()))) if keys else 0
-    parts: list[bytes] = []
-    slots: list[tuple[ViewCodec, list[int], int]] = []
+    commands: list[bytes] = []
+    redis_keys: list[bytes] = []
+    blocks: list[tuple[ViewCodec, list[int], int]] = []
     for codec in codecs:
         seen: dict[str, int] = {}
         index = [-1] * n
         for i, entity_id in enumerate(keys[codec.view.join_key]):
             if entity_id is None:
                 continue
-            slot = seen.get(entity_id)
-            if slot is None:
-                slot = seen[entity_id] = len(seen)
-                parts.append(codec.command(entity_id))
-            index[i] = slot
-        slots.append((codec, index, len(seen)))
-    return ReadPlan(n=n, payload=b"".join(parts), count=len(parts), slots=slots)
+            position = seen.get(entity_id)
+            if position is None:
+                position = seen[entity_id] = len(seen)
+                key = codec.redis_key(entity_id)
+                redis_keys.append(key)
+                commands.append(codec.command_for_key(key))
+            index[i] = position
+        blocks.append((codec, index, len(seen)))
+    return ReadPlan(n=n, commands=commands, keys=redis_keys, blocks=blocks)

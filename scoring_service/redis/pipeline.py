@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import hiredis
@@ -151,16 +152,30 @@ class RedisEndpoint:
     def from_connection_string(cls, connection_string: str) -> RedisEndpoint:
         """Parse like Feast does (``host:port,key=value,...``); redis-py tuning keys are ignored,
         the service's own timeouts and pool bound apply."""
+        return cls.all_from_connection_string(connection_string)[0]
+
+    @classmethod
+    def all_from_connection_string(cls, connection_string: str) -> list[RedisEndpoint]:
+        """Every ``host:port`` of the string (a cluster's seed nodes), with its options."""
         nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
-        node = nodes[0]
-        return cls(
-            host=str(node["host"]),
-            port=int(node.get("port", 6379)),
+        first = cls(
+            host=str(nodes[0]["host"]),
+            port=int(nodes[0].get("port", 6379)),
             db=int(params.get("db", 0) or 0),
             username=None if params.get("username") is None else str(params["username"]),
             password=None if params.get("password") is None else str(params["password"]),
             ssl=bool(params.get("ssl", False)),
         )
+        return [first.at(str(n["host"]), int(n.get("port", 6379))) for n in nodes]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port)."""
+        return self.host, self.port
+
+    def at(self, host: str, port: int) -> RedisEndpoint:
+        """Another server with the same credentials and TLS (a cluster's other nodes)."""
+        return replace(self, host=host, port=port)
 
 
 class RedisPipelineClient:
@@ -191,6 +206,15 @@ class RedisPipelineClient:
             **connection.redis_py_options("redis"),  # type: ignore[arg-type]
         )
 
+    async def execute(self, commands: Sequence[bytes], keys: Sequence[bytes]) -> list[Any]:
+        """Packed commands in one pipeline; their replies, in order (``request``). The keys
+        matter to a cluster only: one server holds them all."""
+        return await self.request(b"".join(commands), len(commands))
+
+    def execute_sync(self, commands: Sequence[bytes], keys: Sequence[bytes]) -> list[Any]:
+        """The same with the blocking client (``request_sync``)."""
+        return self.request_sync(b"".join(commands), len(commands))
+
     async def request(self, payload: bytes, count: int) -> list[Any]:
         """Send packed commands on the event loop; their ``count`` replies, in order.
 
@@ -204,7 +228,8 @@ class RedisPipelineClient:
             raise FeatureStoreUnavailable(UNAVAILABLE) from exc
 
     def request_sync(self, payload: bytes, count: int) -> list[Any]:
-        """The same with the blocking client; error replies raise FeatureStoreUnavailable."""
+        """The same with the blocking client. Error replies come back as redis-py's exception
+        objects in the list (a cluster's redirections among them)."""
         pool = self._sync.connection_pool
         try:
             connection = pool.get_connection()
@@ -212,7 +237,13 @@ class RedisPipelineClient:
             raise FeatureStoreUnavailable(UNAVAILABLE) from exc
         try:
             connection.send_packed_command([payload], check_health=False)
-            return [connection.read_response() for _ in range(count)]
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(connection.read_response())
+                except redis.exceptions.ResponseError as error:
+                    replies.append(error)  # read whole: the connection stays in step
+            return replies
         except (redis.exceptions.RedisError, OSError) as exc:
             connection.disconnect()  # replies may be left unread on it
             raise FeatureStoreUnavailable(UNAVAILABLE) from exc

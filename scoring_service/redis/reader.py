@@ -1,11 +1,12 @@
 """Online features from Feast's Redis layout without the SDK: one pipelined HMGET per entity
-and view.
+and view, from one Redis server or a Redis Cluster.
 
 The reader returns what ``FeatureStore.get_online_features`` returns
 (``tests/scoring_service/redis/test_reader.py`` proves it), without the SDK's per-call work:
 
 - the RESP commands are packed from bytes precomputed per view (``codec``);
-- one pipeline carries every (entity, view) of a batch; keys repeated in it are read once;
+- one pipeline carries every (entity, view) of a batch; keys repeated in it are read once
+  (on a cluster, one pipeline per master, concurrently: ``cluster``);
 - replies are decoded by ``codec``'s small protobuf decoder and assembled into vectors and
   statuses by ``feature_repo.online.assemble``, the status rule every reader shares.
 
@@ -24,6 +25,7 @@ from feast import FeatureStore
 
 from feature_repo.online import FeatureBatch, Row, StoreLayout, assemble
 from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import (
     NAN,
     SMALL_VALUES,
@@ -38,6 +40,9 @@ from scoring_service.settings import Settings, StoreConnection
 
 logger = logging.getLogger(__name__)
 
+FastRedisClient = RedisPipelineClient | RedisClusterClient
+"""A client the reader sends its commands through: one server, or a cluster."""
+
 
 def assemble_replies(
     layout: StoreLayout, plan: ReadPlan, replies: Sequence[Any], now: float
@@ -46,7 +51,7 @@ def assemble_replies(
     small = SMALL_VALUES
     reads: dict[str, tuple[list[int], list[Row]]] = {}
     start = 0
-    for codec, index, m in plan.slots:
+    for codec, index, m in plan.blocks:
         width = len(codec.view.features)
         decoded: list[Row] = []
         stamps: dict[bytes | None, float] = {}  # hourly snapshots share their event times
@@ -76,8 +81,8 @@ def fast_read_refusal(store: FeatureStore) -> str | None:
     if getattr(online, "type", None) != "redis":
         return f"online store type is {getattr(online, 'type', None)!r}, not redis"
     redis_type = str(getattr(online.redis_type, "value", online.redis_type))
-    if redis_type != "redis":
-        return f"redis_type is {redis_type} (the fast reader speaks to one Redis server)"
+    if redis_type not in ("redis", "redis_cluster"):
+        return f"redis_type is {redis_type} (the fast reader reads a server or a cluster)"
     if config.entity_key_serialization_version != 3:
         return "entity_key_serialization_version is not 3"
     if getattr(config.registry, "enable_online_feature_view_versioning", False):
@@ -87,16 +92,17 @@ def fast_read_refusal(store: FeatureStore) -> str | None:
 
 def client_for_store(
     store: FeatureStore, connection: StoreConnection | None = None
-) -> RedisPipelineClient:
-    """A client of a Feast store's Redis server; ValueError when the fast path cannot serve
-    that store (see ``fast_read_refusal``)."""
+) -> FastRedisClient:
+    """A client of a Feast store's Redis server or cluster; ValueError when the fast path
+    cannot serve that store (see ``fast_read_refusal``)."""
     refusal = fast_read_refusal(store)
     if refusal is not None:
         raise ValueError(refusal)
-    return RedisPipelineClient(
-        RedisEndpoint.from_connection_string(store.config.online_store.connection_string),
-        connection,
-    )
+    online = store.config.online_store
+    endpoints = RedisEndpoint.all_from_connection_string(online.connection_string)
+    if str(getattr(online.redis_type, "value", online.redis_type)) == "redis_cluster":
+        return RedisClusterClient(endpoints, connection)
+    return RedisPipelineClient(endpoints[0], connection)
 
 
 class RedisFeatureReader:
@@ -107,7 +113,7 @@ class RedisFeatureReader:
     """
 
     def __init__(
-        self, layout: StoreLayout, client: RedisPipelineClient, project: str, *, owns_client=False
+        self, layout: StoreLayout, client: FastRedisClient, project: str, *, owns_client=False
     ) -> None:
         self.layout = layout
         self.client = client
@@ -135,7 +141,7 @@ class RedisFeatureReader:
         """Features for n requests, read on the event loop in one pipeline; decoded in a worker
         thread when the caller asks (a large read would hold the loop)."""
         plan = self.plan(keys)
-        replies = await self.client.request(plan.payload, plan.count) if plan.count else []
+        replies = await self.client.execute(plan.commands, plan.keys) if plan.count else []
         if decode_off_loop:
             return await asyncio.to_thread(
                 assemble_replies, self.layout, plan, replies, time.time()
@@ -145,7 +151,7 @@ class RedisFeatureReader:
     def read(self, keys: dict[str, list[str | None]]) -> FeatureBatch:
         """Features for n requests with the blocking client (same commands, same decoding)."""
         plan = self.plan(keys)
-        replies = self.client.request_sync(plan.payload, plan.count) if plan.count else []
+        replies = self.client.execute_sync(plan.commands, plan.keys) if plan.count else []
         return assemble_replies(self.layout, plan, replies, time.time())
 
     def ping(self) -> None:
@@ -162,7 +168,7 @@ class RedisFeatureReader:
             self.client.close()
 
 
-def open_fast_redis(store: FeatureStore, settings: Settings) -> RedisPipelineClient | None:
+def open_fast_redis(store: FeatureStore, settings: Settings) -> FastRedisClient | None:
     """The fast reader's client for this store, or None when reads go through Feast's SDK."""
     if settings.redis_reader != "fast":
         logger.info("online reads: Feast SDK (SCORING_REDIS_READER=%s)", settings.redis_reader)
@@ -171,5 +177,8 @@ def open_fast_redis(store: FeatureStore, settings: Settings) -> RedisPipelineCli
     if refusal is not None:
         logger.info("online reads: Feast SDK (%s)", refusal)
         return None
-    logger.info("online reads: pipelined Redis reader of Feast's layout")
+    logger.info(
+        "online reads: pipelined Redis reader of Feast's layout (%s)",
+        store.config.online_store.redis_type,
+    )
     return client_for_store(store, settings.store_connection)

@@ -143,6 +143,9 @@ def expected_from_feast(
     for view in layout.views:
         column = keys[view.join_key]
         wanted = [i for i, k in enumerate(column) if k is not None]
+        if not wanted:  # Feast refuses an empty request
+            out[view.name] = (wanted, np.empty((0, len(view.features))), np.empty(0))
+            continue
         response = store.get_online_features(
             features=[f"{view.name}:{f}" for f in view.features],
             entity_rows=[{view.join_key: column[i]} for i in wanted],

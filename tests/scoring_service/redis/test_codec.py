@@ -41,15 +41,15 @@ def test_plan_reads_each_entity_once_per_view() -> None:
     plan = plan_read(codecs, keys)
     assert plan.n == 4
     assert plan.count == 2 + 2 + 2  # distinct entities per view
-    assert [(c.view.name, index, m) for c, index, m in plan.slots] == [
+    assert [(c.view.name, index, m) for c, index, m in plan.blocks] == [
         ("ip_features", [0, -1, 0, 1], 2),
         ("card_features", [0, 1, -1, 0], 2),
         ("card_more", [0, 1, -1, 0], 2),
     ]
-    assert plan.payload == b"".join(
-        codecs[v].command(e)
-        for v, e in ((0, "1.1.1.1"), (0, "2.2.2.2"), (1, "c1"), (1, "c2"), (2, "c1"), (2, "c2"))
-    )
+    order = ((0, "1.1.1.1"), (0, "2.2.2.2"), (1, "c1"), (1, "c2"), (2, "c1"), (2, "c2"))
+    assert plan.keys == [codecs[v].redis_key(e) for v, e in order]
+    assert plan.commands == [codecs[v].command(e) for v, e in order]
+    assert plan.payload == b"".join(plan.commands)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import hiredis
 import pytest
 import redis
 
@@ -103,4 +104,25 @@ def test_silent_store_times_out() -> None:
         for sock in accepted:
             sock.close()
         server.close()
+        client.close()
+
+
+def test_error_replies_come_back_in_place(redis_server) -> None:
+    """An error reply is an exception object at its place, on both paths; the connection stays
+    in step (the cluster client reads MOVED and ASK this way)."""
+    plain = redis.Redis(port=redis_server.port)
+    plain.set(b"pipeline_wrong_type", b"x")
+    client = RedisPipelineClient(
+        RedisEndpoint.from_connection_string(redis_server.connection_string)
+    )
+    payload = pack("HGET", "pipeline_wrong_type", "f") + pack("PING")
+    try:
+        error, pong = client.request_sync(payload, 2)
+        assert isinstance(error, redis.exceptions.ResponseError) and pong == b"PONG"
+        assert client.request_sync(pack("PING"), 1) == [b"PONG"]
+        error, pong = on_loop(client, lambda: client.request(payload, 2))
+        assert isinstance(error, hiredis.ReplyError) and pong == b"PONG"
+    finally:
+        plain.delete(b"pipeline_wrong_type")
+        plain.close()
         client.close()
