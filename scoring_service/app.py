@@ -30,6 +30,7 @@ from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
 from scoring_service.registry import LoadedModel, ModelRegistry
 from scoring_service.resilience import ScoringGuard, configure_online_store
 from scoring_service.routes import admin, health, score
+from scoring_service.routes.fast import ScoringApp
 from scoring_service.runtime import metrics_exposition, process_stopped, settle_heap
 from scoring_service.scoring import Scorer
 from scoring_service.security import KeyRing, RequestLimitsMiddleware, require_keys
@@ -150,10 +151,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if redis_client is not None:
                 redis_client.close()
             process_stopped()
+            process_stopped()
             logger.info("stopped")
             flush_logging()
+            flush_logging()
 
-    app = FastAPI(
+    app = ScoringApp(
         title="Fraud scoring service",
         version="0.1.0",
         description="Scores payments with Feast online features and an ONNX model, answering "

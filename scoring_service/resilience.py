@@ -14,6 +14,9 @@ a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
   (a queued thread, a micro-batch waiter) is never done for a caller who is gone. A read already
   running in a thread cannot be killed: it ends with the store's socket timeout, and there are
   never more such threads than the worker pool holds, so abandoned work cannot pile up.
+- **Busy, not down.** A deadline missed while the event loop itself runs late (by a quarter
+  of the budget or more: the service is saturated) is answered 503 ``overloaded`` and does not
+  count against the store.
 - **Circuit breaker.** After ``breaker_failures`` consecutive failed reads (errors, or deadline
   overruns while no call at all has got its features for ``breaker_reset_ms``: a hung store,
   not a busy machine) the circuit opens: requests get the policy's answer at once, without
@@ -163,6 +166,34 @@ class CircuitBreaker:
             CIRCUIT_OPEN.set(1)
 
 
+class LoopLag:
+    """How late the event loop runs a timer it set itself (sampled every ``every_s``): near
+    zero on a service that keeps up, about one loop iteration's work when it is saturated."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.every_s = every_s
+        self.seconds = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+
+    def watch(self) -> None:
+        """Sample the running loop (from its first call on; again after a change of loop)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self.seconds = loop, 0.0
+            self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + self.every_s
+        loop.call_at(self._due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # a loop this watcher left
+        self.seconds = max(loop.time() - self._due, 0.0)
+        self._schedule(loop)
+
+
 class ScoringGuard:
     """Admission, deadline and outage policy around ``scorer.score``."""
 
@@ -173,6 +204,7 @@ class ScoringGuard:
         self.max_in_flight = settings.max_in_flight
         self.in_flight = 0
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_ms / 1000)
+        self.lag = LoopLag()
 
     def admit(self) -> bool:
         """Take an in-flight slot at a call's arrival, before its body is read.
@@ -182,6 +214,7 @@ class ScoringGuard:
         is open: the outage policy then answers without a read, so the call needs no slot
         (False), and an outage is not reported as overload.
         """
+        self.lag.watch()
         if self.in_flight < self.max_in_flight:
             self._acquire()
             return True
@@ -222,8 +255,9 @@ class ScoringGuard:
             raise self._overloaded()
         timeout = deadline.remaining()
         if timeout <= 0:
-            # Spent before any read (e.g. a slow upload): no read is tried.
+            # Spent before any read (e.g. a slow upload, or a busy service): no read is tried.
             self.breaker.trial_out = False
+            self._raise_if_busy(deadline)
             return self._outage(n, "deadline", None)
         if not holds_slot:
             self._acquire()
@@ -235,6 +269,7 @@ class ScoringGuard:
             async with asyncio.timeout(timeout):
                 results = await work()
         except TimeoutError:
+            self._raise_if_busy(deadline)
             self._overran()
             return self._outage(n, "deadline", None)
         except FeatureStoreUnavailable as exc:
@@ -251,6 +286,18 @@ class ScoringGuard:
                 self._release()
         self.breaker.succeeded()
         return results
+
+    def _raise_if_busy(self, deadline: Deadline) -> None:
+        """A deadline missed while the event loop itself runs late (a quarter of the budget or
+        more) is the service's overload, not the store's failure: 503 ``overloaded``, and the
+        circuit is left alone. Under a flood, counting such misses as store failures opened
+        the circuit and turned every answer into feature_store_unavailable."""
+        if self.lag.seconds >= deadline.budget_ms / 4000:
+            self.breaker.trial_out = False
+            raise Overloaded(
+                "The service is too busy to answer within the deadline; retry shortly.",
+                headers={"Retry-After": self.retry_after},
+            )
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(

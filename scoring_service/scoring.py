@@ -94,7 +94,8 @@ class ScoredColumns:
 
 
 def _entity_freshness(status: int, age: float | None) -> EntityFreshness:
-    return EntityFreshness(status=STATUS_NAMES[status], age_seconds=age)  # type: ignore[arg-type]
+    # Built from known-valid values: no validation (model_construct is several times cheaper).
+    return EntityFreshness.model_construct(status=STATUS_NAMES[status], age_seconds=age)
 
 
 class Scorer:

@@ -15,11 +15,18 @@ A score route served from here does the same work directly, in this order:
 6. the route's scoring callable gets a ``ScoreCall`` and returns a JSON-able answer (or bytes);
 7. the answer leaves as orjson bytes.
 
-Refusals leave in the one error envelope (``errors.response_for``). The endpoints are generic:
-a route is a request model (or a path parameter parser) plus a scoring callable, so routes
-built from a domain's specification get the same path. Their documentation still comes from
-FastAPI route definitions (``routes/score.py``), which serve ``/openapi.json`` and ``/docs``
-only; ``tests/scoring_service/test_openapi.py`` keeps it equal to what clients were given.
+``ScoringApp`` answers these routes before FastAPI's own layers (its telemetry, body-limit,
+exception and exit-stack middlewares and its router): a score request passes the app's own
+middlewares (``user_middleware``: request id, body limits) and its endpoint, nothing else. Any
+other request, or a score path with another method, goes through the whole FastAPI app.
+
+Refusals leave in the one error envelope (``errors.response_for``); an unexpected exception
+leaves as a 500 ``internal_error`` with a generic message, logged with the request id. The
+endpoints are generic: a route is a request model (or a path parameter parser) plus a scoring
+callable, so routes built from a domain's specification get the same path. Their documentation
+still comes from FastAPI route definitions (``routes/score.py``), which serve ``/openapi.json``
+and ``/docs`` only; ``tests/scoring_service/test_openapi.py`` keeps it equal to what clients
+were given.
 """
 
 from __future__ import annotations
@@ -34,16 +41,19 @@ from typing import Annotated, Any, Generic, TypeVar
 import orjson
 from fastapi import FastAPI
 from pydantic import Field, TypeAdapter, ValidationError
-from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoring_service import metrics
 from scoring_service.deps import live_scorer
 from scoring_service.domain import MappedRequests
 from scoring_service.errors import (
+    UNEXPECTED_MESSAGE,
     InvalidRequest,
     Overloaded,
     ScoringError,
+    error_response,
     response_for,
     validation_message,
 )
@@ -193,6 +203,15 @@ class ScoreEndpoint(Generic[T]):
                 )
             await response_for(exc)(scope, receive, send)
             return
+        except HTTPException:
+            raise  # e.g. a body past the limit: answered by the middleware that raised it
+        except Exception as exc:
+            # Served before FastAPI's error middleware: the generic answer is given here.
+            logger.error("unexpected error", exc_info=exc)
+            await error_response(500, "internal_error", "service", UNEXPECTED_MESSAGE)(
+                scope, receive, send
+            )
+            return
         body = answer if isinstance(answer, bytes) else orjson.dumps(answer)
         await send(
             {
@@ -262,3 +281,67 @@ def get_route(
     """A GET score route: a path parameter and a scoring callable."""
     endpoint = ScoreEndpoint(app, route, parse, handler, reads_body=False)
     return Route(path, endpoint, methods=["GET"], name=route, include_in_schema=False)
+
+
+class ScoringApp(FastAPI):
+    """FastAPI, with its score routes (``ScoreEndpoint`` routes of ``app.routes``) answered
+    ahead of FastAPI's own layers, through the app's own middlewares only.
+
+    FastAPI's native OpenTelemetry is off by default: the service exports Prometheus metrics,
+    and the check for configured providers ran on every request.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("telemetry", {"tracing": False, "metrics": False, "logs": False})
+        super().__init__(**kwargs)
+        self._fast: _FastRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            fast = self._fast
+            if fast is None:
+                fast = self._fast = _FastRoutes(self)
+            target = fast.match(scope)
+            if target is not None:
+                scope["app"] = self
+                await target(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class _FastRoutes:
+    """The score routes of an app by method and path, each behind the app's own middlewares
+    (built on the first request, when every route is mounted)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        routes = [r for r in app.router.routes if isinstance(r, Route)]
+        scored = [r for r in routes if isinstance(r.app, ScoreEndpoint)]
+        self.exact: dict[tuple[str, str], ASGIApp] = {}
+        self.templated: list[tuple[Route, ASGIApp]] = []
+        for route in scored:
+            wrapped = _with_middleware(app, route.app)
+            if route.param_convertors:
+                self.templated.append((route, wrapped))
+            else:
+                for method in route.methods or ():
+                    self.exact[(method, route.path)] = wrapped
+
+    def match(self, scope: Scope) -> ASGIApp | None:
+        """The wrapped endpoint for this request, or None (the full app answers it)."""
+        target = self.exact.get((scope["method"], scope["path"]))
+        if target is not None:
+            return target
+        for route, wrapped in self.templated:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                return wrapped
+        return None
+
+
+def _with_middleware(app: FastAPI, endpoint: ASGIApp) -> ASGIApp:
+    """``endpoint`` inside the app's own middlewares, in the order the app applies them."""
+    wrapped = endpoint
+    for middleware in reversed(app.user_middleware):
+        wrapped = middleware.cls(wrapped, *middleware.args, **middleware.kwargs)  # type: ignore[call-arg]
+    return wrapped

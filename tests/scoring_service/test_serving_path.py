@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from scoring_service.app import create_app
+from scoring_service.errors import FeatureStoreUnavailable, Overloaded
+from scoring_service.resilience import Deadline, ScoringGuard
 from scoring_service.schemas import (
     EntityScoreResponse,
     ScoreBatchResponse,
@@ -37,6 +39,7 @@ from scoring_service.schemas import (
     canonical_ip,
 )
 from scoring_service.security import ARRIVED_AT, hash_key
+from scoring_service.settings import Settings
 from tests.conftest import ROOT, free_port
 from tests.scoring_service.conftest import API_HEADERS, API_KEY, as_request, settings_for
 
@@ -252,8 +255,13 @@ def _worker_counts(directory: Path, route: str) -> dict[str, float]:
 
 
 def _scraped(text: str, route: str) -> float:
-    prefix = f'scoring_request_seconds_count{{route="{route}"}} '
-    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+    """scoring_request_seconds_count of a route in Prometheus text (whatever other labels)."""
+    total = 0.0
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name == "scoring_request_seconds_count" and f'route="{route}"' in rest:
+            total += float(rest.rsplit(" ", 1)[1])
+    return total
 
 
 @pytest.mark.slow
@@ -285,7 +293,7 @@ def test_metrics_are_summed_over_workers(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 150
         while log.read_text(errors="replace").count("ready: model") < 2:
             assert process.poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, log.read_text(errors="replace")
@@ -308,5 +316,49 @@ def test_metrics_are_summed_over_workers(
         assert "scoring_in_flight 0.0" in scraped
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
     assert "stopped" in log.read_text(errors="replace")
+
+
+def test_a_deadline_missed_on_a_busy_loop_is_overload_not_an_outage() -> None:
+    """Late because the service is saturated: 503 overloaded, and the circuit stays closed;
+    late on an idle loop (the store is slow): the outage policy answers."""
+    settings = Settings(api_key_hashes=(hash_key(API_KEY),), breaker_failures=1)
+
+    async def late_call(busy: bool) -> BaseException | list[Any] | None:
+        guard = ScoringGuard(settings)
+        guard.breaker.last_success -= 10  # no call has got its features for a while
+        assert guard.admit()
+        guard.release()
+        stop = asyncio.Event()
+
+        async def hog() -> None:  # holds the loop 30 ms at a time, as a flood of work would
+            while not stop.is_set():
+                time.sleep(0.03)
+                await asyncio.sleep(0)
+
+        hogging = asyncio.create_task(hog()) if busy else None
+        await asyncio.sleep(0.05)
+        try:
+            deadline = Deadline(expires_at=time.monotonic() + 0.05, budget_ms=50)
+            await guard.run(lambda: asyncio.sleep(1.0), 1, deadline)
+        except (Overloaded, FeatureStoreUnavailable) as exc:
+            answer: BaseException | None = exc
+        else:
+            answer = None
+        finally:
+            stop.set()
+            if hogging is not None:
+                await hogging
+        assert guard.breaker.is_open is (not busy)
+        return answer
+
+    busy = asyncio.run(late_call(busy=True))
+    assert isinstance(busy, Overloaded), busy
+    assert busy.headers["Retry-After"] == "1"
+    idle = asyncio.run(late_call(busy=False))
+    assert isinstance(idle, FeatureStoreUnavailable), idle
