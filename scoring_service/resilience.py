@@ -14,7 +14,7 @@ a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
   (a queued thread, a micro-batch waiter) is never done for a caller who is gone. A read already
   running in a thread cannot be killed: it ends with the store's socket timeout, and there are
   never more such threads than the worker pool holds, so abandoned work cannot pile up.
-- **Busy, not down.** A deadline missed while the event loop itself runs late (by a quarter
+- **Busy, not down.** A deadline missed while the event loop itself runs late (by a tenth
   of the budget or more: the service is saturated) is answered 503 ``overloaded`` and does not
   count against the store.
 - **Circuit breaker.** After ``breaker_failures`` consecutive failed reads (errors, or deadline
@@ -167,11 +167,13 @@ class CircuitBreaker:
 
 
 class LoopLag:
-    """How late the event loop runs a timer it set itself (sampled every ``every_s``): near
-    zero on a service that keeps up, about one loop iteration's work when it is saturated."""
+    """How late the event loop runs a timer it set itself (sampled every ``every_s``, the
+    worst recent sample decaying by ``decay`` a sample): near zero on a service that keeps up,
+    about one loop iteration's work when it is saturated."""
 
-    def __init__(self, every_s: float = 0.005) -> None:
+    def __init__(self, every_s: float = 0.005, decay: float = 0.8) -> None:
         self.every_s = every_s
+        self.decay = decay
         self.seconds = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
@@ -190,7 +192,7 @@ class LoopLag:
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
             return  # a loop this watcher left
-        self.seconds = max(loop.time() - self._due, 0.0)
+        self.seconds = max(loop.time() - self._due, self.seconds * self.decay)
         self._schedule(loop)
 
 
@@ -288,11 +290,12 @@ class ScoringGuard:
         return results
 
     def _raise_if_busy(self, deadline: Deadline) -> None:
-        """A deadline missed while the event loop itself runs late (a quarter of the budget or
-        more) is the service's overload, not the store's failure: 503 ``overloaded``, and the
-        circuit is left alone. Under a flood, counting such misses as store failures opened
-        the circuit and turned every answer into feature_store_unavailable."""
-        if self.lag.seconds >= deadline.budget_ms / 4000:
+        """A deadline missed while the event loop itself runs late (a tenth of the budget or
+        more: a call needs several turns of the loop) is the service's overload, not the
+        store's failure: 503 ``overloaded``, and the circuit is left alone. Under a flood,
+        counting such misses as store failures opened the circuit and turned every answer into
+        feature_store_unavailable."""
+        if self.lag.seconds >= deadline.budget_ms / 10_000:
             self.breaker.trial_out = False
             raise Overloaded(
                 "The service is too busy to answer within the deadline; retry shortly.",

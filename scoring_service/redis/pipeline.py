@@ -46,7 +46,7 @@ class _Pipeline(asyncio.Protocol):
         self._waiting: deque[_Waiter] = deque()
         self._loop = asyncio.get_running_loop()
         self._last_reply = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Handle | None = None
         self._watchdog_due = 0.0
 
     @property
@@ -116,6 +116,23 @@ class _Pipeline(asyncio.Protocol):
             self._arm(self.timeout_s)
             return
         silent = now - self._last_reply
+        if silent >= self.timeout_s:
+            # A loop runs its timers before it reads its sockets: on a busy loop the replies may
+            # be waiting, unread. Look again once the loop has read them (two turns on: a
+            # callback added while the loop runs its ready callbacks waits for the next turn's
+            # reads), and fail only if the store is still silent then.
+            self._watchdog = self._loop.call_soon(self._after_next_read)
+        else:
+            self._arm(self.timeout_s - silent)
+
+    def _after_next_read(self) -> None:
+        self._watchdog = self._loop.call_soon(self._confirm_silence)
+
+    def _confirm_silence(self) -> None:
+        self._watchdog = None
+        if not self._waiting or self.closed:
+            return
+        silent = self._loop.time() - self._last_reply
         if silent >= self.timeout_s:
             self._fail(TimeoutError(f"no reply from the online store in {self.timeout_s:.3f} s"))
         else:
