@@ -10,7 +10,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pandas as pd
 import typer
@@ -95,11 +95,23 @@ def aggregate_command(
         "feature_repo/fraud/data"
     ),
     end: EndOption = None,
+    engine: Annotated[
+        Literal["pandas", "spark"],
+        typer.Option(help="pandas in process, or Spark (local, or the spark-submit session)."),
+    ] = "pandas",
 ) -> None:
     """Compute hourly ip, card and merchant feature snapshots for the offline store."""
     if not transactions.is_file():
         raise typer.BadParameter(f"no such file: {transactions}", param_hint="--transactions")
     started = time.perf_counter()
+    if engine == "spark":
+        from feature_pipelines.fraud.aggregate_spark import aggregate_file
+        from feature_pipelines.spark import spark_session
+
+        rows = aggregate_file(spark_session(), transactions, out_dir, end=_parse_end(end))
+        typer.echo(f"snapshots: {', '.join(f'{n:,} {entity}' for entity, n in rows.items())}")
+        typer.echo(f"aggregated on Spark in {time.perf_counter() - started:.1f}s")
+        return
     frame = pd.read_parquet(transactions)
     features = aggregate(frame, end=_parse_end(end))
     for path in write_feature_tables(features, out_dir, schema.TABLE_FILES):
