@@ -1,7 +1,8 @@
-"""Business -> data domain: a transaction becomes entity keys and request-time values.
+"""Business -> data domain: a business request becomes entity keys and request-time values.
 
 The mapping (request field -> join key, request features) is declared by the model package, so a
-new model can read other entities without a code change here.
+new model can read other entities without a code change here. Requests are the validated models
+``scoring_service.domains`` builds from the domain file (any objects with attributes do).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class MappedRequests:
 
 
 def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests:
-    """Map validated transactions (objects with attributes) to entity keys and request values."""
+    """Map validated requests (objects with attributes) to entity keys and request values; an
+    absent request feature (an optional field left out, None) is NaN, as missing in training."""
     keys: dict[str, list[str | None]] = {}
     for field, join_key in manifest.entity_mapping.items():
         try:
@@ -40,11 +42,12 @@ def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests
     values = np.empty((len(records), len(manifest.request_features)), dtype=np.float32)
     for j, name in enumerate(manifest.request_features):
         try:
-            values[:, j] = [float(getattr(r, name)) for r in records]
+            column = [getattr(r, name) for r in records]
         except AttributeError as exc:
             raise EntityMappingError(
                 f"model {manifest.name}/{manifest.version} needs request field {name!r}"
             ) from exc
+        values[:, j] = [np.nan if v is None else float(v) for v in column]
     fields: dict[str, list[object]] = {}
     for view in manifest.on_demand_views.values():
         for name in view.request_fields:

@@ -42,6 +42,7 @@ class Scored:
     freshness: dict[str, EntityFreshness]
     variant: str = "champion"  # the variant or fallback step that decided
     model_version: str = ""  # `name/version` of the package (or `ensemble:<name>`)
+    inputs: np.ndarray | None = None  # the model's input row, for the prediction log
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ScoredColumns:
     variants: list[str] | None = None  # who decided each row (None: the champion, all rows)
     model_versions: list[str] | None = None
     default_version: str = ""
+    inputs: np.ndarray | None = None  # [n, features] model input (the direct path's model)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -85,10 +87,18 @@ class ScoredColumns:
         n = len(self.scores)
         variants = self.variants or ["champion"] * n
         versions = self.model_versions or [self.default_version] * n
+        inputs = self.inputs if self.inputs is not None else [None] * n
         return [
-            Scored(score, label, reasons, fresh, variant, version)
-            for score, label, reasons, fresh, variant, version in zip(
-                self.scores, self.labels, self.reasons, freshness, variants, versions, strict=True
+            Scored(score, label, reasons, fresh, variant, version, row)
+            for score, label, reasons, fresh, variant, version, row in zip(
+                self.scores,
+                self.labels,
+                self.reasons,
+                freshness,
+                variants,
+                versions,
+                inputs,
+                strict=True,
             )
         ]
 
@@ -197,6 +207,7 @@ class Scorer:
             status={key: values.tolist() for key, values in status.items()},
             age_seconds={key: batch.age_seconds[key].tolist() for key in self._keys},
             default_version=self.model.version_label,
+            inputs=matrix,
         )
 
     def _routed_columns(self, batch: FeatureBatch | None, mapped: MappedRequests) -> ScoredColumns:
