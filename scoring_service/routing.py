@@ -297,7 +297,7 @@ class LiveDeployment:
         out = Answered(np.full(n, np.nan), [""] * n, [[] for _ in range(n)], [""] * n, [""] * n)
         store_down = batch is None
         if batch is None:
-            batch = _unread(self.layout, n)
+            batch = unread_batch(self.layout, n)
         why = np.array([FALLBACK_STORE] * n, dtype=object)
         pending = np.arange(n)
         if not store_down:
@@ -368,7 +368,7 @@ class LiveDeployment:
         return np.sort(np.concatenate([rows[blocked], able[~ok]]))
 
 
-def _unread(layout: StoreLayout, n: int) -> FeatureBatch:
+def unread_batch(layout: StoreLayout, n: int) -> FeatureBatch:
     """A batch for a read that did not happen: every value NaN, every view missing."""
     batch = FeatureBatch(values=np.full((n, layout.width), np.nan, dtype=np.float32))
     for view in layout.views:
