@@ -5,26 +5,32 @@ Each push source is backed by a parquet table (its batch source). A push with
 to that table for training; ``feature_pipelines replay`` writes the table in bulk for a
 history. Rows are stamped a few microseconds after their event (see
 ``feature_pipelines.streaming.windows``), so a transaction's point-in-time join never sees its
-own row.
+own row. The table's source class follows the offline store in use, as in ``data_sources``;
+pushes go through the default yaml's store (the Spark yaml serves training and materialization).
 """
 
 from pathlib import Path
 
-from feast import FileSource, PushSource
+from feast import PushSource
 
-DATA = Path(__file__).resolve().parent / "data"
+from feature_repo.sources import parquet_source
 
-ip_stream_table = FileSource(
+REPO = Path(__file__).resolve().parent
+DATA = REPO / "data"
+
+ip_stream_table = parquet_source(
+    REPO,
     name="ip_stream_table",
-    path=str(DATA / "ip_stream_features.parquet"),
+    path=DATA / "ip_stream_features.parquet",
     timestamp_field="event_timestamp",
     created_timestamp_column="created_timestamp",
     description="Per-event IP address window aggregates (replayed history + live appends).",
 )
 
-card_stream_table = FileSource(
+card_stream_table = parquet_source(
+    REPO,
     name="card_stream_table",
-    path=str(DATA / "card_stream_features.parquet"),
+    path=DATA / "card_stream_features.parquet",
     timestamp_field="event_timestamp",
     created_timestamp_column="created_timestamp",
     description="Per-event card window aggregates (replayed history + live appends).",
