@@ -29,7 +29,7 @@ from feature_repo.domain import load_domain
 from feature_repo.layout import ViewSpec
 from feature_repo.transforms import resolve
 from models.dataset import entity_dataframe, feature_layout, open_store, retrieve_training_set
-from models.package import read_manifest
+from models.package import read_manifest, seal_package
 from scoring_service.app import create_app
 from scoring_service.errors import ModelPackageInvalid
 from scoring_service.features import FeastOnlineReader, StoreLayout
@@ -194,6 +194,7 @@ def test_registry_refuses_changed_on_demand_code_or_views(
     manifest = json.loads((tampered / "manifest.json").read_text())
     manifest["on_demand_views"]["amount_context"]["code_sha256"] = "0" * 64
     (tampered / "manifest.json").write_text(json.dumps(manifest))
+    seal_package(tampered)  # as a faulty training job would: the seal holds, the code check not
     with pytest.raises(ModelPackageInvalid, match=r"code of .*amount_context changed"):
         load_package(tampered, store)
     manifest["on_demand_views"]["amount_context"]["code_sha256"] = resolve(
@@ -201,6 +202,7 @@ def test_registry_refuses_changed_on_demand_code_or_views(
     ).code_sha256
     manifest["on_demand_views"]["geo_context"]["request_fields"] = ["card_country"]
     (tampered / "manifest.json").write_text(json.dumps(manifest))
+    seal_package(tampered)
     with pytest.raises(ModelPackageInvalid, match="geo_context: request fields"):
         load_package(tampered, store)
 
