@@ -33,12 +33,18 @@ def serve(
     import uvicorn
 
     from scoring_service.observability import configure_logging, log_config
-    from scoring_service.runtime import prepare_metrics_dir, remove_metrics_dir
     from scoring_service.settings import Settings
 
     settings = Settings()
-    configure_logging(settings.log_level)
     count = workers or settings.workers
+    if count == 1:
+        # One process keeps its metrics in memory. A parent that imported Feast (whose metrics
+        # module sets these) must not put it in multiprocess mode, with files on every update.
+        for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+            os.environ.pop(name, None)
+    from scoring_service.runtime import prepare_metrics_dir, remove_metrics_dir
+
+    configure_logging(settings.log_level)
     metrics_dir = prepare_metrics_dir(count)  # before any worker imports prometheus_client
     if count > 1:
         target: object = "scoring_service.app:create_app_from_env"

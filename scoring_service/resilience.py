@@ -180,7 +180,10 @@ class LoopLag:
 
     def watch(self) -> None:
         """Sample the running loop (from its first call on; again after a change of loop)."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside a loop (a test, a thread): nothing to watch
         if loop is not self._loop:
             self._loop, self.seconds = loop, 0.0
             self._schedule(loop)

@@ -114,6 +114,9 @@ def decode_timestamp(raw: bytes | None) -> float:
 # --- packing reads --------------------------------------------------------------------------
 
 
+_pack_length = struct.Struct("<I").pack
+
+
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
@@ -185,23 +188,25 @@ class ReadPlan:
 
 
 def plan_read(codecs: Sequence[ViewCodec], keys: dict[str, list[str | None]]) -> ReadPlan:
-    """Pack one HMGET per distinct (view, entity) of the requests, views in layout order."""
+    """Pack one HMGET per distinct (view, entity) of the requests, views in layout order.
+
+    Built in a few list comprehensions per view rather than a call per key: a score-batch of
+    10,000 transactions packs about 25,000 commands.
+    """
     n = len(next(iter(keys.values()))) if keys else 0
     commands: list[bytes] = []
     redis_keys: list[bytes] = []
     blocks: list[tuple[ViewCodec, list[int], int]] = []
     for codec in codecs:
+        # Each request's position among the view's distinct entities, in first-seen order
+        # (len(seen) is read before setdefault inserts).
         seen: dict[str, int] = {}
-        index = [-1] * n
-        for i, entity_id in enumerate(keys[codec.view.join_key]):
-            if entity_id is None:
-                continue
-            position = seen.get(entity_id)
-            if position is None:
-                position = seen[entity_id] = len(seen)
-                key = codec.redis_key(entity_id)
-                redis_keys.append(key)
-                commands.append(codec.command_for_key(key))
-            index[i] = position
-        blocks.append((codec, index, len(seen)))
+        add = seen.setdefault
+        index = [-1 if e is None else add(e, len(seen)) for e in keys[codec.view.join_key]]
+        prefix, project, head, tail = codec.key_prefix, codec.project, codec.head, codec.tail
+        values = [entity_id.encode() for entity_id in seen]
+        view_keys = [b"".join((prefix, _pack_length(len(v)), v, project)) for v in values]
+        commands += [b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in view_keys]
+        redis_keys += view_keys
+        blocks.append((codec, index, len(values)))
     return ReadPlan(n=n, commands=commands, keys=redis_keys, blocks=blocks)

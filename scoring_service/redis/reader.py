@@ -138,9 +138,10 @@ class RedisFeatureReader:
     async def read_async(
         self, keys: dict[str, list[str | None]], *, decode_off_loop: bool = False
     ) -> FeatureBatch:
-        """Features for n requests, read on the event loop in one pipeline; decoded in a worker
-        thread when the caller asks (a large read would hold the loop)."""
-        plan = self.plan(keys)
+        """Features for n requests, read on the event loop in one pipeline; packed and decoded
+        in a worker thread when the caller asks (a large read would hold the loop)."""
+        # A large read's packing (tens of thousands of keys) leaves the loop too.
+        plan = await asyncio.to_thread(self.plan, keys) if decode_off_loop else self.plan(keys)
         replies = await self.client.execute(plan.commands, plan.keys) if plan.count else []
         if decode_off_loop:
             return await asyncio.to_thread(
