@@ -55,32 +55,34 @@ def _hour_index(column: str) -> Column:
     return F.expr(f"({micros} - pmod({micros}, {_HOUR_US})) div {_HOUR_US}")
 
 
-def _check_input(transactions: DataFrame) -> None:
-    """The pandas engine's input checks: required columns present, no nulls."""
+def _scan(transactions: DataFrame) -> int | None:
+    """The pandas engine's input checks (columns present, no nulls) and the hour of the latest
+    event (None without events), in one pass over the input."""
     from pyspark.sql import functions as F
 
     missing = [c for c in REQUIRED_COLUMNS if c not in transactions.columns]
     if missing:
         raise ValueError(f"transactions lack columns: {missing}")
-    counts = transactions.select(
-        *[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in REQUIRED_COLUMNS]
+    row = transactions.select(
+        *[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in REQUIRED_COLUMNS],
+        F.max(_hour_index(schema.EVENT_TIMESTAMP)).alias(_HOUR),
     ).first()
-    nulls = [c for c in REQUIRED_COLUMNS if counts is not None and (counts[c] or 0) > 0]
+    if row is None:
+        return None
+    nulls = [c for c in REQUIRED_COLUMNS if (row[c] or 0) > 0]
     if nulls:
         raise ValueError(f"transactions have nulls in: {nulls}")
+    return None if row[_HOUR] is None else int(row[_HOUR])
 
 
-def _end_hour(events: DataFrame, end: datetime | None) -> int | None:
-    """Last hour index whose boundary is a kept snapshot; None when there are no events."""
-    from pyspark.sql import functions as F
-
-    if end is not None:
-        stamp = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
-        seconds = (stamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
-        return seconds // _HOUR_S  # H <= end, H a whole hour
-    latest = events.agg(F.max(_HOUR)).first()
-    # Default end: the hour after the hour of the latest event.
-    return None if latest is None or latest[0] is None else int(latest[0]) + 1
+def _end_hour(latest_hour: int, end: datetime | None) -> int:
+    """Last hour index whose boundary is a kept snapshot."""
+    if end is None:
+        # Default end: the hour after the hour of the latest event.
+        return latest_hour + 1
+    stamp = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
+    seconds = (stamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
+    return seconds // _HOUR_S  # H <= end, H a whole hour
 
 
 def _events(transactions: DataFrame) -> DataFrame:
@@ -350,16 +352,16 @@ def aggregate_spark(transactions: DataFrame, end: datetime | None = None) -> dic
     The Spark counterpart of ``aggregate``: same rows, same columns (join key,
     ``event_timestamp``, ``created_timestamp``, ``schema.ENTITY_FEATURES[entity]``; counts
     long, others double, no nulls). ``end`` (naive means UTC) drops snapshots later than it; by
-    default it is the hour after the hour of the latest event. Runs two small actions (input
-    checks, default end); the tables themselves are lazy, and each one reads ``transactions``:
+    default it is the hour after the hour of the latest event. Runs one small action (input
+    checks, latest event); the tables themselves are lazy, and each one reads ``transactions``:
     cache it when evaluating several.
     """
-    _check_input(transactions)
-    events = _events(transactions)
-    end_hour = _end_hour(events, end)
-    if end_hour is None:
+    latest_hour = _scan(transactions)
+    if latest_hour is None:
         spark = transactions.sparkSession
         return {entity: _empty(spark, entity) for entity in schema.ENTITY_JOIN_KEYS}
+    events = _events(transactions)
+    end_hour = _end_hour(latest_hour, end)
     return {
         "ip": _ip_features(events, end_hour),
         "card": _card_features(events, end_hour),

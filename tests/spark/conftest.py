@@ -101,5 +101,7 @@ def spark_repo(
     feast_cli(repo, "apply")
     # The variable, not only -f: the definitions read it to declare SparkSource tables.
     spark_env = {"FEAST_FS_YAML_FILE_PATH": SPARK_YAML, "PYSPARK_PYTHON": sys.executable}
-    feast_cli(repo, "apply", yaml=SPARK_YAML, env=spark_env)
+    # Without source validation: it would start a JVM in the CLI's process only to read the
+    # parquet schemas, which the retrieval and materialization tests read anyway.
+    feast_cli(repo, "apply", "--skip-source-validation", yaml=SPARK_YAML, env=spark_env)
     return repo

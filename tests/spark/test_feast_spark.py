@@ -37,9 +37,9 @@ pytestmark = [
 
 TOLERANCE = 1e-9
 FEATURE_SERVICE = "fraud_model_v2"  # batch, streaming and on-demand views
-# Every 5th transaction: 20,000 rows across the whole history (the Spark point-in-time join
+# Every 10th transaction: 10,000 rows across the whole history (the Spark point-in-time join
 # of all 100,000 costs minutes on two cores and proves nothing more).
-ENTITY_STRIDE = 5
+ENTITY_STRIDE = 10
 ID = "transaction_id"
 SORT = ["event_timestamp", ID]
 
