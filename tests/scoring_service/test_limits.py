@@ -36,9 +36,9 @@ class SlowScorer:
         self.fails = fails
         self.started = 0
 
-    @property
-    def model(self) -> Any:
-        return self.inner.model
+    def __getattr__(self, name: str) -> Any:
+        # Everything but the read (model, mapping, labels...) is the live scorer's.
+        return getattr(self.inner, name)
 
     def _read(self) -> None:
         self.started += 1
