@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,8 +18,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feature_repo.layout import open_store
+from scoring_service.deployment import (
+    DeploymentInvalid,
+    DeploymentSpec,
+    load_deployment,
+    single_model,
+)
 from scoring_service.errors import (
     UNEXPECTED_MESSAGE,
+    DeploymentRefused,
     FeatureStoreUnavailable,
     ScoringError,
     error_response,
@@ -27,13 +36,24 @@ from scoring_service.errors import (
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
 from scoring_service.observability import RequestIdMiddleware, flush_logging
 from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
-from scoring_service.registry import LoadedModel, ModelRegistry
+from scoring_service.registry import LoadedModel, ModelRegistry, domain_of
 from scoring_service.resilience import ScoringGuard, configure_online_store
-from scoring_service.routes import admin, health, score
+from scoring_service.rollout import DeploymentManager
+from scoring_service.routes import admin, explanations, health, score
 from scoring_service.routes.fast import ScoringApp
+from scoring_service.routing import LiveDeployment
 from scoring_service.runtime import metrics_exposition, process_stopped, settle_heap
 from scoring_service.scoring import Scorer
 from scoring_service.security import KeyRing, RequestLimitsMiddleware, require_keys
+from scoring_service.served import (
+    OpenScoring,
+    ServedDomain,
+    close_answers,
+    open_answers,
+    open_scoring,
+    served_domains,
+    signing_key,
+)
 from scoring_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,13 +99,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the scoring service; resources open in the lifespan and close with it."""
+    """Build the scoring service; resources open in the lifespan and close with it.
+
+    Every domain of ``settings`` (``served.served_domains``) gets its routes, built from its
+    domain file now; the first one is primary: its store, deployment and model open first, and
+    the admin routes act on it. Each domain's prediction log opens after its scorer and closes
+    after it, so the answers of the last calls are in it.
+    """
     settings = settings or Settings()
+    domains = served_domains(settings)
+    primary = domains[0]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         require_keys(settings)
-        store = open_store(settings.feature_repo, settings.feature_store_yaml)
+        store = open_store(primary.folder, primary.yaml)
         configure_online_store(store, settings)
         registry = ModelRegistry(
             settings.model_root,
@@ -94,8 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             intra_op_threads=settings.intra_op_threads,
             gpu_min_batch=settings.gpu_min_batch,
             gpu_device_id=settings.gpu_device_id,
+            signing_key=signing_key(settings),
         )
-        model = registry.load(settings.model_name, settings.model_version)
+        model = registry.load(primary.model_name, primary.model_version)
         # Redis is read by the fast reader (Feast's layout, pipelined); other stores by Feast.
         redis_client = open_fast_redis(store, settings)
 
@@ -104,20 +133,61 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return FeastOnlineReader(store, layout)
             return RedisFeatureReader(layout, redis_client, store.config.project)
 
-        def new_scorer(loaded: LoadedModel, reader: OnlineFeatureReader | None = None) -> Scorer:
+        def new_scorer(
+            loaded: LoadedModel,
+            reader: OnlineFeatureReader | None = None,
+            deployment: LiveDeployment | None = None,
+        ) -> Scorer:
             # score-batch's model call uses every core (a second session; small calls keep one).
             loaded.predictor.add_batch_session(
                 settings.batch_intra_op_threads or os.cpu_count() or 1
             )
+            layout = deployment.layout if deployment is not None else loaded.layout
             return Scorer(
                 loaded,
-                reader or open_reader(loaded.layout),
+                reader or open_reader(layout),
                 micro_batching=settings.micro_batching,
                 batch_max_rows=settings.batch_max_rows,
                 batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+                deployment=deployment,
             )
 
-        reader = open_reader(model.layout)
+        domain = domain_of(store)
+        load_options: dict[str, Any] = {
+            "device": settings.device,
+            "intra_op_threads": settings.intra_op_threads,
+            "gpu_min_batch": settings.gpu_min_batch,
+            "gpu_device_id": settings.gpu_device_id,
+            "signing_key": registry.signing_key,
+        }
+
+        def load_live(spec: DeploymentSpec) -> LiveDeployment:
+            return LiveDeployment.load(
+                spec,
+                str(settings.model_root),
+                store,
+                request_fields=list(domain.request_fields) if domain is not None else None,
+                **load_options,
+            )
+
+        def scorer_of(live: LiveDeployment) -> Scorer:
+            return new_scorer(live.champion.members[0].model, deployment=live)
+
+        if settings.deployment is not None:
+            try:
+                live = load_live(load_deployment(settings.deployment))
+            except DeploymentInvalid as exc:
+                raise DeploymentRefused(str(exc)) from exc
+        else:
+            sticky = next(iter(model.manifest.entity_mapping))
+            live = load_live(single_model(model.version_label, sticky))
+        manager = DeploymentManager(
+            app.state, load_live, scorer_of, model.manifest.domain, settings.deployment
+        )
+        app.state.deployments = manager
+        reader = open_reader(live.layout)
+        hangup: Callable[[], None] | None = None
+        others: list[tuple[ServedDomain, OpenScoring]] = []
         try:
             try:
                 reader.ping()
@@ -126,7 +196,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except FeatureStoreUnavailable:
                 logger.warning("online store not reachable at start-up; not ready until it is")
             app.state.registry = registry
-            app.state.scorer = new_scorer(model, reader)
+            first = new_scorer(live.champion.members[0].model, reader, live)
+            first.start()
+            manager.start(live, first)
+            hangup = _on_hangup(manager) if settings.deployment is not None else None
 
             def build_scorer(loaded: LoadedModel) -> Scorer:
                 # Used by the admin reload route to swap in a newly verified model.
@@ -135,6 +208,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.build_scorer = build_scorer
             # Warm (model sessions run, store connection open): what is alive now lives as
             # long as the process; collections never walk it again.
+            for other in domains[1:]:
+                opened = await open_scoring(other, settings)
+                other.scorer = opened.scorer
+                others.append((other, opened))
+            for served in domains:
+                open_answers(served, settings)
             settle_heap(settings.gc_freeze, settings.gc_thresholds)
             logger.info(
                 "ready: model %s on %s, store %s",
@@ -144,26 +223,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
         finally:
+            if hangup is not None:
+                hangup()
             scorer, app.state.scorer = app.state.scorer, None
             if scorer is not None:
                 await scorer.aclose()  # batches in progress finish
+            for other, opened in others:
+                other.scorer = None
+                await opened.aclose()
             reader.close()
             if redis_client is not None:
                 redis_client.close()
-            process_stopped()
+            for served in domains:
+                close_answers(served)  # drained and rolled: a graceful stop loses no answer
             process_stopped()
             logger.info("stopped")
             flush_logging()
-            flush_logging()
 
     app = ScoringApp(
-        title="Fraud scoring service",
+        title="Scoring service",
         version="0.1.0",
-        description="Scores payments with Feast online features and an ONNX model, answering "
-        "with a business label: not_fraud, suspicious, highly_suspicious or uncertain.",
+        description=describe(domains),
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.domains = {domain.name: domain for domain in domains}
     app.state.scorer = None
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.guard = ScoringGuard(settings)
@@ -173,8 +257,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The score routes are served by pure ASGI endpoints (routes/fast.py); their FastAPI
     # definitions document them in /openapi.json and /docs, and are not served.
-    app.router.routes.extend(score.serving_routes(app))
-    document(app, score.router)
+    app.router.routes.extend(score.serving_routes(app, domains))
+    document(app, score.documented_router(domains, settings.max_batch_size))
+    app.include_router(explanations.router(domains))
     app.include_router(health.router)
     app.include_router(admin.router)
 
@@ -186,6 +271,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _on_hangup(manager: DeploymentManager) -> Callable[[], None] | None:
+    """Reload the deployment file on SIGHUP; the remover of the handler (None where signals
+    cannot be handled here, e.g. off the main thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.create_task(manager.reload_file("signal"))
+        )
+    except (ValueError, RuntimeError, NotImplementedError):
+        return None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
+def describe(domains: list[ServedDomain]) -> str:
+    """The API's description: what each served domain scores, and its labels."""
+    lines = [
+        "Scores business objects with Feast online features and an ONNX model, answering with "
+        "a business label and its reasons. Served domains:",
+        "",
+    ]
+    for domain in domains:
+        spec = domain.api.spec
+        labels = ", ".join(spec.labels)
+        lines.append(
+            f"- **{spec.name}** (`/v1/{spec.resource}`): {spec.description or spec.score_meaning} "
+            f"Labels: {labels}, or {spec.uncertain_label}."
+        )
+    return "\n".join(lines)
 
 
 def create_app_from_env() -> FastAPI:

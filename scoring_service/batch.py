@@ -1,10 +1,13 @@
-"""Offline batch scoring: transactions -> point-in-time features -> the served model -> labels.
+"""Offline batch scoring: business objects -> point-in-time features -> the served model -> labels.
 
-    python -m scoring_service batch-score --transactions X.parquet --out scores.parquet
+    python -m scoring_service batch-score --input X.parquet --out scores.parquet --repo <domain>
 
-The same model package the service serves (verified against the live FeatureService, as the
-service does), the same features (``get_historical_features`` through the package's
-FeatureService, point in time: each transaction's own time, or one ``as_of`` time for all), the
+The domain comes from the repository's ``domain.yaml``: the input holds its request fields
+(entity keys, request features, the fields on-demand views read), its business id and its event
+time column; the output is ``<business id>, score, label``. The same model package the service
+serves (verified against the live FeatureService, as the service does), the same features
+(``get_historical_features`` through the package's FeatureService, point in time: each object's
+own time, or one ``as_of`` time for all), the
 same predictor (the standard-operator graph on the GPU when one is usable, else the CPU
 TreeEnsemble graph) and the same label policy (``scoring_service.labels.LabelPolicy``). An
 entity's status comes from the same rule as online (``feature_repo.online``): a view's row is
@@ -12,7 +15,7 @@ there when the offline store has a snapshot within the view's TTL, as the online
 for the service. The input is read and scored in chunks, so
 millions of rows fit in memory; the output keeps the input's order.
 
-Scored online at time T and offline with ``as_of=T``, a transaction gets the same features
+Scored online at time T and offline with ``as_of=T``, an object gets the same features
 (for entities whose latest snapshot is materialized), hence the same score and label; the GPU
 graph agrees with the CPU graph within the 1e-5 parity tolerance, not bit for bit.
 """
@@ -33,24 +36,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 
+from feature_repo.domain import DomainSpec
 from feature_repo.layout import feature_layout, open_store
 from feature_repo.online import Row, assemble
 from models.package import package_dir
+from scoring_service.errors import ModelPackageInvalid
 from scoring_service.predictor import DEFAULT_GPU_MIN_BATCH
-from scoring_service.registry import LoadedModel, load_package
+from scoring_service.registry import LoadedModel, domain_of, load_package
 
 logger = logging.getLogger(__name__)
 
-ID_COLUMN = "transaction_id"
-TIME_COLUMN = "event_timestamp"
+TIME_COLUMN = "event_timestamp"  # Feast's entity-dataframe time column
 _ROW = "__batch_row"
-OUTPUT_SCHEMA = pa.schema(
-    [
-        pa.field(ID_COLUMN, pa.string()),
-        pa.field("score", pa.float64()),
-        pa.field("label", pa.string()),
-    ]
-)
+
+
+def output_schema(id_column: str) -> pa.Schema:
+    """``<business id>, score, label``."""
+    return pa.schema(
+        [
+            pa.field(id_column, pa.string()),
+            pa.field("score", pa.float64()),
+            pa.field("label", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,13 @@ class BatchScoreResult:
 
 
 def batch_score(
-    transactions_path: Path,
+    input_path: Path,
     out_path: Path,
     *,
-    repo_path: Path = Path("feature_repo/fraud"),
+    repo_path: Path,
     yaml_path: Path | None = None,
     model_root: Path = Path("models/packages"),
-    model_name: str = "fraud_model",
+    model_name: str | None = None,
     model_version: str = "v1",
     device: str = "auto",
     chunk_rows: int = 100_000,
@@ -115,18 +123,26 @@ def batch_score(
     intra_op_threads: int = 1,
     progress: Callable[[ChunkProgress], None] | None = None,
 ) -> BatchScoreResult:
-    """Score every transaction of a parquet file and write ``transaction_id, score, label``.
+    """Score every object of a parquet file and write ``<business id>, score, label``.
 
-    ``as_of`` (timezone-aware, or naive UTC) reads features as of that time for every row;
-    otherwise each transaction's ``event_timestamp``. Raises ModelPackageInvalid like the service
-    (wrong package, ``device="cuda"`` without usable CUDA), ValueError for missing columns.
+    The repository's domain names the business id and the event time column, and its model
+    (``model_name`` default). ``as_of`` (timezone-aware, or naive UTC) reads features as of that
+    time for every row; otherwise each object's event time. Raises ModelPackageInvalid like the
+    service (wrong package, ``device="cuda"`` without usable CUDA, no domain file), ValueError
+    for missing columns.
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     started = time.perf_counter()
     store = open_store(repo_path, yaml_path)
+    domain = domain_of(store)
+    if domain is None:
+        raise ModelPackageInvalid(
+            f"{repo_path} has no domain.yaml: batch scoring reads the business id from it"
+        )
+    id_column, time_column = domain.business_id, domain.timestamp_field
     model = load_package(
-        package_dir(model_root, model_name, model_version),
+        package_dir(model_root, model_name or domain.model_name, model_version),
         store,
         device=device,
         intra_op_threads=intra_op_threads,
@@ -141,21 +157,22 @@ def batch_score(
     fields = list(
         dict.fromkeys([*manifest.entity_mapping, *manifest.request_features, *odfv_fields])
     )
-    source = pq.ParquetFile(transactions_path)
-    columns = [ID_COLUMN, *fields] + ([] if as_of is not None else [TIME_COLUMN])
+    source = pq.ParquetFile(input_path)
+    columns = [id_column, *fields] + ([] if as_of is not None else [time_column])
     missing = [c for c in columns if c not in source.schema_arrow.names]
     if missing:
-        raise ValueError(f"{transactions_path} lacks column(s) {missing} that scoring needs")
+        raise ValueError(f"{input_path} lacks column(s) {missing} that scoring needs")
     as_of_ts = None if as_of is None else _utc(pd.Timestamp(as_of))
     total = source.metadata.num_rows
     logger.info(
-        "batch scoring %d transactions from %s with %s on %s (graphs %s), features %s",
+        "batch scoring %d %ss from %s with %s on %s (graphs %s), features %s",
         total,
-        transactions_path,
+        domain.object_words,
+        input_path,
         model.version_label,
         model.device,
         model.graph,
-        f"as of {as_of_ts}" if as_of_ts is not None else "at each transaction's time",
+        f"as of {as_of_ts}" if as_of_ts is not None else "at each object's time",
     )
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,17 +180,16 @@ def batch_score(
     metadata = {
         b"model_version": model.version_label.encode(),
         b"device": model.device.encode(),
-        b"features_as_of": str(as_of_ts or "transaction time").encode(),
+        b"features_as_of": str(as_of_ts or "event time").encode(),
     }
+    schema = output_schema(id_column)
     result = BatchScoreResult(out_path, 0, 0.0, model.version_label, model.device, model.graph)
     try:
-        with pq.ParquetWriter(partial, OUTPUT_SCHEMA.with_metadata(metadata)) as writer:
+        with pq.ParquetWriter(partial, schema.with_metadata(metadata)) as writer:
             for batch in source.iter_batches(batch_size=chunk_rows, columns=columns):
                 chunk = batch.to_pandas()
-                scored = _score_chunk(model, store, service, chunk, as_of_ts)
-                writer.write_table(
-                    pa.Table.from_pandas(scored, OUTPUT_SCHEMA, preserve_index=False)
-                )
+                scored = _score_chunk(model, store, service, chunk, as_of_ts, domain)
+                writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
                 result.rows += len(scored)
                 result.labels.update(scored["label"])
                 step = ChunkProgress(result.rows, total, time.perf_counter() - started)
@@ -199,18 +215,23 @@ def _score_chunk(
     service: FeatureService,
     chunk: pd.DataFrame,
     as_of: pd.Timestamp | None,
+    domain: DomainSpec,
 ) -> pd.DataFrame:
-    """Features, scores and labels for one chunk of transactions, in input order."""
+    """Features, scores and labels for one chunk of objects, in input order."""
     manifest = model.manifest
     n = len(chunk)
-    entity_df = chunk.drop(columns=[ID_COLUMN]).rename(
+    id_column = domain.business_id
+    entity_df = chunk.drop(columns=[id_column]).rename(
         columns={f: k for f, k in manifest.entity_mapping.items() if f != k}
     )
-    entity_df[TIME_COLUMN] = (
+    times = (
         pd.Series([as_of] * n, dtype="datetime64[ns, UTC]")
         if as_of is not None
-        else pd.to_datetime(chunk[TIME_COLUMN], utc=True)
+        else pd.to_datetime(chunk[domain.timestamp_field], utc=True)
     )
+    if domain.timestamp_field in entity_df and domain.timestamp_field != TIME_COLUMN:
+        entity_df = entity_df.drop(columns=[domain.timestamp_field])
+    entity_df[TIME_COLUMN] = times
     entity_df[_ROW] = np.arange(n, dtype=np.int64)
     frame = (
         store.get_historical_features(entity_df=entity_df, features=service)
@@ -245,5 +266,5 @@ def _score_chunk(
         for i, score in enumerate(scores)
     ]
     return pd.DataFrame(
-        {ID_COLUMN: chunk[ID_COLUMN].astype(str).to_numpy(), "score": scores, "label": labels}
+        {id_column: chunk[id_column].astype(str).to_numpy(), "score": scores, "label": labels}
     )

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The fraud scoring service.", no_args_is_help=True)
+app = typer.Typer(help="The scoring service.", no_args_is_help=True)
 
 
 @app.command()
@@ -75,27 +75,36 @@ def score_sample(
     url: Annotated[str, typer.Option(help="Base URL of a running service.")] = (
         "http://127.0.0.1:8000"
     ),
-    transactions: Annotated[Path, typer.Option(help="Transactions to sample from.")] = Path(
-        "data/transactions.parquet"
-    ),
+    domain: Annotated[
+        Path | None,
+        typer.Option(
+            help="Domain folder to sample (default: the first domain the settings serve)."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled data to sample from (default: the domain's training data)."),
+    ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
     api_key_file: Annotated[
         Path,
         typer.Option(help="File holding the API key (SCORING_API_KEY, when set, wins)."),
     ] = Path("data/dev_api_key"),
 ) -> None:
-    """Wait for a running service, then score a recent legitimate and a recent fraudulent
-    transaction from the generated data and print the answers."""
+    """Wait for a running service, then score a recent negative and a recent positive object of
+    a domain's labelled data (by the domain's label column) and print the answers.
+
+    Bodies are the data's columns taken by the domain's request fields (domain.yaml), sent to
+    POST /v1/<resource>/score.
+    """
     import httpx
     import pandas as pd
 
-    from scoring_service.schemas import TransactionRequest
+    from feature_repo.domain import load_domain
+    from scoring_service.domains import request_body
+    from scoring_service.settings import Settings
 
-    def api_body(row: pd.Series) -> dict[str, object]:
-        # The request model's fields, taken from the generated row by name.
-        body = {name: row[name] for name in TransactionRequest.model_fields if name in row}
-        return json.loads(pd.Series(body).to_json(date_format="iso"))
-
+    spec = load_domain(domain or Settings().domain_folders[0])
     key = os.environ.get("SCORING_API_KEY") or (
         api_key_file.read_text().strip() if api_key_file.is_file() else ""
     )
@@ -103,6 +112,15 @@ def score_sample(
         raise SystemExit(
             f"no API key: set SCORING_API_KEY or create {api_key_file} (`make serve` does)"
         )
+    path = f"/v1/{spec.resource}/score"
+    label = spec.label_column
+    frame = pd.read_parquet(data or spec.training_data_path).sort_values(spec.timestamp_field)
+    # Rows a request can be made of: every required request field known.
+    required = [n for n, f in spec.request_fields.items() if f.required and n in frame]
+    frame = frame.dropna(subset=required)
+    recent = frame.tail(max(len(frame) // 10, 1))
+    picks = [("negative", recent[recent[label] == 0].tail(1))]
+    picks.append(("positive", recent[recent[label] == 1].tail(1)))
     deadline = time.monotonic() + wait
     with httpx.Client(base_url=url, timeout=5.0, headers={"X-API-Key": key}) as client:
         while True:
@@ -114,69 +132,76 @@ def score_sample(
             if time.monotonic() > deadline:
                 raise typer.Exit(f"service at {url} not ready after {wait:.0f} s")  # type: ignore[arg-type]
             time.sleep(0.5)
-        frame = pd.read_parquet(transactions).sort_values("event_timestamp")
-        recent = frame.tail(max(len(frame) // 10, 1))
-        picks = [recent[recent.is_fraud == 0].iloc[-1]]
-        fraud = recent[recent.is_fraud == 1]
-        if len(fraud):
-            picks.append(fraud.iloc[-1])
-        for row in picks:
-            body = api_body(row)
-            answer = client.post("/v1/transactions/score", json=body)
+        for kind, rows in picks:
+            if rows.empty:
+                continue
+            row = rows.iloc[0]
+            body = request_body(spec, row.to_dict())
+            answer = client.post(path, json=body)
             for _ in range(2):  # a well-behaved caller retries a 503 after its Retry-After
                 if answer.status_code != 503 or "retry-after" not in answer.headers:
                     break
                 time.sleep(min(float(answer.headers["retry-after"]), 1.0))
-                answer = client.post("/v1/transactions/score", json=body)
-            kind = "fraud" if row.is_fraud else "legitimate"
-            typer.echo(f"\n{kind} transaction (ground truth, pattern {row.fraud_pattern}):")
-            typer.echo("POST /v1/transactions/score " + json.dumps(body))
+                answer = client.post(path, json=body)
+            typer.echo(f"\n{spec.object_words} with {label}={row[label]} ({kind} ground truth):")
+            typer.echo(f"POST {path} " + json.dumps(body))
             typer.echo(f"-> {answer.status_code} " + json.dumps(answer.json(), indent=2))
             if answer.status_code == 200:
-                data = answer.json()
-                typer.echo(f"label={data['label']} score={data['score']:.4f}")
+                result = answer.json()
+                typer.echo(f"label={result['label']} score={result['score']:.4f}")
 
 
 @app.command("batch-score")
 def batch_score_command(
-    transactions: Annotated[
-        Path, typer.Option(help="Transactions to score (parquet; any number of rows).")
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="Objects to score (parquet of the domain's fields; any number of rows)."
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="Where to write transaction_id, score, label.")],
+    out: Annotated[Path, typer.Option(help="Where to write <business id>, score, label.")],
     device: Annotated[
         str,
         typer.Option(help="auto (GPU graph when CUDA is usable), cpu or cuda (fail without it)."),
     ] = "auto",
-    repo: Annotated[Path, typer.Option(help="Feast feature repository.")] = Path(
-        "feature_repo/fraud"
-    ),
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Domain folder: its Feast repository and domain.yaml (default: the "
+            "first domain the settings serve)."
+        ),
+    ] = None,
     yaml: Annotated[
         Path | None, typer.Option(help="Another feature_store.yaml (e.g. the Redis one).")
     ] = None,
     model_root: Annotated[Path, typer.Option(help="Root folder of model packages.")] = Path(
         "models/packages"
     ),
-    name: Annotated[str, typer.Option(help="Model name.")] = "fraud_model",
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: the domain's model_name).")
+    ] = None,
     version: Annotated[str, typer.Option(help="Model version.")] = "v1",
     as_of: Annotated[
         datetime | None,
         typer.Option(help="Read every row's features as of this time (UTC); default: its own."),
     ] = None,
     chunk_rows: Annotated[
-        int, typer.Option(min=1, help="Transactions per feature read and model call.")
+        int, typer.Option(min=1, help="Objects per feature read and model call.")
     ] = 100_000,
 ) -> None:
-    """Score a parquet of transactions offline with the served model package and label policy."""
+    """Score a parquet of a domain's objects offline with the served model package and label
+    policy."""
     from scoring_service.batch import batch_score
+    from scoring_service.settings import Settings
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
     if as_of is not None and as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     result = batch_score(
-        transactions,
+        input_path,
         out,
-        repo_path=repo,
+        repo_path=repo or Settings().domain_folders[0],
         yaml_path=yaml,
         model_root=model_root,
         model_name=name,

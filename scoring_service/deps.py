@@ -6,7 +6,7 @@ thread hand-off per dependency per request on the hot path.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Request
 
@@ -14,6 +14,9 @@ from scoring_service.errors import NotReady
 from scoring_service.resilience import Deadline, ScoringGuard, get_batch_deadline, get_deadline
 from scoring_service.scoring import Scorer
 from scoring_service.settings import Settings
+
+if TYPE_CHECKING:
+    from scoring_service.served import ServedDomain
 
 
 async def get_settings(request: Request) -> Settings:
@@ -32,14 +35,21 @@ async def get_scorer(request: Request) -> Scorer:
     return scorer
 
 
-def live_scorer(app: FastAPI) -> Scorer:
-    """The live scorer for routes served without dependency injection (``routes/fast.py``).
+def live_scorer(app: FastAPI, domain: ServedDomain | None = None) -> Scorer:
+    """The live scorer of a domain (default: the primary one) for routes served without
+    dependency injection (``routes/fast.py``).
 
-    A test's ``app.dependency_overrides[get_scorer]`` applies there too; it is called without
-    arguments.
+    The primary domain's scorer is ``app.state.scorer`` (the admin routes swap it); the other
+    domains' live on their ``ServedDomain``. A test's ``app.dependency_overrides[get_scorer]``
+    applies there too; it is called without arguments.
     """
     override = app.dependency_overrides.get(get_scorer) if app.dependency_overrides else None
-    scorer = override() if override is not None else app.state.scorer
+    if override is not None:
+        scorer = override()
+    elif domain is None or domain.primary:
+        scorer = app.state.scorer
+    else:
+        scorer = domain.scorer
     if scorer is None:
         raise NotReady(NOT_READY)
     return scorer  # type: ignore[no-any-return]

@@ -21,8 +21,8 @@ STAGE_SECONDS = Histogram(
 )
 REQUEST_SECONDS = Histogram(
     "scoring_request_seconds",
-    "End-to-end time of scoring routes.",
-    ["route"],
+    "End-to-end time of scoring routes, by route and business domain.",
+    ["route", "domain"],
     buckets=_BUCKETS,
 )
 LABELS = Counter("scoring_labels_total", "Answers by business label.", ["label", "model_version"])

@@ -11,9 +11,10 @@ What a failure can lose:
 
 - graceful shutdown (SIGTERM, the lifespan's end): nothing; the queue is drained, the journal
   rolled;
-- the process killed (SIGKILL, a crash): at most the entries still in the queue, i.e. offered
-  but not yet appended, bounded by ``queue_size`` and in practice the last few milliseconds;
-  the journal of a killed process is turned into parquet by the next start (``recover``);
+- the process killed (SIGKILL, a crash): at most the entries offered but not yet appended:
+  those in the queue and the batch the writer had taken from it, ``2 * queue_size + 1`` at
+  most and in practice the last few milliseconds; the journal of a killed process is turned
+  into parquet by the next start (``recover``);
 - the machine losing power: also what the operating system had not written to disk.
 
 Sampling (``sample_rate``) keeps a deterministic share of requests by their request id.

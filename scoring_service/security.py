@@ -1,7 +1,8 @@
 """Who may call the service, and how many bytes it will read from them.
 
 API keys are configured as sha256 hex digests (``SCORING_API_KEY_HASHES`` for the scoring routes,
-``SCORING_ADMIN_KEY_HASHES`` for /admin), so the service never holds a key it could leak. A
+``SCORING_ANALYST_KEY_HASHES`` for explanations, ``SCORING_ADMIN_KEY_HASHES`` for /admin), so the
+service never holds a key it could leak. A
 presented key is hashed and compared with every configured digest in constant time
 (``hmac.compare_digest``); keys are never logged. A missing or unknown key is 401, a known key
 without the route's scope is 403, both in the typed error body.
@@ -49,6 +50,7 @@ class KeyScope(StrEnum):
     """What a key may do."""
 
     SCORE = "score"
+    ANALYST = "analyst"  # explanations: what a logged answer was made of
     ADMIN = "admin"
 
 
@@ -71,9 +73,14 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
-        """Digests from SCORING_API_KEY_HASHES and SCORING_ADMIN_KEY_HASHES."""
+        """Digests from SCORING_API_KEY_HASHES, SCORING_ANALYST_KEY_HASHES and
+        SCORING_ADMIN_KEY_HASHES."""
         return cls(
-            {KeyScope.SCORE: settings.api_key_hashes, KeyScope.ADMIN: settings.admin_key_hashes}
+            {
+                KeyScope.SCORE: settings.api_key_hashes,
+                KeyScope.ANALYST: settings.analyst_key_hashes,
+                KeyScope.ADMIN: settings.admin_key_hashes,
+            }
         )
 
     def scopes_of(self, presented: str) -> set[KeyScope]:
@@ -103,7 +110,8 @@ def require_keys(settings: Settings) -> None:
 api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
     scheme_name="ApiKey",
-    description="An API key; scoring routes need a scoring key, /admin routes an admin key.",
+    description="An API key; scoring routes need a scoring key, explanations an analyst key, "
+    "/admin routes an admin key.",
     auto_error=False,
 )
 
@@ -150,7 +158,7 @@ class BodyTooLarge(StarletteHTTPException):
 def too_large_message(limit: int) -> str:
     """What a caller reads when its body is too large."""
     return (
-        f"The request body is larger than {limit} bytes; send fewer transactions per call "
+        f"The request body is larger than {limit} bytes; send fewer objects per call "
         "(see SCORING_MAX_BATCH_SIZE)."
     )
 

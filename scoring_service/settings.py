@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -58,20 +58,41 @@ class Settings(BaseSettings):
     )
 
     feature_repo: Path = Path("feature_repo/fraud")
-    """Feast feature repository (holds the registry the service validates models against)."""
+    """Feast feature repository of the domain served when `domains` is unset (its folder holds
+    the domain.yaml and the registry the service validates models against)."""
 
     feature_store_yaml: Path | None = None
-    """feature_store.yaml to use; default is the repository's own (embedded SQLite).
-    Point it at feature_repo/fraud/feature_store.redis.yaml for Redis."""
+    """feature_store.yaml of the first domain; default is the repository's own (embedded
+    SQLite). Point it at feature_repo/fraud/feature_store.redis.yaml for Redis."""
+
+    domains: Annotated[tuple[Path, ...], NoDecode] = ()
+    """Domain folders to serve, comma-separated (each a Feast repository with its domain.yaml,
+    e.g. feature_repo/fraud,feature_repo/credit); each domain gets its own routes, model,
+    label vocabulary and metrics. Unset: feature_repo alone. The first is the primary domain:
+    feature_store_yaml, model_name and the deployment apply to it, /admin reloads its model."""
+
+    feature_store_variant: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
+    """Store of every domain by convention: each reads <folder>/feature_store.<variant>.yaml
+    (e.g. redis). feature_store_yaml, when set, still wins for the first domain."""
+
+    models: Annotated[tuple[str, ...], NoDecode] = ()
+    """Model package per domain, `name/version`, comma-separated in the order of `domains`;
+    a domain without an entry serves its domain.yaml's model_name at model_version."""
 
     model_root: Path = Path("models/packages")
     """Root folder of model packages (<root>/<name>/<version>/manifest.json)."""
 
-    model_name: str = "fraud_model"
-    """Name of the model to serve."""
+    model_name: str | None = None
+    """Name of the first domain's model (default: its domain.yaml's model_name)."""
 
     model_version: str = "v1"
     """Version of the model to serve."""
+
+    deployment: Path | None = None
+    """Deployment file (YAML): which packages are live and how each answer is decided
+    (champion, challengers, shadows, fallback chain, ensembles; scoring_service/deployment.py).
+    Unset: the package SCORING_MODEL_NAME / SCORING_MODEL_VERSION answers alone. Reloaded on
+    SIGHUP and replaced through POST /admin/deployments."""
 
     host: str = "127.0.0.1"
     """Interface to listen on."""
@@ -83,7 +104,7 @@ class Settings(BaseSettings):
     """Logging level."""
 
     max_batch_size: int = Field(default=10_000, ge=1, le=10_000)
-    """Most transactions accepted by one score-batch call."""
+    """Most objects accepted by one score-batch call."""
 
     intra_op_threads: int = Field(default=1, ge=1, le=64)
     """ONNX Runtime intra-op threads per session (1 is best for small batches)."""
@@ -145,7 +166,7 @@ class Settings(BaseSettings):
     X-Deadline-Ms header, never for more."""
 
     batch_deadline_ms: int = Field(default=2_000, ge=1, le=600_000)
-    """Time budget of one score-batch call (up to max_batch_size transactions, one read and
+    """Time budget of one score-batch call (up to max_batch_size objects, one read and
     one model call); X-Deadline-Ms may shorten it too."""
 
     outage_policy: Literal["fail", "degrade"] = "fail"
@@ -184,7 +205,28 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted (413 payload_too_large past it, counted as bytes arrive,
-    chunked bodies included). The default holds a full batch of the longest valid transactions."""
+    chunked bodies included). The default holds a full batch of the longest valid payments."""
+
+    # Prediction log and explanations (see scoring_service/prediction_log.py, answer_log.py).
+
+    prediction_log_dir: Path | None = None
+    """Where every answer is logged, off the hot path: date-partitioned parquet per domain in
+    <dir>/<domain>/ (feature_repo/prediction_log.py). Unset: no log, and no explanations."""
+
+    prediction_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of scoring calls logged, chosen by request id (every answer of a call or none)."""
+
+    prediction_log_queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Answers waiting for the log's writer; past it answers are dropped and counted, never
+    waited for. It is also what a killed process can lose at most, twice over: the queue and
+    the batch the writer holds (scoring_service/prediction_log.py)."""
+
+    prediction_log_roll_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    """How often the log's journal becomes parquet in the log's date partitions."""
+
+    explanation_index_size: int = Field(default=100_000, ge=1, le=10_000_000)
+    """Latest logged answers kept in memory per domain for explanations (older ones are read
+    from the parquet log)."""
 
     # Security: API keys, given as sha256 hex digests (see scoring_service/security.py).
 
@@ -192,11 +234,20 @@ class Settings(BaseSettings):
     """sha256 hex digests of the API keys allowed on the scoring routes, comma-separated.
     The service does not start without at least one (`python -m scoring_service hash-key`)."""
 
+    analyst_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    """sha256 hex digests of the keys allowed on explanation routes, comma-separated; none
+    disables them (every call answers 401)."""
+
     admin_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     """sha256 hex digests of the keys allowed on /admin routes, comma-separated; none disables
     the admin routes (every call answers 401)."""
 
-    @field_validator("api_key_hashes", "admin_key_hashes", mode="before")
+    package_signing_key: SecretStr | None = Field(default=None, repr=False)
+    """When set, only model packages signed with this key (HMAC-SHA256 of the package digest,
+    written by `models train` with MODEL_SIGNING_KEY) load; unsigned or re-signed ones are
+    refused."""
+
+    @field_validator("api_key_hashes", "analyst_key_hashes", "admin_key_hashes", mode="before")
     @classmethod
     def _key_hashes(cls, value: object) -> object:
         """Comma-separated text or a sequence; every item must be a sha256 hex digest."""
@@ -212,6 +263,28 @@ class Settings(BaseSettings):
                     "`python -m scoring_service hash-key`), not the key itself"
                 )
         return hashes
+
+    @field_validator("domains", "models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Comma-separated text or a sequence."""
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _package_references(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for reference in value:
+            name, sep, version = reference.partition("/")
+            if not sep or not name or not version or "/" in version:
+                raise ValueError(f"{reference!r} is not a model package of the form name/version")
+        return value
+
+    @property
+    def domain_folders(self) -> tuple[Path, ...]:
+        """The domain folders served, the primary first."""
+        return self.domains or (self.feature_repo,)
 
     @property
     def store_connection(self) -> StoreConnection:

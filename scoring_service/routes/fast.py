@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import FastAPI
@@ -61,6 +61,9 @@ from scoring_service.resilience import DEADLINE_HEADER, Deadline, ScoringGuard
 from scoring_service.scoring import Scored, Scorer
 from scoring_service.security import API_KEY_HEADER, ARRIVED_AT, KeyScope, check_key
 from scoring_service.settings import Settings
+
+if TYPE_CHECKING:
+    from scoring_service.served import ServedDomain
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +161,17 @@ class ScoreEndpoint(Generic[T]):
         *,
         reads_body: bool,
         batch: bool = False,
+        domain: ServedDomain | None = None,
     ) -> None:
         settings: Settings = app.state.settings
         self.app = app
         self.parse = parse
         self.handler = handler
         self.reads_body = reads_body
+        self.domain = domain
         self.budget_ms = settings.batch_deadline_ms if batch else settings.deadline_ms
-        self.seconds = metrics.REQUEST_SECONDS.labels(route)  # the child, looked up once
+        # The child, looked up once.
+        self.seconds = metrics.REQUEST_SECONDS.labels(route, domain.name if domain else "")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = scope.get(ARRIVED_AT) or time.monotonic()
@@ -182,7 +188,7 @@ class ScoreEndpoint(Generic[T]):
             check_key(state.keyring, key, KeyScope.SCORE)
             holds_slot = guard.admit()  # refused here, before the body is read
             try:
-                scorer = live_scorer(self.app)
+                scorer = live_scorer(self.app, self.domain)
                 deadline = self._deadline(arrived, asked)
                 value = await self._input(scope, receive)
                 with self.seconds.time():
@@ -269,17 +275,28 @@ def post_route(
     handler: Handler[Any],
     *,
     batch: bool = False,
+    domain: ServedDomain | None = None,
 ) -> Route:
-    """A POST score route: a JSON body of ``model`` and a scoring callable."""
-    endpoint = ScoreEndpoint(app, route, json_body(model), handler, reads_body=True, batch=batch)
+    """A POST score route of a domain (default: the primary one): a JSON body of ``model`` and
+    a scoring callable."""
+    endpoint = ScoreEndpoint(
+        app, route, json_body(model), handler, reads_body=True, batch=batch, domain=domain
+    )
     return Route(path, endpoint, methods=["POST"], name=route, include_in_schema=False)
 
 
 def get_route(
-    app: FastAPI, path: str, route: str, parse: Parser[Any], handler: Handler[Any]
+    app: FastAPI,
+    path: str,
+    route: str,
+    parse: Parser[Any],
+    handler: Handler[Any],
+    *,
+    domain: ServedDomain | None = None,
 ) -> Route:
-    """A GET score route: a path parameter and a scoring callable."""
-    endpoint = ScoreEndpoint(app, route, parse, handler, reads_body=False)
+    """A GET score route of a domain (default: the primary one): a path parameter and a
+    scoring callable."""
+    endpoint = ScoreEndpoint(app, route, parse, handler, reads_body=False, domain=domain)
     return Route(path, endpoint, methods=["GET"], name=route, include_in_schema=False)
 
 

@@ -1,9 +1,14 @@
-"""Health: liveness (the process is up) and readiness (store reachable, model loaded)."""
+"""Health: liveness (the process is up) and readiness (store reachable, model loaded).
+
+Readiness covers every served domain: the primary one's checks are ``model`` and
+``feature_store``, another domain's ``model:<domain>`` and ``feature_store:<domain>``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -33,11 +38,15 @@ async def ready(request: Request) -> JSONResponse:
         checks["feature_store"] = "unknown"
     else:
         checks["model"] = "loaded"
-        try:
-            await asyncio.wait_for(asyncio.to_thread(scorer.reader.ping), READY_TIMEOUT_S)
-            checks["feature_store"] = "reachable"
-        except (FeatureStoreUnavailable, TimeoutError):
-            checks["feature_store"] = "unreachable"
+        checks["feature_store"] = await _store_check(scorer)
+    for domain in getattr(request.app.state, "domains", {}).values():
+        if domain.primary:
+            continue
+        other = domain.scorer
+        checks[f"model:{domain.name}"] = "loaded" if other is not None else "not loaded"
+        checks[f"feature_store:{domain.name}"] = (
+            await _store_check(other) if other is not None else "unknown"
+        )
     ok = all(v in ("loaded", "reachable") for v in checks.values())
     body = HealthResponse(
         status="ready" if ok else "not_ready",
@@ -47,3 +56,12 @@ async def ready(request: Request) -> JSONResponse:
         graph=scorer.model.graph if scorer else None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+async def _store_check(scorer: Any) -> str:
+    """Whether a scorer's online store answers a real read in time."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(scorer.reader.ping), READY_TIMEOUT_S)
+    except (FeatureStoreUnavailable, TimeoutError):
+        return "unreachable"
+    return "reachable"

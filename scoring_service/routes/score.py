@@ -1,233 +1,64 @@
-"""Business API: score a transaction, a batch of them, or an entity by its id.
+"""Business API of every served domain: score one object, a batch of them, or an entity by its id.
 
-Two halves over the same request and response models:
+Built from each domain's declaration (``scoring_service.domains``), in two halves over the same
+request and answer models:
 
-- ``router``: the routes as FastAPI defines them. They are what ``/openapi.json`` and ``/docs``
-  show (``app.py`` documents them), and they stay a working reference implementation; the
-  service does not serve them.
+- ``documented_router``: the routes as FastAPI defines them. They are what ``/openapi.json`` and
+  ``/docs`` show (``app.py`` documents them), and they stay a working reference implementation
+  over the same scoring callables; the service does not serve them.
 - ``serving_routes``: what the service serves at the same paths, pure ASGI endpoints
   (``routes/fast.py``) running the scoring callables below: no dependency injection, no
   response-model round trip, the batch route in columns from the feature read to its JSON.
+
+Each scoring callable hands the answers it built to the domain's prediction log
+(``AnswerLog.record``: a bounded queue, never a wait) before they leave.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Path, Security
+from fastapi import APIRouter, FastAPI, Path, Request, Security
 from starlette.routing import Route
 
-from scoring_service import metrics
-from scoring_service.deps import BatchDeadlineDep, DeadlineDep, GuardDep, ScorerDep, SettingsDep
-from scoring_service.domain import map_entity, map_records
-from scoring_service.errors import BatchTooLarge, InvalidRequest
+from scoring_service.deps import BatchDeadlineDep, DeadlineDep, GuardDep, live_scorer
+from scoring_service.domain import MappedRequests, map_entity, map_records
+from scoring_service.domains import DomainApi, EntityRoute, field_parts
+from scoring_service.errors import BatchTooLarge
 from scoring_service.features import STATUS_NAMES
 from scoring_service.observability import current_request_id
-from scoring_service.routes.fast import (
-    ScoreCall,
-    constrained,
-    get_route,
-    path_parameter,
-    post_route,
-)
-from scoring_service.schemas import (
-    EntityFreshness,
-    EntityScoreResponse,
-    ErrorResponse,
-    IdentifierStr,
-    ScoreBatchRequest,
-    ScoreBatchResponse,
-    ScoreResponse,
-    ScoreResult,
-    Transaction,
-    canonical_ip,
-)
+from scoring_service.resilience import Deadline
+from scoring_service.routes.fast import Handler, ScoreCall, get_route, path_parameter, post_route
+from scoring_service.schemas import EntityFreshness, ErrorResponse
 from scoring_service.scoring import OFF_LOOP_ROWS, Scored, ScoredColumns
 from scoring_service.security import KeyScope, require_scope
+from scoring_service.served import ServedDomain
 from scoring_service.settings import Settings
 
-# The key check sits on the router, so a route added here later cannot forget it.
-router = APIRouter(
-    prefix="/v1", tags=["scoring"], dependencies=[Security(require_scope(KeyScope.SCORE))]
-)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No API key, or an unknown one."},
-    403: {"model": ErrorResponse, "description": "The key may not call scoring routes."},
-    413: {"model": ErrorResponse, "description": "Body or batch larger than allowed."},
-    422: {"model": ErrorResponse, "description": "The request is not a valid transaction."},
-    503: {
-        "model": ErrorResponse,
-        "description": "feature_store_unavailable (outage policy `fail`), model_unavailable, "
-        "overloaded or not_ready; Retry-After says when to try again.",
-    },
-}
-ENTITY_ID = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
-]
+def errors_of(api: DomainApi) -> dict[int | str, dict[str, Any]]:
+    """The refusals of a domain's score routes, for the documentation."""
+    return {
+        401: {"model": ErrorResponse, "description": "No API key, or an unknown one."},
+        403: {"model": ErrorResponse, "description": "The key may not call scoring routes."},
+        413: {"model": ErrorResponse, "description": "Body or batch larger than allowed."},
+        422: {
+            "model": ErrorResponse,
+            "description": f"The request is not a valid {api.spec.object_words}.",
+        },
+        503: {
+            "model": ErrorResponse,
+            "description": "feature_store_unavailable (outage policy `fail`), model_unavailable, "
+            "overloaded or not_ready; Retry-After says when to try again.",
+        },
+    }
 
 
-@router.post("/transactions/score", response_model=ScoreResponse, responses=ERRORS)
-async def score_transaction(
-    transaction: Transaction, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
-) -> ScoreResponse:
-    """Score one transaction: fraud probability, business label and reasons."""
-    with metrics.REQUEST_SECONDS.labels("score").time():
-        mapped = map_records([transaction], scorer.model.manifest)
-        (result,) = await guard.score(scorer, mapped, deadline)
-    return ScoreResponse(
-        transaction_id=transaction.transaction_id,
-        score=result.score,
-        label=result.label,  # type: ignore[arg-type]
-        reasons=result.reasons,
-        model_version=scorer.model.version_label,
-        feature_freshness=result.freshness,
-        request_id=current_request_id(),
-    )
-
-
-@router.post("/transactions/score-batch", response_model=ScoreBatchResponse, responses=ERRORS)
-async def score_batch(
-    body: ScoreBatchRequest,
-    scorer: ScorerDep,
-    settings: SettingsDep,
-    guard: GuardDep,
-    deadline: BatchDeadlineDep,
-) -> ScoreBatchResponse:
-    """Score up to `max_batch_size` transactions with one feature read and one model call."""
-    if len(body.transactions) > settings.max_batch_size:
-        raise BatchTooLarge(
-            f"a batch may hold at most {settings.max_batch_size} transactions, this one has "
-            f"{len(body.transactions)}; split it into smaller calls"
-        )
-    with metrics.REQUEST_SECONDS.labels("score_batch").time():
-        mapped = map_records(body.transactions, scorer.model.manifest)
-        results = await guard.score(scorer, mapped, deadline)
-    version = scorer.model.version_label
-    return ScoreBatchResponse(
-        results=[
-            ScoreResult(
-                transaction_id=t.transaction_id,
-                score=r.score,
-                label=r.label,  # type: ignore[arg-type]
-                reasons=r.reasons,
-                model_version=version,
-                feature_freshness=r.freshness,
-            )
-            for t, r in zip(body.transactions, results, strict=True)
-        ],
-        model_version=version,
-        request_id=current_request_id(),
-    )
-
-
-async def _score_entity(
-    scorer: ScorerDep,
-    guard: GuardDep,
-    deadline: DeadlineDep,
-    entity: str,
-    join_key: str,
-    entity_id: str,
-) -> EntityScoreResponse:
-    manifest = scorer.model.manifest
-    with metrics.REQUEST_SECONDS.labels(f"score_{entity}").time():
-        mapped = map_entity(join_key, entity_id, manifest)
-        (result,) = await guard.score(scorer, mapped, deadline)
-    return EntityScoreResponse(
-        entity=entity,
-        entity_id=entity_id,
-        score=result.score,
-        label=result.label,  # type: ignore[arg-type]
-        reasons=result.reasons,
-        model_version=scorer.model.version_label,
-        feature_freshness=result.freshness,
-        request_id=current_request_id(),
-    )
-
-
-@router.get(
-    "/ip-addresses/{ip_address}/score", response_model=EntityScoreResponse, responses=ERRORS
-)
-async def score_ip_address(
-    ip_address: Annotated[str, Path(max_length=45)],
-    scorer: ScorerDep,
-    guard: GuardDep,
-    deadline: DeadlineDep,
-) -> EntityScoreResponse:
-    """Risk of a typical payment from this IP address, from what the store knows of it."""
-    try:
-        canonical = canonical_ip(ip_address)
-    except ValueError as exc:
-        raise InvalidRequest(f"ip_address: {exc}") from None
-    return await _score_entity(scorer, guard, deadline, "ip_address", "ip_address", canonical)
-
-
-@router.get("/cards/{card_id}/score", response_model=EntityScoreResponse, responses=ERRORS)
-async def score_card(
-    card_id: ENTITY_ID, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
-) -> EntityScoreResponse:
-    """Risk of a typical payment with this card."""
-    return await _score_entity(scorer, guard, deadline, "card", "card_id", card_id)
-
-
-@router.get("/merchants/{merchant_id}/score", response_model=EntityScoreResponse, responses=ERRORS)
-async def score_merchant(
-    merchant_id: ENTITY_ID, scorer: ScorerDep, guard: GuardDep, deadline: DeadlineDep
-) -> EntityScoreResponse:
-    """Risk of a typical payment to this merchant."""
-    return await _score_entity(scorer, guard, deadline, "merchant", "merchant_id", merchant_id)
-
-
-# --- what the service serves: scoring callables behind routes/fast.py ------------------------
-
-
-def serving_routes(app: FastAPI) -> list[Route]:
-    """The score routes as served (pure ASGI), at the paths ``router`` documents."""
-    settings: Settings = app.state.settings
-    return [
-        post_route(app, "/v1/transactions/score", "score", Transaction, answer_transaction),
-        post_route(
-            app,
-            "/v1/transactions/score-batch",
-            "score_batch",
-            ScoreBatchRequest,
-            batch_answerer(settings.max_batch_size),
-            batch=True,
-        ),
-        get_route(
-            app,
-            "/v1/ip-addresses/{ip_address}/score",
-            "score_ip_address",
-            path_parameter("ip_address", _ip_address),
-            entity_answerer("ip_address", "ip_address"),
-        ),
-        get_route(
-            app,
-            "/v1/cards/{card_id}/score",
-            "score_card",
-            path_parameter("card_id", constrained("card_id", IdentifierStr)),
-            entity_answerer("card", "card_id"),
-        ),
-        get_route(
-            app,
-            "/v1/merchants/{merchant_id}/score",
-            "score_merchant",
-            path_parameter("merchant_id", constrained("merchant_id", IdentifierStr)),
-            entity_answerer("merchant", "merchant_id"),
-        ),
-    ]
-
-
-_ip_text = constrained("ip_address", Annotated[str, Path(max_length=45)])
-
-
-def _ip_address(value: str) -> str:
-    try:
-        return canonical_ip(_ip_text(value))
-    except ValueError as exc:
-        raise InvalidRequest(f"ip_address: {exc}") from None
+# --- the scoring callables -------------------------------------------------------------------
 
 
 def _freshness(freshness: dict[str, EntityFreshness]) -> dict[str, dict[str, Any]]:
@@ -237,102 +68,301 @@ def _freshness(freshness: dict[str, EntityFreshness]) -> dict[str, dict[str, Any
     }
 
 
-async def answer_transaction(call: ScoreCall[Transaction]) -> dict[str, Any]:
-    """POST /v1/transactions/score: a ``ScoreResponse``."""
-    transaction, scorer = call.value, call.scorer
-    (result,) = await call.score(map_records([transaction], scorer.mapping))
-    return {
-        "transaction_id": transaction.transaction_id,
-        "score": result.score,
-        "label": result.label,
-        "reasons": result.reasons,
-        "model_version": result.model_version or scorer.model.version_label,
-        "feature_freshness": _freshness(result.freshness),
-        "request_id": current_request_id(),
+def _arrived(deadline: Deadline) -> float:
+    """When the call arrived (time.monotonic()): its deadline less its budget."""
+    return deadline.expires_at - deadline.budget_ms / 1000
+
+
+async def _record(
+    domain: ServedDomain,
+    call: ScoreCall[Any],
+    ids: Sequence[str | None],
+    mapped: MappedRequests,
+    scored: ScoredColumns | list[Scored],
+) -> None:
+    """Hand the call's answers to the domain's prediction log, when it keeps one."""
+    answers = domain.answers
+    if answers is None:
+        return
+    scorer = call.scorer
+    options: dict[str, Any] = {
+        "default_version": scorer.model.version_label,
+        "feature_names": scorer.model.manifest.features,
+        "arrived": _arrived(call.deadline),
     }
+    if isinstance(scored, ScoredColumns):
+        await answers.record_columns(current_request_id(), ids, mapped, scored, **options)
+    else:
+        await answers.record(current_request_id(), ids, mapped, scored, **options)
 
 
-def entity_answerer(entity: str, join_key: str) -> Any:
-    """GET /v1/{entities}/{id}/score: an ``EntityScoreResponse`` for one entity id."""
+def answer_one(domain: ServedDomain) -> Handler[Any]:
+    """POST /v1/{resource}/score: the domain's score response for one object."""
+    business_id = domain.api.business_id
+
+    async def answer(call: ScoreCall[Any]) -> dict[str, Any]:
+        value, scorer = call.value, call.scorer
+        mapped = map_records([value], scorer.mapping)
+        scored = await call.score(mapped)
+        (result,) = scored
+        key = getattr(value, business_id)
+        body = {
+            business_id: key,
+            "score": result.score,
+            "label": result.label,
+            "reasons": result.reasons,
+            "model_version": result.model_version or scorer.model.version_label,
+            "variant": result.variant,
+            "feature_freshness": _freshness(result.freshness),
+            "request_id": current_request_id(),
+        }
+        await _record(domain, call, [key], mapped, scored)
+        return body
+
+    return answer
+
+
+def answer_entity(domain: ServedDomain, route: EntityRoute) -> Handler[Any]:
+    """GET /v1/{entities}/{id}/score: the domain's entity score response for one entity id."""
+    join_key = route.entity.join_key
 
     async def answer(call: ScoreCall[str]) -> dict[str, Any]:
         entity_id, scorer = call.value, call.scorer
-        (result,) = await call.score(map_entity(join_key, entity_id, scorer.mapping))
-        return {
-            "entity": entity,
+        mapped = map_entity(join_key, entity_id, scorer.mapping)
+        scored = await call.score(mapped)
+        (result,) = scored
+        body = {
+            "entity": route.entity_name,
             "entity_id": entity_id,
             "score": result.score,
             "label": result.label,
             "reasons": result.reasons,
             "model_version": result.model_version or scorer.model.version_label,
+            "variant": result.variant,
             "feature_freshness": _freshness(result.freshness),
             "request_id": current_request_id(),
         }
+        await _record(domain, call, [None], mapped, scored)  # no business object to explain
+        return body
 
     return answer
 
 
-def batch_answerer(max_batch_size: int) -> Any:
-    """POST /v1/transactions/score-batch: a ``ScoreBatchResponse`` as JSON bytes.
+def answer_batch(domain: ServedDomain, max_batch_size: int) -> Handler[Any]:
+    """POST /v1/{resource}/score-batch: the domain's batch response as JSON bytes.
 
     One feature read and one model call for the whole batch, labels as arrays, and the answer
     built from the columns; a large batch builds its JSON off the event loop.
     """
+    api = domain.api
+    business_id, collection, words = api.business_id, api.collection, api.spec.object_words
 
-    async def answer(call: ScoreCall[ScoreBatchRequest]) -> bytes:
-        transactions = call.value.transactions
-        n = len(transactions)
+    async def answer(call: ScoreCall[Any]) -> bytes:
+        objects = getattr(call.value, collection)
+        n = len(objects)
         if n > max_batch_size:
             raise BatchTooLarge(
-                f"a batch may hold at most {max_batch_size} transactions, this one has {n}; "
+                f"a batch may hold at most {max_batch_size} {words}s, this one has {n}; "
                 "split it into smaller calls"
             )
         scorer = call.scorer
-        mapped = map_records(transactions, scorer.mapping)
+        mapped = map_records(objects, scorer.mapping)
         if scorer.batcher is not None and n < scorer.batcher.max_size:
             # Small enough to share a micro-batch with concurrent calls.
             scored: ScoredColumns | list[Scored] = await call.score(mapped)
         else:
             scored = await call.run(lambda: scorer.score_columns(mapped), n)
-        ids = [t.transaction_id for t in transactions]
+        ids = [getattr(o, business_id) for o in objects]
         version, request_id = scorer.version_label, current_request_id()
         if n > OFF_LOOP_ROWS:
-            return await asyncio.to_thread(batch_json, ids, scored, version, request_id)
-        return batch_json(ids, scored, version, request_id)
+            body = await asyncio.to_thread(
+                batch_json, ids, scored, version, request_id, business_id
+            )
+        else:
+            body = batch_json(ids, scored, version, request_id, business_id)
+        await _record(domain, call, ids, mapped, scored)
+        return body
 
     return answer
 
 
 def batch_json(
-    ids: list[str], scored: ScoredColumns | list[Scored], version: str, request_id: str
+    ids: list[str],
+    scored: ScoredColumns | list[Scored],
+    version: str,
+    request_id: str,
+    business_id: str,
 ) -> bytes:
-    """A ``ScoreBatchResponse`` as JSON: rows in request order."""
+    """A batch response as JSON: rows in request order, each under the business id's name."""
+    n = len(ids)
     scores: list[float] | list[float | None]
-    versions: list[str]
     if isinstance(scored, ScoredColumns):
         scores, labels, reasons = scored.scores, scored.labels, scored.reasons
         freshness = scored.freshness(_freshness_json)
-        versions = scored.model_versions or [version] * len(ids)
+        variants = scored.variants or ["champion"] * n
+        versions = scored.model_versions or [version] * n
     else:  # answers of the outage policy, or a micro-batch's rows
         scores = [r.score for r in scored]
         labels = [r.label for r in scored]
         reasons = [r.reasons for r in scored]
         freshness = [_freshness(r.freshness) for r in scored]
+        variants = [r.variant for r in scored]
         versions = [r.model_version or version for r in scored]
-    columns = zip(ids, scores, labels, reasons, versions, freshness, strict=True)
+    columns = zip(ids, scores, labels, reasons, versions, variants, freshness, strict=True)
     results = [
         {
-            "transaction_id": transaction_id,
+            business_id: key,
             "score": score,
             "label": label,
-            "reasons": reasons,
+            "reasons": why,
             "model_version": row_version or version,
+            "variant": variant,
             "feature_freshness": fresh,
         }
-        for transaction_id, score, label, reasons, row_version, fresh in columns
+        for key, score, label, why, row_version, variant, fresh in columns
     ]
     return orjson.dumps({"results": results, "model_version": version, "request_id": request_id})
 
 
 def _freshness_json(status: int, age: float | None) -> dict[str, Any]:
     return {"status": STATUS_NAMES[status], "age_seconds": age}
+
+
+# --- what the service serves: scoring callables behind routes/fast.py ------------------------
+
+
+def serving_routes(app: FastAPI, domains: Sequence[ServedDomain]) -> list[Route]:
+    """The score routes of every domain as served (pure ASGI), at the paths the documented
+    routes show."""
+    settings: Settings = app.state.settings
+    routes = []
+    for domain in domains:
+        api = domain.api
+        routes.append(
+            post_route(app, api.score_path, "score", api.request, answer_one(domain), domain=domain)
+        )
+        routes.append(
+            post_route(
+                app,
+                api.batch_path,
+                "score_batch",
+                api.batch_request,
+                answer_batch(domain, settings.max_batch_size),
+                batch=True,
+                domain=domain,
+            )
+        )
+        for entity in api.entity_routes:
+            routes.append(
+                get_route(
+                    app,
+                    entity.path,
+                    entity.name,
+                    path_parameter(entity.field, entity.parse),
+                    answer_entity(domain, entity),
+                    domain=domain,
+                )
+            )
+    return routes
+
+
+# --- what the documentation shows: the same callables as FastAPI routes ----------------------
+
+
+def _reference(
+    domain: ServedDomain,
+    handler: Handler[Any],
+    value: inspect.Parameter,
+    deadline: Any,
+) -> Callable[..., Any]:
+    """A FastAPI endpoint over a scoring callable: its signature (the request body or path
+    value, the guard and the deadline with its header) is what FastAPI reads and documents."""
+
+    async def endpoint(**params: Any) -> Any:
+        request: Request = params["request"]
+        call = ScoreCall(
+            params[value.name],
+            live_scorer(request.app, domain),
+            params["guard"],
+            params["deadline"],
+            holds_slot=False,
+        )
+        answer = await handler(call)
+        return orjson.loads(answer) if isinstance(answer, bytes) else answer
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", keyword, annotation=Request),
+            value,
+            inspect.Parameter("guard", keyword, annotation=GuardDep),
+            inspect.Parameter("deadline", keyword, annotation=deadline),
+        ]
+    )
+    return endpoint
+
+
+def documented_router(domains: Sequence[ServedDomain], max_batch_size: int) -> APIRouter:
+    """Every domain's score routes as FastAPI defines them (for /openapi.json and /docs)."""
+    # The key check sits on the router, so a route added here later cannot forget it.
+    router = APIRouter(tags=["scoring"], dependencies=[Security(require_scope(KeyScope.SCORE))])
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    for domain in domains:
+        api = domain.api
+        words = api.spec.object_words
+        errors = errors_of(api)
+        router.add_api_route(
+            api.score_path,
+            _reference(
+                domain,
+                answer_one(domain),
+                inspect.Parameter("body", keyword, annotation=api.request),
+                DeadlineDep,
+            ),
+            methods=["POST"],
+            response_model=api.response,
+            responses=errors,
+            name=api.score_route,
+            description=f"Score one {words}: its score, business label and reasons.",
+        )
+        router.add_api_route(
+            api.batch_path,
+            _reference(
+                domain,
+                answer_batch(domain, max_batch_size),
+                inspect.Parameter("body", keyword, annotation=api.batch_request),
+                BatchDeadlineDep,
+            ),
+            methods=["POST"],
+            response_model=api.batch_response,
+            responses=errors,
+            name="score_batch",
+            description=f"Score up to `max_batch_size` {api.spec.resource.replace('-', ' ')} "
+            "with one feature read and one model call.",
+        )
+        for entity in api.entity_routes:
+            base, constraints, extra = field_parts(api.spec.request_fields[entity.field])
+            path_type = Annotated[(base, Path(**constraints), *extra)]  # type: ignore[valid-type]
+            router.add_api_route(
+                entity.path,
+                _reference(
+                    domain,
+                    answer_entity(domain, entity),
+                    inspect.Parameter(entity.field, keyword, annotation=path_type),
+                    DeadlineDep,
+                ),
+                methods=["GET"],
+                response_model=api.entity_response,
+                responses=errors,
+                name=entity.name,
+                description=_entity_description(api, entity),
+            )
+    return router
+
+
+def _entity_description(api: DomainApi, entity: EntityRoute) -> str:
+    what = entity.entity_name.replace("_", " ")
+    about = entity.entity.description.rstrip(".")
+    named = f"{what} ({about})" if about else what
+    words = api.spec.object_words
+    return f"Risk of a typical {words} of this {named}, from what the store knows of it."

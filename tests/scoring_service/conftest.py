@@ -10,9 +10,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_pipelines.fraud.schema import api_body
+from feature_repo.domain import load_domain
 from scoring_service.app import create_app
+from scoring_service.domains import DomainApi
 from scoring_service.security import hash_key
 from scoring_service.settings import Settings
+from tests.conftest import FEATURE_REPO
+
+# The payment domain's request and answer models, as the service builds them from its file.
+FRAUD_API = DomainApi.build(load_domain(FEATURE_REPO))
 
 API_KEY = "test-scoring-key"
 ANALYST_KEY = "test-analyst-key"

@@ -18,7 +18,13 @@ from scoring_service.app import create_app
 from scoring_service.errors import ConfigurationInvalid
 from scoring_service.security import KeyRing, KeyScope, hash_key
 from scoring_service.settings import Settings
-from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, API_KEY, settings_for
+from tests.scoring_service.conftest import (
+    ADMIN_HEADERS,
+    ANALYST_HEADERS,
+    API_HEADERS,
+    API_KEY,
+    settings_for,
+)
 
 # Routes anyone may call: liveness, readiness, Prometheus metrics (counts and latencies, no
 # secrets) and the API's own documentation.
@@ -31,7 +37,12 @@ OPEN_ROUTES = {
     "/docs/oauth2-redirect",
     "/redoc",
 }
-PATH_VALUES = {"ip_address": "203.0.113.7", "card_id": "card_0000001", "merchant_id": "m_00001"}
+PATH_VALUES = {
+    "ip_address": "203.0.113.7",
+    "card_id": "card_0000001",
+    "merchant_id": "m_00001",
+    "transaction_id": "tx_never_scored",
+}
 BODIES = {
     "/admin/models/reload": {"name": "fraud_model", "version": "v1"},
     "/v1/transactions/score-batch": {"transactions": []},
@@ -74,8 +85,18 @@ def protected_calls(client: TestClient) -> list[tuple[str, str, str]]:
 
 
 def required_scope(template: str) -> KeyScope:
-    """Admin routes need the admin scope, everything else the scoring one."""
-    return KeyScope.ADMIN if template.startswith("/admin") else KeyScope.SCORE
+    """Admin routes need the admin scope, explanations the analyst one, everything else the
+    scoring one."""
+    if template.startswith("/admin"):
+        return KeyScope.ADMIN
+    return KeyScope.ANALYST if template.endswith("/explanation") else KeyScope.SCORE
+
+
+HEADERS = {
+    KeyScope.SCORE: API_HEADERS,
+    KeyScope.ANALYST: ANALYST_HEADERS,
+    KeyScope.ADMIN: ADMIN_HEADERS,
+}
 
 
 def call(client: TestClient, method: str, path: str, headers: dict[str, str]):
@@ -86,7 +107,12 @@ def call(client: TestClient, method: str, path: str, headers: dict[str, str]):
 def test_every_route_needs_a_key_of_its_scope(app_client: TestClient) -> None:
     calls = protected_calls(app_client)
     templates = {template for _, _, template in calls}
-    assert {"/v1/transactions/score", "/admin/config", "/admin/models/reload"} <= templates
+    assert {
+        "/v1/transactions/score",
+        "/v1/transactions/{transaction_id}/explanation",
+        "/admin/config",
+        "/admin/models/reload",
+    } <= templates
     for method, path, template in calls:
         where = f"{method} {template}"
         missing = call(app_client, method, path, {})
@@ -94,15 +120,12 @@ def test_every_route_needs_a_key_of_its_scope(app_client: TestClient) -> None:
         assert missing.json()["code"] == "unauthorized"
         wrong = call(app_client, method, path, {"X-API-Key": "not-a-key"})
         assert wrong.status_code == 401, f"{where} took an unknown key"
-        right, other = (
-            (ADMIN_HEADERS, API_HEADERS)
-            if required_scope(template) is KeyScope.ADMIN
-            else (API_HEADERS, ADMIN_HEADERS)
-        )
-        forbidden = call(app_client, method, path, other)
-        assert forbidden.status_code == 403, f"{where} took a key of the other scope"
-        assert forbidden.json()["code"] == "forbidden"
-        allowed = call(app_client, method, path, right)
+        scope = required_scope(template)
+        for other in set(KeyScope) - {scope}:
+            forbidden = call(app_client, method, path, HEADERS[other])
+            assert forbidden.status_code == 403, f"{where} took a key of scope {other}"
+            assert forbidden.json()["code"] == "forbidden"
+        allowed = call(app_client, method, path, HEADERS[scope])
         assert allowed.status_code not in (401, 403), f"{where} refused its own scope"
 
 
@@ -141,9 +164,10 @@ def test_admin_config_reveals_no_secret(app_client: TestClient) -> None:
     assert body["model"]["model_version"] == "fraud_model/v1"
     assert body["model"]["feature_service"] == "fraud_model_v1"
     assert body["settings"]["deadline_ms"] == 5_000
-    assert body["api_keys"] == {"score": 1, "admin": 1}
+    assert body["api_keys"] == {"score": 1, "analyst": 1, "admin": 1}
     assert "api_key_hashes" not in body["settings"]
     assert "admin_key_hashes" not in body["settings"]
+    assert "analyst_key_hashes" not in body["settings"]
     assert hash_key(API_KEY) not in response.text
 
 

@@ -76,7 +76,7 @@ def test_cli_scores_at_transaction_time_in_input_order(
         service_cli,
         [
             "batch-score",
-            "--transactions",
+            "--input",
             str(path),
             "--out",
             str(out),

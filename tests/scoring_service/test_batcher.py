@@ -19,9 +19,10 @@ from scoring_service.domain import map_records
 from scoring_service.errors import FeatureStoreUnavailable
 from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.registry import load_package
-from scoring_service.schemas import Transaction
 from scoring_service.scoring import Scorer, merge_mapped
-from tests.scoring_service.conftest import as_request
+from tests.scoring_service.conftest import FRAUD_API, as_request
+
+Transaction = FRAUD_API.request
 
 
 class Recorder:

@@ -27,13 +27,12 @@ from pydantic import ValidationError
 
 from feature_repo.reference import CURRENCIES
 from scoring_service.app import create_app
-from scoring_service.schemas import (
-    ScoreBatchRequest,
-    Transaction,
-    canonical_ip,
-)
 from tests.conftest import free_port
-from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, settings_for
+from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, FRAUD_API, settings_for
+
+Transaction = FRAUD_API.request
+ScoreBatchRequest = FRAUD_API.batch_request
+canonical_ip = FRAUD_API.spec.request_fields["ip_address"].parse
 
 DOCUMENTED_503 = {"feature_store_unavailable", "model_unavailable", "overloaded", "not_ready"}
 ERROR_FIELDS = {"code", "stage", "message", "request_id"}

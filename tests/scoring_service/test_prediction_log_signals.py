@@ -1,0 +1,148 @@
+"""The prediction log of a real service process, stopped under traffic by SIGTERM or SIGKILL.
+
+`python -m scoring_service serve` runs with the prediction log on while client threads score
+payments one after another. Every answer a client received (a 200 with its request id) counts
+as answered. Then the process gets a signal:
+
+- SIGTERM: uvicorn finishes the calls in flight and the lifespan closes the log (drain, roll):
+  every answered request is in the parquet log;
+- SIGKILL: nothing runs after the signal. The journal written so far survives and the next
+  start (``PredictionLog.recover``, here called directly) turns it into parquet; what is lost
+  is what was offered but not yet appended: at most the queue plus the batch the writer had
+  taken from it, ``2 * queue_size + 1`` entries (scoring_service/prediction_log.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from feature_repo import prediction_log as plog
+from feature_repo.domain import load_domain
+from scoring_service.prediction_log import PredictionLog
+from tests.fixtures.service import Replica, launch_replica
+from tests.scoring_service.conftest import API_HEADERS, as_request
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+QUEUE_SIZE = 32
+CLIENTS = 3
+TRAFFIC_S = 3.0
+# Offered but not appended when the process dies: the queue, and one batch the writer took.
+KILL_BOUND = 2 * QUEUE_SIZE + 1
+
+
+class Traffic:
+    """Client threads scoring payments until the service stops answering."""
+
+    def __init__(self, url: str, bodies: list[dict]) -> None:
+        self.url = url
+        self.bodies = bodies
+        self.answered: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(base_url=self.url, headers=API_HEADERS, timeout=30.0) as client:
+            i = offset
+            while not self.stop.is_set():
+                body = {**self.bodies[i % len(self.bodies)], "transaction_id": f"tx_sig_{i}"}
+                i += CLIENTS
+                try:
+                    response = client.post("/v1/transactions/score", json=body)
+                except httpx.TransportError:
+                    return  # the service is gone
+                if response.status_code == 200:
+                    with self._lock:
+                        self.answered.append(response.headers["x-request-id"])
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+def serve_with_log(sqlite_repo: Path, model_root: Path, tmp_path: Path, log_dir: Path) -> Replica:
+    replica = launch_replica(
+        sqlite_repo,
+        sqlite_repo / "feature_store.yaml",
+        model_root,
+        tmp_path,
+        prediction_log_dir=str(log_dir),
+        prediction_log_queue_size=str(QUEUE_SIZE),
+        prediction_log_roll_seconds="1",
+    )
+    replica.wait_ready()
+    return replica
+
+
+def run_until(replica: Replica, bodies: list[dict], signum: signal.Signals) -> list[str]:
+    """Score under traffic for a while, then signal the process mid-stream: the request ids
+    answered before it stopped answering."""
+    with Traffic(replica.url, bodies) as traffic:
+        deadline = time.monotonic() + TRAFFIC_S
+        while time.monotonic() < deadline or len(traffic.answered) < 20:
+            time.sleep(0.05)
+        replica.send(signum)
+        replica.process.wait(timeout=60)
+    return traffic.answered
+
+
+def logged_ids(root: Path) -> set[str]:
+    if not root.is_dir():
+        return set()
+    return set(plog.read(root, columns=[plog.REQUEST_ID])[plog.REQUEST_ID].to_pylist())
+
+
+def test_sigterm_loses_no_answered_request(
+    sqlite_repo: Path, model_root: Path, recent: pd.DataFrame, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir)
+    bodies = [as_request(row) for _, row in recent.tail(50).iterrows()]
+    try:
+        answered = run_until(replica, bodies, signal.SIGTERM)
+    finally:
+        replica.stop()
+    # uvicorn shuts down gracefully, then ends by the signal it was sent.
+    assert replica.process.returncode in (0, -signal.SIGTERM), replica.logs()
+    assert "Application shutdown complete" in replica.logs()
+    assert len(answered) >= 20
+    root = log_dir / "fraud"
+    assert not list((root / "_journal").glob("*.arrows")), "graceful shutdown rolls the journal"
+    missing = set(answered) - logged_ids(root)
+    assert not missing, f"{len(missing)} answered requests are not in the log"
+
+
+def test_sigkill_loses_at_most_the_queue(
+    sqlite_repo: Path, model_root: Path, recent: pd.DataFrame, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir)
+    bodies = [as_request(row) for _, row in recent.tail(50).iterrows()]
+    try:
+        answered = run_until(replica, bodies, signal.SIGKILL)
+    finally:
+        replica.stop()
+    assert replica.process.returncode == -signal.SIGKILL
+    assert len(answered) >= 20
+    # What the next start does first: the killed process's journal becomes parquet.
+    root = log_dir / "fraud"
+    spec = load_domain(sqlite_repo)
+    PredictionLog(root, spec.join_keys).recover()
+    logged = logged_ids(root)
+    missing = set(answered) - logged
+    assert len(missing) <= KILL_BOUND, f"{len(missing)} answered requests lost"
+    assert len(logged & set(answered)) >= len(answered) - KILL_BOUND
