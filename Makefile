@@ -22,14 +22,24 @@ export REDIS_CONNECTION_STRING ?= 127.0.0.1:$(REDIS_PORT)
 ifeq ($(STORE),redis)
 FS_YAML := feature_store.redis.yaml
 export SCORING_FEATURE_STORE_YAML := feature_repo/fraud/feature_store.redis.yaml
+# Every other served domain reads its own feature_store.redis.yaml.
+export SCORING_FEATURE_STORE_VARIANT := redis
 YAML_OPT := --yaml feature_repo/fraud/feature_store.redis.yaml
+CREDIT_YAML_OPT := --yaml feature_repo/credit/feature_store.redis.yaml
 else
 FS_YAML := feature_store.yaml
 YAML_OPT :=
+CREDIT_YAML_OPT :=
 endif
 
+# `make run DOMAIN=credit`: the credit domain too (its data, store and model); both are served and
+# a loan application is scored. The payment domain stays the primary one.
+DOMAIN ?= fraud
+COMMA := ,
+SERVED_DOMAINS := feature_repo/fraud$(if $(filter-out fraud,$(DOMAIN)),$(COMMA)feature_repo/$(DOMAIN))
+
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
-	materialize train dataset serve run test lint format bench clean soak bench-predict \
+	materialize train dataset serve run credit test lint format bench clean soak bench-predict \
 	replay stream produce skew-check train-compare bench-freshness lint-imports \
 	check-serve-install
 
@@ -111,6 +121,12 @@ train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics si
 		--feature-service fraud_model_v1 --feature-service fraud_model_v2 \
 		$(YAML_OPT)
 
+credit: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## Credit domain: load Feast's credit-scoring files (CREDIT_DATA_DIR), apply, materialize, train
+	$(PY) -m feature_pipelines credit load
+	cd feature_repo/credit && ../../$(FEAST) -f $(FS_YAML) apply
+	$(PY) -m feature_pipelines materialize --repo feature_repo/credit $(CREDIT_YAML_OPT)
+	$(PY) -m models train --domain feature_repo/credit $(CREDIT_YAML_OPT)
+
 # The stream and the window state live in Redis (redis-up) whatever the online store is.
 stream: $(STAMP) redis-up ## Stream consumer: events -> windowed features pushed to Feast (Ctrl-C stops)
 	$(PY) -m feature_pipelines stream --repo feature_repo/fraud $(YAML_OPT) \
@@ -132,14 +148,16 @@ DEV_ADMIN_KEY ?= data/dev_admin_key
 KEY_ENV = SCORING_API_KEY_HASHES="$${SCORING_API_KEY_HASHES:-$$($(PY) -m scoring_service dev-key --file $(DEV_API_KEY))}" \
 	SCORING_ADMIN_KEY_HASHES="$${SCORING_ADMIN_KEY_HASHES:-$$($(PY) -m scoring_service dev-key --file $(DEV_ADMIN_KEY))}"
 
-serve: $(STAMP) ## Run the scoring service on HOST:PORT (key in data/dev_api_key)
-	$(KEY_ENV) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve
+serve: $(STAMP) ## Run the scoring service on HOST:PORT (key in data/dev_api_key; DOMAIN=credit serves both domains)
+	$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
+		$(PY) -m scoring_service serve
 
-run: setup data apply materialize train ## Whole path on a fresh machine, then serve
-	@$(KEY_ENV) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) $(PY) -m scoring_service serve & \
+run: setup data apply materialize train $(filter-out fraud,$(DOMAIN)) ## Whole path on a fresh machine, then serve and score (DOMAIN=credit: both domains, a loan application)
+	@$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
+		$(PY) -m scoring_service serve & \
 	SERVER=$$!; trap 'kill $$SERVER 2>/dev/null' INT TERM EXIT; \
 	$(PY) -m scoring_service score-sample --url http://$(HOST):$(PORT) \
-		--api-key-file $(DEV_API_KEY) || exit 1; \
+		--domain feature_repo/$(DOMAIN) --api-key-file $(DEV_API_KEY) || exit 1; \
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
