@@ -140,7 +140,9 @@ def test_abandoned_work_cannot_pile_up(make_client, valid_body) -> None:
         slow = client.app.dependency_overrides[get_scorer]()  # type: ignore[attr-defined]
         for _ in range(pool + 10):
             response, _ = timed(client, valid_body)
-            assert response.json()["code"] == "feature_store_unavailable"
+            # The deadline's answer: the outage policy's, or `overloaded` when the machine
+            # itself made the event loop late (what this test checks is the pile-up bound).
+            assert response.json()["code"] in ("feature_store_unavailable", "overloaded")
         assert slow.started <= pool
         assert client.app.state.guard.in_flight == 0  # type: ignore[attr-defined]
 
