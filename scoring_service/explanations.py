@@ -144,9 +144,9 @@ class Explainer:
         names = list(entry.feature_names)
         if not names:
             raise AnswerNotLogged(
-                f"The answer for {self.spec.business_id} {entry.business_id!r} was not a "
-                f"model's (reasons: {', '.join(entry.reasons) or 'none'}); there is nothing "
-                "to explain."
+                f"The logged answer for {self.spec.business_id} {entry.business_id!r} carries "
+                f"no model input to explain (reasons: {', '.join(entry.reasons) or 'none'}): "
+                "an outage policy's answer, or one decided among several models of a deployment."
             )
         ensemble = self.ensemble(entry.model_version)
         if ensemble.feature_names and ensemble.feature_names != names:
