@@ -5,11 +5,18 @@ payments one after another. Every answer a client received (a 200 with its reque
 as answered. Then the process gets a signal:
 
 - SIGTERM: uvicorn finishes the calls in flight and the lifespan closes the log (drain, roll):
-  every answered request is in the parquet log;
+  every answered request is in the parquet log. The journal rolls into parquet every second
+  meanwhile, and the queue is large enough that nothing is dropped for overload;
 - SIGKILL: nothing runs after the signal. The journal written so far survives and the next
   start (``PredictionLog.recover``, here called directly) turns it into parquet; what is lost
   is what was offered but not yet appended: at most the queue plus the batch the writer had
-  taken from it, ``2 * queue_size + 1`` entries (scoring_service/prediction_log.py).
+  taken from it, ``2 * queue_size + 1`` entries (scoring_service/prediction_log.py). The queue
+  is small here, so that bound means something; the journal does not roll during the run, so
+  the writer only appends (milliseconds) and the queue does not overflow.
+
+Either way the service must not have dropped an answer for overload before the signal (the
+``scoring_prediction_log_dropped_total`` counter, read just before): drops are counted, not lost
+to a stop.
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ from tests.scoring_service.conftest import API_HEADERS, as_request
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-QUEUE_SIZE = 32
+KILL_QUEUE_SIZE = 32
 CLIENTS = 3
 TRAFFIC_S = 3.0
 # Offered but not appended when the process dies: the queue, and one batch the writer took.
-KILL_BOUND = 2 * QUEUE_SIZE + 1
+KILL_BOUND = 2 * KILL_QUEUE_SIZE + 1
+DROPPED = "scoring_prediction_log_dropped_total "
 
 
 class Traffic:
@@ -74,18 +82,33 @@ class Traffic:
             thread.join(timeout=60)
 
 
-def serve_with_log(sqlite_repo: Path, model_root: Path, tmp_path: Path, log_dir: Path) -> Replica:
+def serve_with_log(
+    sqlite_repo: Path,
+    model_root: Path,
+    tmp_path: Path,
+    log_dir: Path,
+    queue_size: int,
+    roll_seconds: float,
+) -> Replica:
     replica = launch_replica(
         sqlite_repo,
         sqlite_repo / "feature_store.yaml",
         model_root,
         tmp_path,
         prediction_log_dir=str(log_dir),
-        prediction_log_queue_size=str(QUEUE_SIZE),
-        prediction_log_roll_seconds="1",
+        prediction_log_queue_size=str(queue_size),
+        prediction_log_roll_seconds=str(roll_seconds),
     )
     replica.wait_ready()
     return replica
+
+
+def dropped(replica: Replica) -> float:
+    """The service's count of answers the log dropped for overload."""
+    text = httpx.get(f"{replica.url}/metrics", timeout=30.0).text
+    return sum(
+        float(line[len(DROPPED) :]) for line in text.splitlines() if line.startswith(DROPPED)
+    )
 
 
 def run_until(replica: Replica, bodies: list[dict], signum: signal.Signals) -> list[str]:
@@ -95,6 +118,7 @@ def run_until(replica: Replica, bodies: list[dict], signum: signal.Signals) -> l
         deadline = time.monotonic() + TRAFFIC_S
         while time.monotonic() < deadline or len(traffic.answered) < 20:
             time.sleep(0.05)
+        assert dropped(replica) == 0, "the log dropped answers for overload"
         replica.send(signum)
         replica.process.wait(timeout=60)
     return traffic.answered
@@ -110,7 +134,7 @@ def test_sigterm_loses_no_answered_request(
     sqlite_repo: Path, model_root: Path, recent: pd.DataFrame, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir)
+    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir, 10_000, 1.0)
     bodies = [as_request(row) for _, row in recent.tail(50).iterrows()]
     try:
         answered = run_until(replica, bodies, signal.SIGTERM)
@@ -130,7 +154,7 @@ def test_sigkill_loses_at_most_the_queue(
     sqlite_repo: Path, model_root: Path, recent: pd.DataFrame, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir)
+    replica = serve_with_log(sqlite_repo, model_root, tmp_path, log_dir, KILL_QUEUE_SIZE, 600.0)
     bodies = [as_request(row) for _, row in recent.tail(50).iterrows()]
     try:
         answered = run_until(replica, bodies, signal.SIGKILL)
