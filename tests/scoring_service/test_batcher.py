@@ -8,7 +8,7 @@ and checks that batching changes nothing in the answers.
 from __future__ import annotations
 
 import asyncio
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,13 @@ from scoring_service.errors import FeatureStoreUnavailable
 from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.registry import load_package
 from scoring_service.scoring import Scorer, merge_mapped
+from scoring_service.settings import StoreConnection
 from tests.scoring_service.conftest import FRAUD_API, as_request
 
 Transaction = FRAUD_API.request
+
+# Longest a test waits for something the batcher must do; only a broken batcher gets near it.
+WAIT_S = 30.0
 
 
 class Recorder:
@@ -32,15 +36,30 @@ class Recorder:
         self.batches: list[list[int]] = []
         self.gate = gate
         self.error = error
+        self._arrived = asyncio.Event()
 
     async def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
+        self._arrived.set()
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(0)
         if self.error is not None:
             raise self.error
         return [2 * i for i in items]
+
+    async def wait_for(self, n: int) -> None:
+        """Until ``n`` batches have arrived."""
+        async with asyncio.timeout(WAIT_S):
+            while len(self.batches) < n:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+async def settle() -> None:
+    """Let every task that can run, run (no wall time: turns of the event loop)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 def test_concurrent_calls_share_a_batch_and_get_their_own_rows() -> None:
@@ -56,10 +75,11 @@ def test_concurrent_calls_share_a_batch_and_get_their_own_rows() -> None:
 
 def test_an_idle_batcher_does_not_wait() -> None:
     async def main() -> None:
-        batcher = MicroBatcher(Recorder(), max_size=64, max_wait_s=10.0)
-        started = time.monotonic()
-        assert await batcher.submit(21) == 42
-        assert time.monotonic() - started < 1.0
+        max_wait = 120.0
+        batcher = MicroBatcher(Recorder(), max_size=64, max_wait_s=max_wait)
+        # Left on the next turn of the loop, not by its max_wait timer.
+        async with asyncio.timeout(max_wait / 4):
+            assert await batcher.submit(21) == 42
 
     asyncio.run(main())
 
@@ -82,12 +102,12 @@ def test_calls_arriving_during_a_batch_leave_together_after_it() -> None:
     async def main() -> None:
         gate = asyncio.Event()
         recorder = Recorder(gate)
-        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=10.0)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=WAIT_S * 4)
         first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.01)
+        await recorder.wait_for(1)
         assert recorder.batches == [[0]]  # left at once
         rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
-        await asyncio.sleep(0.01)
+        await settle()
         assert recorder.batches == [[0]]  # waiting for the batch in progress
         gate.set()
         assert await first == 0 and await asyncio.gather(*rest) == [2, 4, 6, 8, 10]
@@ -100,14 +120,19 @@ def test_no_call_waits_longer_than_max_wait() -> None:
     """Even while a batch is stuck, a waiting call leaves after max_wait."""
 
     async def main() -> None:
+        max_wait = 0.05
+        loop = asyncio.get_running_loop()
         gate = asyncio.Event()
         recorder = Recorder(gate)
-        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=0.05)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=max_wait)
         stuck = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.01)
+        await recorder.wait_for(1)
+        submitted = loop.time()
         waiting = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.2)
+        await recorder.wait_for(2)  # the stuck batch is still stuck: its gate is closed
         assert recorder.batches == [[0], [1]]
+        # It left by its max_wait timer (not at once: a batch was in progress).
+        assert loop.time() - submitted >= max_wait * 0.9
         gate.set()
         assert await asyncio.gather(stuck, waiting) == [0, 2]
 
@@ -133,12 +158,12 @@ def test_a_waiter_that_gives_up_is_dropped() -> None:
     async def main() -> None:
         gate = asyncio.Event()
         recorder = Recorder(gate)
-        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=10.0)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=WAIT_S * 4)
         busy = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.01)
+        await recorder.wait_for(1)
         impatient = asyncio.ensure_future(batcher.submit(1))
         patient = asyncio.ensure_future(batcher.submit(2))
-        await asyncio.sleep(0.01)
+        await settle()
         impatient.cancel()  # e.g. its deadline passed
         gate.set()
         assert await busy == 0 and await patient == 4
@@ -152,12 +177,13 @@ def test_a_waiter_that_gives_up_is_dropped() -> None:
 def test_close_finishes_work_and_refuses_more() -> None:
     async def main() -> None:
         gate = asyncio.Event()
-        batcher = MicroBatcher(Recorder(gate), max_size=64, max_wait_s=10.0)
+        recorder = Recorder(gate)
+        batcher = MicroBatcher(recorder, max_size=64, max_wait_s=WAIT_S * 4)
         running = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.01)
+        await recorder.wait_for(1)
         closing = asyncio.ensure_future(batcher.close())
-        await asyncio.sleep(0.01)
-        assert not closing.done()
+        await settle()
+        assert not closing.done()  # waits for the batch in progress
         gate.set()
         await closing
         assert await running == 2
@@ -178,7 +204,9 @@ def test_batched_scores_equal_scores_alone(redis_repo: Path, model_root: Path, r
     mapped = [map_records([t], model.manifest) for t in transactions]
 
     async def main() -> tuple[list, list, int]:
-        reader = RedisFeatureReader.from_store(store, model.layout)
+        # Timeouts for a loaded machine: this test is about batching, not about deadlines.
+        connection = replace(StoreConnection.defaults(), timeout_s=30.0, connect_timeout_s=30.0)
+        reader = RedisFeatureReader.from_store(store, model.layout, connection)
         scorer = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
         try:
             batched = await asyncio.gather(*(scorer.score(m) for m in mapped))
