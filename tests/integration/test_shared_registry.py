@@ -90,7 +90,7 @@ class SharedRegistry:
     env: dict[str, str]
     definitions: Path  # the feature repository `feast apply` runs in
     job: Path  # the materialization job's folder: feature_store.sql.yaml only
-    service: Path  # the replicas' folder: feature_store.sql.yaml only
+    service: Path  # the replicas' folder: feature_store.sql.yaml and the domain's domain.yaml
     redis: RedisServer
     end: datetime
 
@@ -147,6 +147,8 @@ def shared_registry(
         for folder in (job, service):
             folder.mkdir()
             shutil.copy(definitions / SQL_YAML, folder / SQL_YAML)
+        # A replica is deployed with its domain's declaration; the definitions live in the registry.
+        shutil.copy(definitions / "domain.yaml", service / "domain.yaml")
         feast_cli(definitions, "apply", yaml=SQL_YAML, env=env)
         shared = SharedRegistry(env, definitions, job, service, server, data_end)
         shared.materialize(datetime.fromisoformat(materialize_end(data_end)))
