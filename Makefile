@@ -161,8 +161,8 @@ run: setup data apply materialize train $(filter-out fraud,$(DOMAIN)) ## Whole p
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
-test: setup ## Architecture contracts, then unit, integration (real servers) and end-to-end tests
-	$(VENV)/bin/lint-imports
+test: setup ## Lint and architecture contracts, then unit, integration (real servers) and end-to-end tests
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
 
 SOAK_SECONDS ?= 600

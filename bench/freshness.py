@@ -23,6 +23,9 @@ to it (``unchanged_written``, left out of the percentiles); when it is not, the 
 fresh in time (``late``, counted at the timeout).
 
 Writes ``bench/results/freshness.json``.
+
+Why one module of this length: one benchmark script: its setup, its processes and its measurement
+loop, each a function of its own.
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ the machine's core count, its load average before and after the run, library ver
 service's RSS per worker after warm-up and its time from process start to ready. A py-spy
 profile of the service under load goes to ``bench/results/profile_service_c16.txt`` (skipped
 when py-spy cannot attach).
+
+Why one module of this length: every anchor and every service configuration must be measured in
+one run, in a fixed order, against the same Redis and the same request bodies, so that the ratios
+compare like with like; each phase is a function of its own, and the data set it fills Redis
+with is ``bench/dataset.py``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Each pipeline step is one command of the ``app`` Typer application; a new step is a new
 function decorated with ``@app.command(...)``.
+
+Why one module of this length: one thin command per pipeline step; the length is the number of
+steps, and each command only parses options and calls its step's module.
 """
 
 from __future__ import annotations

@@ -179,7 +179,10 @@ def _online(
     ).to_dict(include_event_timestamps=True)
     # Feast reports 0 for a key without a row; past the TTL the row is withheld (NaN).
     rows: list[Row] = [
-        (math.nan if not stamp else float(stamp), [_number(response[f][i]) for f in features])
+        (
+            math.nan if not stamp else float(stamp),
+            [math.nan if (v := _number(response[f][i])) is None else v for f in features],
+        )
         for i, stamp in enumerate(response[f"{features[0]}__ts"])
     ]
     layout = StoreLayout.from_views({view: spec})

@@ -8,8 +8,8 @@ reader, the Feast SDK reader), by batch scoring and by the skew check:
   withholds them in training) and *missing* when the store has no row for the key;
 - an entity's status combines its views that are evidence of it (``ViewSpec.evidence``; all of
   them when none is): the most severe wins, missing over stale over present. Its age is the
-  oldest of those rows (none when it is missing). A view tagged optional evidence (streaming windows of a quiet entity)
-  fills its columns when present but never makes the entity unknown.
+  oldest of those rows (none when it is missing). A view tagged optional evidence (streaming
+  windows of a quiet entity) fills its columns when present but never makes the entity unknown.
 """
 
 from __future__ import annotations

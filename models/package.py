@@ -5,6 +5,10 @@ it names. The manifest is the contract between training and serving: which Featu
 model reads, the order of its input vector, how a business request maps to entity keys, the
 label thresholds and the "uncertain" policy, plus evaluation results, library versions and the
 sha256 of every artefact so a damaged package is refused before it serves.
+
+Why one module of this length: the package format is the one contract between training and
+serving (manifest schema, seal, signature, load checks), and the service may import this module
+and no other from ``models/`` (an import-linter contract); splitting it would widen that door.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ PNGs embedded as base64, so the file opens anywhere, offline, and can be attache
 ``models train`` writes the report into the package (listed with its sha256 among the
 artefacts); ``python -m models report --package <dir>`` regenerates it from the package and the
 training set and republishes the package atomically.
+
+Why one module of this length: the report is one page whose figures share the holdout arrays, the
+colours and the layout; each figure is a short function of its own here.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ Iterations: the graph uses ``booster.best_iteration`` trees when it is positive 
 
 Not supported (``ValueError``): objectives other than ``binary`` (multiclass, regression,
 ranking, ``cross_entropy``), categorical splits and linear trees.
+
+Why one module of this length: the graph builder and its float32 exactness argument are one
+lowering; the dump reader is ``models.lightgbm_dump`` and the test helpers live in the tests.
 """
 
 from __future__ import annotations

@@ -283,7 +283,11 @@ def _on_hangup(manager: DeploymentManager) -> Callable[[], None] | None:
         )
     except (ValueError, RuntimeError, NotImplementedError):
         return None
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
 
 
 def describe(domains: list[ServedDomain]) -> str:

@@ -252,7 +252,7 @@ def _score_chunk(
     everyone = list(range(n))
     for view in model.layout.views:
         block = matrix[:, view.offset : view.offset + len(view.features)]
-        found = (~np.isnan(block).all(axis=1)).tolist()
+        found: list[bool] = np.asarray(~np.isnan(block).all(axis=1)).tolist()
         rows = block.tolist()
         reads[view.name] = (
             everyone,

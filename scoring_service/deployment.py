@@ -146,7 +146,7 @@ class DeploymentSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentSpec:
-        variants = [self.champion, *self.challengers]
+        variants: list[Variant] = [self.champion, *self.challengers]
         total = sum(v.weight for v in variants)
         if abs(total - 1.0) > _WEIGHT_TOLERANCE:
             raise ValueError(
@@ -157,7 +157,8 @@ class DeploymentSpec(_Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"names must be unique; repeated: {duplicated}")
-        for item in [*variants, *self.shadows]:
+        scorers: list[Variant | Shadow] = [*variants, *self.shadows]
+        for item in scorers:
             if item.ensemble is not None and item.ensemble not in self.ensembles:
                 raise ValueError(f"{item.name} names an ensemble {item.ensemble!r} not declared")
         chain = [f.package for f in self.fallback]

@@ -19,6 +19,9 @@ Nothing here knows a domain: for each served domain, :meth:`DomainApi.build` tur
 
 Schema names in the OpenAPI document come from the domain's ``object_name`` (``Transaction``,
 ``TransactionScoreResponse``, ``LoanApplication``, ...), so several domains live in one document.
+
+Why one module of this length: a domain's request, batch and answer models and their OpenAPI
+descriptions are built together from one declaration, so they cannot drift apart.
 """
 
 from __future__ import annotations

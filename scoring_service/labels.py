@@ -156,9 +156,8 @@ class LabelPolicy:
         # NaN reaches no cut-off, as in score_label (searchsorted would put it past them all).
         rank = np.where(np.isnan(scores), 0, self.thresholds.ranks(scores))
         floor = self.uncertain.report_label_at_or_above
-        floor_rank = (
-            len(self.labels) if floor == "never" else self._rank.get(floor, len(self.labels))
-        )  # type: ignore[attr-defined]
+        ranks: dict[str, int] = self._rank  # type: ignore[attr-defined]
+        floor_rank = len(self.labels) if floor == "never" else ranks.get(floor, len(self.labels))
         below_floor = rank < floor_rank
         uncertain = thin_of[inverse] & below_floor
         named = np.array(list(self.labels), dtype=object)[rank]

@@ -20,6 +20,10 @@ all the deployment's models (``layout``), and each model takes its columns from 
 
 Shadows are scored afterwards, on the same feature batch, by ``ShadowRunner`` (off the answer's
 path, through a bounded queue that drops first under load).
+
+Why one module of this length: the checks of ``LiveDeployment.load`` establish exactly the
+invariants the per-batch answering relies on (every model's columns in the read layout, ensemble
+members on the same entities, thresholds rising), so the two stay side by side.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ a snapshot are window functions over the entity's preceding hours, ordered by th
 sums as differences of running totals, maxima and distinct sets over ``rangeBetween(-w, -1)``
 (see ``_Windows``). One shuffle for the hourly rows, one for the windows; no per-event join, so
 the work grows with the number of active (entity, hour) pairs, not with events times windows.
+
+Why one module of this length: it mirrors the pandas engine view by view (the engine-equality test
+compares them), which is easiest to review when each view's Spark plan sits in one place.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ the range is predictable from entity history earlier in the range:
 Every transaction gets ``label_available_at``: the time its label becomes known (chargeback or
 maturity), 2-15 days after the event for fraud and legitimate rows alike. Amounts are drawn on
 one nominal scale whatever the currency; ``currency`` is the card's home currency.
+
+Why one module of this length: the world and the fraud patterns are one joint draw from one
+seeded generator (patterns reuse the cards, IPs and merchants drawn first), so a seed reproduces
+the whole data set; each pattern is a function of its own.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ The topology is a snapshot that can be wrong for a while; the replies say so:
 Redirections are followed a few times per read, like redis-py's cluster client does. Every node
 is a ``RedisPipelineClient`` (event loop and blocking), opened on first use with the seed's
 credentials and TLS.
+
+Why one module of this length: slot routing, MOVED/ASK redirections and topology refreshes are one
+protocol sharing one snapshot; split, its invariants would cross module boundaries.
 """
 
 from __future__ import annotations

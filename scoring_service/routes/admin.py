@@ -146,7 +146,7 @@ DEPLOYMENT_EXAMPLE = {
     "shadows": [{"name": "v1-shadow", "package": "fraud_model/v1"}],
     "fallback": [{"name": "request-only", "package": "fraud_model/rt"}],
 }
-REFUSED = {
+REFUSED: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorResponse,
         "description": "deployment_invalid: the deployment cannot go live (unknown package, "
