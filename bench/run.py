@@ -8,6 +8,8 @@ realistic feature set (``bench/dataset.py``):
     every answer must be a score or a fast 503 ``overloaded``;
 (a2) the same with 2 worker processes (``SCORING_WORKERS=2``), and with 1 worker under granian
     (the alternative ASGI server) instead of uvicorn;
+(a3) c=16 with a deployment file (``SCORING_DEPLOYMENT``) of the champion alone, then of the
+    champion plus one shadow scoring every request: what a shadow costs the answers;
 (b) ``feast serve``'s ``/get-online-features`` for the same entities and features (feature
     lookup only), the real Feast CLI against the same repository and Redis;
 (c) a trivial FastAPI endpoint with the same request model and no work (the framework ceiling),
@@ -84,6 +86,20 @@ TARGETS = {
     "rss_mb": ("<=", 300.0),
     "rss_mb_per_worker_2_workers": ("<=", 300.0),
     "ready_s": ("<=", 10.0),
+    "throughput_with_shadow_vs_without": (">=", 0.7),
+}
+
+# (a3): the one-model deployment, and the same with a shadow that scores every request (the same
+# package, so the shadow's cost is a second model call per micro-batch and its bookkeeping).
+_CHAMPION = {"name": "champion", "package": "fraud_model/v1", "weight": 1.0}
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
+    "champion": {"name": "bench champion", "sticky_field": "card_id", "champion": _CHAMPION},
+    "champion + shadow": {
+        "name": "bench champion with a shadow",
+        "sticky_field": "card_id",
+        "champion": _CHAMPION,
+        "shadows": [{"name": "shadow", "package": "fraud_model/v1"}],
+    },
 }
 
 
@@ -342,6 +358,18 @@ def summarise_profile(collapsed: str, top: int = 45) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shadow_metrics(base: str) -> dict[str, float]:
+    """Rows the shadow scored and rows it dropped (queue full), from the service's metrics."""
+    text = httpx.get(base + "/metrics", timeout=10.0).text
+    counts = {"scored": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        if line.startswith("scoring_shadow_dropped_total"):
+            counts["dropped"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("scoring_variant_requests_total") and 'variant="shadow"' in line:
+            counts["scored"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def batch_call(base: str, bodies: list[dict], repeats: int = 5) -> list[float]:
     """Seconds per score-batch call of all ``bodies`` (after one warm-up call)."""
     payload = json.dumps({"transactions": bodies}).encode()
@@ -552,6 +580,29 @@ def main() -> None:
             else:
                 notes.append("granian not installed (it is in the dev extra): no granian run")
 
+            # (a3) a deployment of the champion alone, then with one shadow on every request
+            shadow_counts: dict[str, float] = {}
+            for name, spec in DEPLOYMENTS.items():
+                file = tmp / f"deployment_{name}.json"
+                file.write_text(json.dumps(spec))
+                port = free_port()
+                base_d = f"http://127.0.0.1:{port}"
+                cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+                deployed = {**env, "SCORING_DEPLOYMENT": str(file)}
+                with running(f"service_{name}", cmd, deployed, logs) as process:
+                    process.wait_ready(base_d + "/health/ready")
+                    scenarios += http_scenarios(
+                        f"{label}, deployment: {name}",
+                        base_d,
+                        SCORE_PATH,
+                        bodies,
+                        args.duration,
+                        API_KEY,
+                        connections=(16,),
+                    )
+                    if name == "champion + shadow":
+                        shadow_counts = shadow_metrics(base_d)
+
             # (b) feast serve, feature lookup only, same entities and features
             port = free_port()
             feast_base = f"http://127.0.0.1:{port}"
@@ -630,6 +681,13 @@ def main() -> None:
         "rss_mb_per_worker_2_workers": max(worker_rss, default=float("nan")),
         "ready_s": ready_s,
     }
+    alone = find(f"{label}, deployment: champion", 16)
+    shadowed = find(f"{label}, deployment: champion + shadow", 16)
+    ratios["throughput_with_shadow_vs_without"] = shadowed["rps"] / alone["rps"]
+    ratios["c16_p99_with_shadow_vs_without"] = shadowed["p99_ms"] / alone["p99_ms"]
+    scored = shadow_counts.get("scored", 0.0)
+    dropped = shadow_counts.get("dropped", 0.0)
+    ratios["shadow_dropped_share"] = dropped / (scored + dropped) if scored + dropped else 0.0
     if any(s["name"] == f"{label}, granian" for s in scenarios):
         ratios["granian_throughput_vs_uvicorn"] = (
             find(f"{label}, granian", 16)["rps"] / ours16["rps"]
@@ -679,6 +737,7 @@ def main() -> None:
             for name, rule in TARGETS.items()
             if name in ratios
         },
+        "shadow": shadow_counts,
         "notes": notes,
     }
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")

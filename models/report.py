@@ -283,7 +283,7 @@ def _calibration_figure(data: ReportData) -> Figure:
     top = max(float(np.max(predicted)), float(np.max(observed)), 1e-3)
     ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="perfect")
     ax.set(xlabel="mean predicted score", ylabel="observed positive rate", title="Calibration")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")  # a rare-event model's curve climbs steeply near the left edge
     return fig
 
 

@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batch_max_rows=settings.batch_max_rows,
                 batch_max_wait_s=settings.batch_max_wait_ms / 1000,
                 deployment=deployment,
+                shadow_time_share=settings.shadow_time_share,
             )
 
         domain = domain_of(store)

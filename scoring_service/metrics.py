@@ -118,7 +118,7 @@ SHADOW_SCORE_DIFF = Gauge(
 )
 SHADOW_DROPPED = Counter(
     "scoring_shadow_dropped_total",
-    "Rows not scored by shadows because their queue was full (shadows yield first under load).",
+    "Rows not scored by shadows: queue full or time budget spent (shadows yield first under load).",
 )
 DEPLOYMENT_INFO = Gauge(
     "scoring_deployment_info",

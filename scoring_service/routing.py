@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -455,18 +454,64 @@ def graph_parity_problem(model: LoadedModel, rows: int = 256) -> str | None:
     return None
 
 
-class ShadowRunner:
-    """Scores shadows after the answers, from a bounded queue; drops first under load."""
+class RollingAgreement:
+    """Label agreement rate and mean absolute score difference over the last ``window`` rows,
+    kept as running sums over a ring buffer (constant work per row, whatever the window)."""
 
-    def __init__(self, deployment: LiveDeployment, queue_size: int = 64, window: int = 10_000):
+    def __init__(self, window: int) -> None:
+        self.agree = np.zeros(window, dtype=np.float64)
+        self.diff = np.zeros(window, dtype=np.float64)
+        self.filled = 0
+        self.next = 0
+        self.agree_sum = 0.0
+        self.diff_sum = 0.0
+
+    def add(self, agree: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
+        """Add rows; the current (agreement rate, mean absolute difference)."""
+        size = len(self.agree)
+        if len(agree) > size:  # only the newest rows fit
+            agree, diff = agree[-size:], diff[-size:]
+        slots = (self.next + np.arange(len(agree))) % size
+        self.agree_sum += float(agree.sum()) - float(self.agree[slots].sum())
+        self.diff_sum += float(diff.sum()) - float(self.diff[slots].sum())
+        self.agree[slots], self.diff[slots] = agree, diff
+        wrapped = self.next + len(agree) >= size
+        self.next = int((self.next + len(agree)) % size)
+        self.filled = min(size, self.filled + len(agree))
+        if wrapped:  # once per window: exact sums again, so rounding never accumulates
+            self.agree_sum, self.diff_sum = float(self.agree.sum()), float(self.diff.sum())
+        return self.agree_sum / self.filled, self.diff_sum / self.filled
+
+
+class ShadowRunner:
+    """Scores shadows after the answers, from a bounded queue; drops first under load.
+
+    Two limits keep shadows from costing the answers: the queue (a batch that finds it full is
+    dropped), and a time budget: shadow scoring may take ``time_share`` of the wall clock on
+    average (a token bucket filled at that rate, holding at most ``burst_s``, emptied by each
+    batch's measured scoring time). A batch that finds the bucket empty is dropped and counted,
+    so a saturated service answers at no less than about ``1 - time_share`` of its shadow-free
+    rate, while a service with room to spare has every batch scored.
+    """
+
+    def __init__(
+        self,
+        deployment: LiveDeployment,
+        queue_size: int = 64,
+        window: int = 10_000,
+        time_share: float = 0.2,
+        burst_s: float = 0.05,
+    ):
         self.deployment = deployment
+        self.time_share = time_share
+        self.burst_s = burst_s
+        self._tokens = burst_s
+        self._filled_at = time.perf_counter()
         self.queue: asyncio.Queue[tuple[FeatureBatch, MappedRequests, Answered]] = asyncio.Queue(
             maxsize=queue_size
         )
         self._task: asyncio.Task[None] | None = None
-        self._agree: dict[str, deque[tuple[bool, float]]] = {
-            s.name: deque(maxlen=window) for s in deployment.shadows
-        }
+        self._agree = {s.name: RollingAgreement(window) for s in deployment.shadows}
 
     def start(self) -> None:
         if self.deployment.shadows and self._task is None:
@@ -475,18 +520,33 @@ class ShadowRunner:
     def offer(self, batch: FeatureBatch | None, mapped: MappedRequests, answered: Answered) -> None:
         if not self.deployment.shadows or batch is None:
             return
+        if self.time_share <= 0.0:
+            metrics.SHADOW_DROPPED.inc(len(answered.labels))
+            return
         try:
             self.queue.put_nowait((batch, mapped, answered))
         except asyncio.QueueFull:
             metrics.SHADOW_DROPPED.inc(len(answered.labels))
 
+    def _affordable(self) -> bool:
+        """Whether the time budget has room for one more batch (the bucket is not empty)."""
+        now = time.perf_counter()
+        elapsed, self._filled_at = now - self._filled_at, now
+        self._tokens = min(self.burst_s, self._tokens + elapsed * self.time_share)
+        return self._tokens > 0.0
+
     async def _run(self) -> None:
         while True:
             batch, mapped, answered = await self.queue.get()
+            if not self._affordable():
+                metrics.SHADOW_DROPPED.inc(len(answered.labels))
+                continue
+            started = time.perf_counter()
             try:
                 self.score(batch, mapped, answered)
             except Exception:
                 logger.exception("shadow scoring failed")
+            self._tokens -= time.perf_counter() - started
 
     def score(self, batch: FeatureBatch, mapped: MappedRequests, answered: Answered) -> None:
         """Score every shadow on the batch; agreement with the answers that models gave."""
@@ -497,13 +557,11 @@ class ShadowRunner:
             scores, matrix = shadow.scores(batch, mapped, rows)
             statuses = {key: batch.status[key][rows] for key in batch.status}
             labels, _ = shadow.policy.decide_many(scores, matrix, statuses)
-            window = self._agree[shadow.name]
-            for j, i in enumerate(rows.tolist()):
-                window.append(
-                    (labels[j] == answered.labels[i], abs(scores[j] - answered.scores[i]))
-                )
-            agree = sum(a for a, _ in window) / len(window)
-            diff = sum(d for _, d in window) / len(window)
+            answered_labels = np.asarray(answered.labels, dtype=object)[rows]
+            agree, diff = self._agree[shadow.name].add(
+                np.asarray(labels, dtype=object) == answered_labels,
+                np.abs(np.asarray(scores, dtype=np.float64) - answered.scores[rows]),
+            )
             metrics.SHADOW_LABEL_AGREEMENT.labels(shadow.name, shadow.model_version).set(agree)
             metrics.SHADOW_SCORE_DIFF.labels(shadow.name, shadow.model_version).set(diff)
             metrics.VARIANT_REQUESTS.labels(shadow.name, shadow.model_version).inc(len(rows))

@@ -130,13 +130,18 @@ class Scorer:
         batch_max_wait_s: float = 0.001,
         micro_batching: bool = True,
         deployment: LiveDeployment | None = None,
+        shadow_time_share: float = 0.2,
     ) -> None:
         self.model = model
         self.reader = reader
         self.deployment = deployment
         # The direct path unless the deployment has more than one model or any fallback.
         self.routed = deployment is not None and not _single(deployment)
-        self.shadows = ShadowRunner(deployment) if deployment is not None else None
+        self.shadows = (
+            ShadowRunner(deployment, time_share=shadow_time_share)
+            if deployment is not None
+            else None
+        )
         self._read_async: Callable[..., Awaitable[FeatureBatch]] | None
         self._read_async = getattr(reader, "read_async", None)
         version = model.version_label

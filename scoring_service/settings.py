@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     Unset: the package SCORING_MODEL_NAME / SCORING_MODEL_VERSION answers alone. Reloaded on
     SIGHUP and replaced through POST /admin/deployments."""
 
+    shadow_time_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Most of the process's time that shadow models may take, on average: past it, a batch's
+    shadow scoring is dropped (counted in scoring_shadow_dropped_total), so shadows never cost
+    a busy service more than this share of its answers. 1 scores every batch whatever the load;
+    0 turns shadows off."""
+
     host: str = "127.0.0.1"
     """Interface to listen on."""
 

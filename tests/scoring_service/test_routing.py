@@ -19,6 +19,7 @@ from scoring_service.routing import (
     FALLBACK_MODEL_ERROR,
     FALLBACK_STORE,
     LiveDeployment,
+    RollingAgreement,
     ShadowRunner,
 )
 
@@ -192,6 +193,40 @@ def test_shadows_never_change_the_answer(packages, store, requests) -> None:
     assert 0.0 <= agreement <= 1.0
 
 
+@pytest.mark.parametrize(("share", "scored_batches"), [(1.0, 5), (0.0, 0)])
+def test_shadow_time_budget(packages, store, requests, share: float, scored_batches: int) -> None:
+    """A share of 1 scores every batch whatever it costs (the bucket refills by at least each
+    batch's own time); a share of 0 scores none and counts every row as dropped."""
+    import asyncio
+
+    from scoring_service import metrics
+
+    shadowed = live(
+        packages, store, deployment(shadows=[{"name": "rt-shadow", "package": f"{NAME}/rt"}])
+    )
+    mapped = mapped_for(shadowed, requests)
+    batch = read(shadowed, store, mapped)
+    answered = shadowed.answer(batch, mapped, len(requests))
+    scored = metrics.VARIANT_REQUESTS.labels("rt-shadow", f"{NAME}/rt")
+    before_scored, before_dropped = scored._value.get(), metrics.SHADOW_DROPPED._value.get()
+
+    async def run() -> None:
+        runner = ShadowRunner(shadowed, time_share=share)
+        runner.start()
+        for _ in range(5):
+            runner.offer(batch, mapped, answered)
+        while not runner.queue.empty():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the last batch taken off the queue is scored or dropped
+        await runner.aclose()
+
+    asyncio.run(run())
+    rows = int((~np.isnan(answered.scores)).sum())
+    assert scored._value.get() - before_scored == rows * scored_batches
+    dropped = metrics.SHADOW_DROPPED._value.get() - before_dropped
+    assert dropped == len(answered.labels) * (5 - scored_batches)
+
+
 @pytest.mark.parametrize(
     ("changes", "fault"),
     [
@@ -295,3 +330,22 @@ def test_fallbacks_on_a_real_redis(
         assert no_fallback.answer(None, mapped, len(requests)) is None
     finally:
         reader.close()
+
+
+def test_shadow_agreement_is_the_mean_over_the_last_window_rows() -> None:
+    """Running sums over a ring buffer equal the plain mean of the newest rows, across wraps."""
+    rng = np.random.default_rng(3)
+    window = 50
+    rolling = RollingAgreement(window)
+    agree_all: list[float] = []
+    diff_all: list[float] = []
+    for size in [7, 30, 1, 49, 120, 3, 50, 0, 13]:
+        agree = rng.random(size) < 0.7
+        diff = rng.random(size)
+        agree_all += agree.astype(float).tolist()
+        diff_all += diff.tolist()
+        if not size:
+            continue
+        rate, mean_diff = rolling.add(agree, diff)
+        assert rate == pytest.approx(np.mean(agree_all[-window:]), abs=1e-12)
+        assert mean_diff == pytest.approx(np.mean(diff_all[-window:]), abs=1e-12)
