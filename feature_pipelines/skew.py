@@ -109,17 +109,17 @@ def values_match(
 
 
 def sample_entities(
-    transactions: pd.DataFrame,
+    events: pd.DataFrame,
     join_keys: list[str],
     n: int,
     at: datetime,
     recent: timedelta = timedelta(hours=24),
     seed: int = 7,
 ) -> dict[str, list[str]]:
-    """Up to ``n`` distinct entities per join key, drawn from transactions in ``[at - recent,
-    at]`` (all transactions before ``at`` when that window is empty)."""
-    stamps = pd.to_datetime(transactions[schema.EVENT_TIMESTAMP], utc=True)
-    before = transactions[stamps <= pd.Timestamp(at)]
+    """Up to ``n`` distinct entities per join key, drawn from the domain's raw events in
+    ``[at - recent, at]`` (all events before ``at`` when that window is empty)."""
+    stamps = pd.to_datetime(events[schema.EVENT_TIMESTAMP], utc=True)
+    before = events[stamps <= pd.Timestamp(at)]
     window = before[pd.to_datetime(before[schema.EVENT_TIMESTAMP], utc=True) >= at - recent]
     pool = window if len(window) else before
     rng = np.random.default_rng(seed)

@@ -40,7 +40,7 @@ PSI_EPSILON = 1e-4
 # Bin edges of the score baseline: deciles, and the tail where the alerting labels live.
 SCORE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Score bin edges sit this far below the holdout quantiles. The served graphs answer in float32
-# and within the ONNX parity tolerance of LightGBM's float64 scores, and a fraud model's scores
+# and within the ONNX parity tolerance of LightGBM's float64 scores, and a rare-event model's scores
 # pile up on a few values (a quarter of them can equal the lowest quantile): without the margin,
 # those rows would fall just below an edge and fake a drift.
 SCORE_EDGE_TOLERANCE = 1e-5

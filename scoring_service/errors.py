@@ -32,7 +32,7 @@ class ScoringError(Exception):
 
 
 class InvalidRequest(ScoringError):
-    """The request does not describe a valid transaction."""
+    """The request does not describe a valid business object of its domain."""
 
     status_code = 422
     code = "invalid_request"
@@ -40,7 +40,7 @@ class InvalidRequest(ScoringError):
 
 
 class BatchTooLarge(ScoringError):
-    """A batch call carried more transactions than allowed."""
+    """A batch call carried more business objects than allowed."""
 
     status_code = 413
     code = "batch_too_large"
@@ -48,7 +48,7 @@ class BatchTooLarge(ScoringError):
 
 
 class EntityMappingError(ScoringError):
-    """The transaction lacks a field the model's entity mapping needs."""
+    """The business object lacks a field the model's entity mapping needs."""
 
     status_code = 422
     code = "entity_mapping_failed"

@@ -121,7 +121,7 @@ def cuda_session(
 
 
 class Predictor:
-    """ONNX Runtime session(s); ``predict`` returns the fraud probability per row.
+    """ONNX Runtime session(s); ``predict`` returns the positive-class probability per row.
 
     ``graph`` runs on ``providers`` (default: the CPU). With ``gpu_graph`` (the standard-operator
     graph) a second session runs it on CUDA, and batches of at least ``gpu_min_batch`` rows go
@@ -211,7 +211,7 @@ class Predictor:
         return "cpu"
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Fraud probability (float64) for each row of a float32 [n, F] matrix."""
+        """Positive-class probability (float64) for each row of a float32 [n, F] matrix."""
         graph = self.graph_for(len(features))
         try:
             if graph == "gpu":
