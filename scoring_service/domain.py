@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests
     keys: dict[str, list[str | None]] = {}
     for field, join_key in manifest.entity_mapping.items():
         try:
-            keys[join_key] = [getattr(r, field) for r in records]
+            keys[join_key] = list(map(attrgetter(field), records))
         except AttributeError as exc:
             raise EntityMappingError(
                 f"model {manifest.name}/{manifest.version} maps request field {field!r} to "
@@ -42,23 +43,36 @@ def map_records(records: Sequence[object], manifest: Manifest) -> MappedRequests
     values = np.empty((len(records), len(manifest.request_features)), dtype=np.float32)
     for j, name in enumerate(manifest.request_features):
         try:
-            column = [getattr(r, name) for r in records]
+            column = list(map(attrgetter(name), records))
         except AttributeError as exc:
             raise EntityMappingError(
                 f"model {manifest.name}/{manifest.version} needs request field {name!r}"
             ) from exc
-        values[:, j] = [np.nan if v is None else float(v) for v in column]
+        values[:, j] = _floats(column)
     fields: dict[str, list[object]] = {}
     for view in manifest.on_demand_views.values():
         for name in view.request_fields:
             try:
-                fields[name] = [getattr(r, name) for r in records]
+                fields[name] = list(map(attrgetter(name), records))
             except AttributeError as exc:
                 raise EntityMappingError(
                     f"model {manifest.name}/{manifest.version} needs request field {name!r} "
                     "for its on-demand features"
                 ) from exc
     return MappedRequests(keys=keys, request_values=values, request_fields=fields)
+
+
+_PLAIN_NUMBERS = frozenset({float, int, type(None)})
+
+
+def _floats(column: list[object]) -> np.ndarray:
+    """A request feature's values as float64, each as ``float(value)`` makes it (None: NaN)."""
+    if set(map(type, column)) <= _PLAIN_NUMBERS:
+        try:
+            return np.array(column, dtype=np.float64)
+        except OverflowError:
+            pass  # float() says which value is too large
+    return np.array([np.nan if v is None else float(v) for v in column], dtype=np.float64)  # type: ignore[arg-type]
 
 
 def map_entity(join_key: str, entity_id: str, manifest: Manifest) -> MappedRequests:

@@ -73,6 +73,33 @@ def _bound(value: float | None, integer: bool) -> float | int | None:
     return int(value)
 
 
+PARSED_TEXTS_KEPT = 16_384
+"""Texts whose parsed value each request field remembers (then it starts afresh)."""
+
+_UNSEEN = object()
+
+
+def _remembered(field: RequestField) -> Callable[[Any], Any]:
+    """``field.parse`` for a kind whose result depends on the text alone (IP address,
+    currency, country, category), remembering the values of the texts it accepted: a batch
+    repeats its currencies and countries thousands of times. A refused text is parsed again
+    each time (the same message); anything but text is never remembered."""
+    seen: dict[str, Any] = {}
+
+    def parse(value: Any) -> Any:
+        if type(value) is not str:
+            return field.parse(value)
+        parsed = seen.get(value, _UNSEEN)
+        if parsed is _UNSEEN:
+            parsed = field.parse(value)
+            if len(seen) >= PARSED_TEXTS_KEPT:
+                seen.clear()
+            seen[value] = parsed
+        return parsed
+
+    return parse
+
+
 def field_parts(field: RequestField) -> tuple[Any, dict[str, Any], list[Any]]:
     """One request field as (base type, pydantic constraints, validators and schema metadata):
     ``Field(**constraints)`` in a request body, ``Path(**constraints)`` in a URL."""
@@ -93,9 +120,7 @@ def field_parts(field: RequestField) -> tuple[Any, dict[str, Any], list[Any]]:
             return int, {"strict": True, **bounds}, []
         return float, {"strict": True, "allow_inf_nan": False, **bounds}, []
 
-    def parse(value: Any) -> Any:
-        return field.parse(value)
-
+    parse = _remembered(field)
     if kind == "ip_address":
         # Before: any JSON value gets the declaration's message, then the text as the model
         # reads it (canonical when declared so).

@@ -8,7 +8,7 @@ labels above the lowest) and every evidence gap (unknown or stale entity).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,16 +163,35 @@ class LabelPolicy:
         named = np.array(list(self.labels), dtype=object)[rank]
         named[uncertain] = self.uncertain_label
         labels: list[str] = named.tolist()
+        flagged = (rank > 0) & ~uncertain
+        flags = self._red_flags_many(matrix, np.flatnonzero(flagged))
         reasons: list[list[str]] = []
-        flagged = ((rank > 0) & ~uncertain).tolist()
-        for i, (p, is_uncertain, has_flags) in enumerate(
-            zip(inverse.tolist(), uncertain.tolist(), flagged, strict=True)
+        for p, is_uncertain, has_flags in zip(
+            inverse.tolist(), uncertain.tolist(), flagged.tolist(), strict=True
         ):
             gaps = gaps_of[p]
             if is_uncertain:
                 reasons.append(["insufficient_evidence", *gaps])
             elif has_flags:
-                reasons.append(self.red_flags(matrix[i]) + gaps)
+                reasons.append(next(flags) + gaps)
             else:
                 reasons.append(list(gaps))
         return labels, reasons
+
+    def _red_flags_many(self, matrix: np.ndarray, rows: np.ndarray) -> Iterator[list[str]]:
+        """``red_flags(matrix[i])`` for each i of ``rows``, in order: each flag's conditions
+        evaluated once over the columns of those rows (float64, as ``red_flags`` reads them)."""
+        if len(rows) == 0:
+            return iter(())
+        picked = np.asarray(matrix)[rows]
+        raised: list[tuple[str, list[bool]]] = []
+        for reason, columns in self._flags:  # type: ignore[attr-defined]
+            values = {name: picked[:, i].astype(np.float64) for name, i in columns.items()}
+            raised.append((reason.code, np.asarray(reason.holds(values), dtype=bool).tolist()))
+        if not raised:
+            return iter([[] for _ in range(len(rows))])
+        codes = [code for code, _ in raised]
+        return (
+            [code for code, hit in zip(codes, hits, strict=True) if hit]
+            for hits in zip(*(column for _, column in raised), strict=True)
+        )

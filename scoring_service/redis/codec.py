@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
+import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -84,6 +86,79 @@ def decode_value(raw: bytes | None) -> float:
     return _slow_value(raw)
 
 
+_MAX_VARINT = 10  # bytes of the longest varint (a negative int64)
+_IS_VARINT_TAG = np.zeros(256, dtype=bool)
+_IS_VARINT_TAG[list(_VARINT_TAGS)] = True
+
+
+def decode_values(raws: Sequence[bytes | None]) -> np.ndarray:
+    """``decode_value`` of every element, as float64, in bulk.
+
+    The wire forms Feast writes for numbers (a varint, a double, a float, each behind its tag)
+    are decoded with array operations over the concatenated bytes; anything else (a malformed
+    varint, another kind, a null that is not empty) goes through ``decode_value`` one by one,
+    so each element gets exactly what ``decode_value`` gives it, errors included.
+    """
+    count = len(raws)
+    out = np.full(count, NAN)
+    if count == 0:
+        return out
+    texts = cast("Sequence[bytes]", raws)  # None is ruled out just below
+    try:
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+    except TypeError:  # an absent field (None) reads as an empty value: NaN
+        texts = [b"" if raw is None else raw for raw in raws]
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+    joined = b"".join(texts)
+    if not joined:
+        return out
+    data = np.frombuffer(joined, dtype=np.uint8)
+    last = len(data) - 1
+    starts = np.cumsum(lengths) - lengths
+    tags = np.where(lengths > 0, data[np.minimum(starts, last)], 0)
+    varint = _IS_VARINT_TAG[tags]
+    # A one-byte varint (a small count, a flag): the byte after the tag, below 0x80.
+    second = data[np.minimum(starts + 1, last)]
+    small = varint & (lengths == 2) & (second < 0x80)
+    out[small] = second[small]
+    done = small
+    double = (tags == _DOUBLE) & (lengths == 9)
+    if double.any():
+        out[double] = _gather(data, starts[double] + 1, 8).view("<f8").ravel()
+        done = done | double
+    single = (tags == _FLOAT) & (lengths == 5)
+    if single.any():
+        out[single] = _gather(data, starts[single] + 1, 4).view("<f4").ravel()
+        done = done | single
+    longer = varint & (lengths > 2) & (lengths <= 1 + _MAX_VARINT)
+    if longer.any():
+        where = np.flatnonzero(longer)
+        size = lengths[where] - 1  # varint bytes after the tag
+        at = starts[where, None] + 1 + np.arange(_MAX_VARINT)
+        position = np.arange(_MAX_VARINT)
+        inside = position < size[:, None]
+        body = np.where(inside, data[np.minimum(at, last)], 0)
+        continued = (body & 0x80) != 0
+        # Well formed and ending exactly at the value's end: every byte but its last continues;
+        # a tenth byte carries one bit at most (what Python's arithmetic keeps, 64 bits hold).
+        ok = ((continued == (position < size[:, None] - 1)) | ~inside).all(axis=1)
+        ok &= (size < _MAX_VARINT) | (body[:, _MAX_VARINT - 1] <= 1)
+        digits = (body & 0x7F).astype(np.uint64) << (7 * position).astype(np.uint64)
+        value = np.bitwise_or.reduce(digits, axis=1)
+        good = where[ok]
+        # int32/int64 negatives are 10-byte two's complement varints.
+        out[good] = value[ok].view(np.int64).astype(np.float64)
+        done[good] = True
+    for i in np.flatnonzero((lengths > 0) & ~done).tolist():
+        out[i] = decode_value(raws[i])
+    return out
+
+
+def _gather(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """``width`` bytes from each start, one row per start."""
+    return data[starts[:, None] + np.arange(width)]
+
+
 def decode_timestamp(raw: bytes | None) -> float:
     """A serialized protobuf Timestamp as epoch seconds; NaN when absent.
 
@@ -115,6 +190,7 @@ def decode_timestamp(raw: bytes | None) -> float:
 
 
 _pack_length = struct.Struct("<I").pack
+_SIZES_KEPT = 1024  # id lengths whose surrounding bytes a view keeps
 
 
 def _bulk(data: bytes) -> bytes:
@@ -131,6 +207,9 @@ class ViewCodec:
     head: bytes  # RESP array header + HMGET
     tail: bytes  # the fields as RESP bulk strings
     project: bytes
+    _around: dict[int, tuple[bytes, bytes, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, view: ViewLayout, project: str) -> ViewCodec:
@@ -152,6 +231,19 @@ class ViewCodec:
             tail=b"".join(_bulk(f) for f in fields),
             project=project.encode(),
         )
+
+    def around(self, size: int) -> tuple[bytes, bytes, bytes]:
+        """The bytes around an id of ``size`` bytes: (its key before the id, its command
+        before the id, its command after the id); the key ends with the project."""
+        parts = self._around.get(size)
+        if parts is None:
+            key_head = self.key_prefix + _pack_length(size)
+            key_size = len(key_head) + size + len(self.project)
+            command_head = b"%s$%d\r\n%s" % (self.head, key_size, key_head)
+            parts = (key_head, command_head, self.project + b"\r\n" + self.tail)
+            if len(self._around) < _SIZES_KEPT:
+                self._around[size] = parts
+        return parts
 
     def redis_key(self, entity_id: str) -> bytes:
         """The hash key Feast writes this entity under."""
@@ -203,10 +295,12 @@ def plan_read(codecs: Sequence[ViewCodec], keys: dict[str, list[str | None]]) ->
         seen: dict[str, int] = {}
         add = seen.setdefault
         index = [-1 if e is None else add(e, len(seen)) for e in keys[codec.view.join_key]]
-        prefix, project, head, tail = codec.key_prefix, codec.project, codec.head, codec.tail
         values = [entity_id.encode() for entity_id in seen]
-        view_keys = [b"".join((prefix, _pack_length(len(v)), v, project)) for v in values]
-        commands += [b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in view_keys]
+        # Everything but the id's own bytes depends on its length only: built once per length.
+        around = [codec.around(size) for size in map(len, values)]
+        project = codec.project
+        view_keys = [parts[0] + v + project for parts, v in zip(around, values, strict=True)]
+        commands += [parts[1] + v + parts[2] for parts, v in zip(around, values, strict=True)]
         redis_keys += view_keys
         blocks.append((codec, index, len(values)))
     return ReadPlan(n=n, commands=commands, keys=redis_keys, blocks=blocks)

@@ -8,7 +8,9 @@ The reader returns what ``FeatureStore.get_online_features`` returns
 - one pipeline carries every (entity, view) of a batch; keys repeated in it are read once
   (on a cluster, one pipeline per master, concurrently: ``cluster``);
 - replies are decoded by ``codec``'s small protobuf decoder and assembled into vectors and
-  statuses by ``feature_repo.online.assemble``, the status rule every reader shares.
+  statuses by ``feature_repo.online.assemble``, the status rule every reader shares; a large
+  read is decoded in bulk (``codec.decode_values``) and assembled with array operations
+  (``assemble_columns``), to the same values.
 
 Nothing read is cached: every call reads the store.
 """
@@ -19,11 +21,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 from feast import FeatureStore
 
-from feature_repo.online import FeatureBatch, Row, StoreLayout, assemble
+from feature_repo.online import (
+    ColumnRead,
+    FeatureBatch,
+    Row,
+    StoreLayout,
+    assemble,
+    assemble_columns,
+)
 from scoring_service.errors import FeatureStoreUnavailable
 from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import (
@@ -33,6 +45,7 @@ from scoring_service.redis.codec import (
     ViewCodec,
     decode_timestamp,
     decode_value,
+    decode_values,
     plan_read,
 )
 from scoring_service.redis.pipeline import UNAVAILABLE, RedisEndpoint, RedisPipelineClient
@@ -44,34 +57,91 @@ FastRedisClient = RedisPipelineClient | RedisClusterClient
 """A client the reader sends its commands through: one server, or a cluster."""
 
 
+BULK_DECODE_ROWS = 64
+"""From this many requests on, replies are decoded in bulk (``codec.decode_values``) and
+assembled with array operations (``feature_repo.online.assemble_columns``); below, numpy's
+per-call cost would outweigh the rows."""
+
+
 def assemble_replies(
     layout: StoreLayout, plan: ReadPlan, replies: Sequence[Any], now: float
 ) -> FeatureBatch:
     """Decode the replies of a read and assemble them (``feature_repo.online.assemble``)."""
-    small = SMALL_VALUES
-    reads: dict[str, tuple[list[int], list[Row]]] = {}
+    if plan.n < BULK_DECODE_ROWS:
+        reads: dict[str, tuple[list[int], list[Row]]] = {}
+        start = 0
+        for codec, index, m in plan.blocks:
+            reads[codec.view.name] = (index, _decode_rows(codec, replies[start : start + m]))
+            start += m
+        return assemble(layout, plan.n, reads, now)
+    columns: dict[str, ColumnRead] = {}
     start = 0
     for codec, index, m in plan.blocks:
-        width = len(codec.view.features)
-        decoded: list[Row] = []
-        stamps: dict[bytes | None, float] = {}  # hourly snapshots share their event times
-        for reply in replies[start : start + m]:
-            if isinstance(reply, Exception):
-                raise FeatureStoreUnavailable(UNAVAILABLE) from reply
-            raw_stamp = reply[width]
-            stamp = stamps.get(raw_stamp)
-            if stamp is None:
-                stamp = stamps[raw_stamp] = decode_timestamp(raw_stamp)
-            if stamp != stamp:  # NaN: no row for this entity
-                decoded.append((NAN, ()))
-            else:
-                # Most values are small counts: a dictionary hit before the decoder's call.
-                decoded.append(
-                    (stamp, [small.get(raw) or decode_value(raw) for raw in reply[:width]])
-                )
+        block = replies[start : start + m]
+        try:
+            stamps, values = _decode_columns(codec, block)
+        except Exception:
+            # An error reply or a value the decoder refuses: row by row, it raises what it
+            # raises, at the same row.
+            stamps, values = _rows_as_columns(codec, _decode_rows(codec, block))
+        columns[codec.view.name] = (index, stamps, values)
         start += m
-        reads[codec.view.name] = (index, decoded)
-    return assemble(layout, plan.n, reads, now)
+    return assemble_columns(layout, plan.n, columns, now)
+
+
+def _decode_rows(codec: ViewCodec, replies: Sequence[Any]) -> list[Row]:
+    """One view's replies, row by row: (event time or NaN, values), an error reply raising."""
+    small = SMALL_VALUES
+    width = len(codec.view.features)
+    decoded: list[Row] = []
+    stamps: dict[bytes | None, float] = {}  # hourly snapshots share their event times
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise FeatureStoreUnavailable(UNAVAILABLE) from reply
+        raw_stamp = reply[width]
+        stamp = stamps.get(raw_stamp)
+        if stamp is None:
+            stamp = stamps[raw_stamp] = decode_timestamp(raw_stamp)
+        if stamp != stamp:  # NaN: no row for this entity
+            decoded.append((NAN, ()))
+        else:
+            # Most values are small counts: a dictionary hit before the decoder's call.
+            decoded.append((stamp, [small.get(raw) or decode_value(raw) for raw in reply[:width]]))
+    return decoded
+
+
+def _rows_as_columns(codec: ViewCodec, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded rows as the arrays ``_decode_columns`` gives."""
+    values = np.full((len(rows), len(codec.view.features)), NAN)
+    for i, (stamp, row) in enumerate(rows):
+        if stamp == stamp:
+            values[i] = row
+    return np.array([stamp for stamp, _ in rows], dtype=np.float64), values
+
+
+class _ErrorReply(Exception):
+    """A reply of the block is an error: the row by row path answers it."""
+
+
+def _decode_columns(codec: ViewCodec, replies: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One view's replies as arrays: event times [m] (NaN: no row) and values [m, width] (the
+    values of a row without an event time are not read, as row by row)."""
+    width = len(codec.view.features)
+    m = len(replies)
+    if any(issubclass(kind, BaseException) for kind in set(map(type, replies))):
+        raise _ErrorReply
+    raw_stamps = list(map(itemgetter(width), replies))
+    # Hourly snapshots share their event times: each distinct one is decoded once.
+    known = {raw: decode_timestamp(raw) for raw in set(raw_stamps)}
+    stamps = np.fromiter(map(known.__getitem__, raw_stamps), dtype=np.float64, count=m)
+    values = np.full((m, width), NAN)
+    found = np.flatnonzero(~np.isnan(stamps))
+    if len(found) and width:
+        rows = replies if len(found) == m else [replies[i] for i in found.tolist()]
+        flat = list(chain.from_iterable(rows))
+        del flat[width :: width + 1]  # the event times
+        values[found] = decode_values(flat).reshape(len(found), width)
+    return stamps, values
 
 
 def fast_read_refusal(store: FeatureStore) -> str | None:

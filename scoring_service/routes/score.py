@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Annotated, Any
 
 import orjson
@@ -172,7 +173,7 @@ def answer_batch(domain: ServedDomain, max_batch_size: int) -> Handler[Any]:
             scored: ScoredColumns | list[Scored] = await call.score(mapped)
         else:
             scored = await call.run(lambda: scorer.score_columns(mapped), n)
-        ids = [getattr(o, business_id) for o in objects]
+        ids = list(map(attrgetter(business_id), objects))
         version, request_id = scorer.version_label, current_request_id()
         if n > OFF_LOOP_ROWS:
             body = await asyncio.to_thread(

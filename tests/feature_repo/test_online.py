@@ -15,6 +15,7 @@ from feature_repo.online import (
     STALE,
     StoreLayout,
     assemble,
+    assemble_columns,
     requested_index,
 )
 
@@ -119,3 +120,64 @@ def test_union_keeps_each_view_once_in_order() -> None:
     merged = first.union(second)
     assert [v.name for v in merged.views] == ["a", "b", "c"]
     assert [v.offset for v in merged.views] == [0, 1, 2]
+
+
+def _random_reads(
+    rng: np.random.Generator, shape: StoreLayout, n: int
+) -> dict[str, tuple[list[int], list[tuple[float, list[float]]]]]:
+    """Per view: slots (absent, repeated) into rows that are present, stale, missing or null."""
+    reads = {}
+    for view in shape.views:
+        if rng.random() < 0.15:
+            continue  # a view not requested at all
+        m = max(1, n // 3)
+        rows = []
+        for _ in range(m):
+            if rng.random() < 0.2:
+                rows.append((NAN, ()))
+            else:
+                values = rng.normal(size=len(view.features)).tolist()
+                values = [None if rng.random() < 0.1 else v for v in values]
+                rows.append((NOW - float(rng.choice([0.5, 60, 3599, 3600, 3601, 10**6])), values))
+        slots = [int(s) if rng.random() > 0.1 else -1 for s in rng.integers(0, m, n)]
+        reads[view.name] = (slots, rows)
+    return reads
+
+
+def _as_columns(shape: StoreLayout, reads: dict) -> dict:
+    columns = {}
+    for view in shape.views:
+        if view.name not in reads:
+            continue
+        slots, rows = reads[view.name]
+        values = np.full((len(rows), len(view.features)), NAN)
+        for i, (stamp, row) in enumerate(rows):
+            if stamp == stamp:
+                values[i] = [NAN if v is None else v for v in row]
+        columns[view.name] = (np.array(slots), np.array([s for s, _ in rows]), values)
+    return columns
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 500])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_assemble_columns_equals_assemble(n: int, seed: int) -> None:
+    """The array path gives the same matrix, statuses, ages and event times as the list path,
+    with entities decided by several views, optional evidence and views without a TTL."""
+    shape = layout(
+        card=ViewSpec("card_id", 3600, ["a", "b"]),
+        card_stream=ViewSpec("card_id", 600, ["c"], evidence=False),
+        ip=ViewSpec("ip_address", None, ["d", "e", "f"]),
+        ip_more=ViewSpec("ip_address", 3600, ["g"]),
+        merchant_stream=ViewSpec("merchant_id", 3600, ["h"], evidence=False),
+    )
+    reads = _random_reads(np.random.default_rng(seed), shape, n)
+    rows = assemble(shape, n, reads, NOW)
+    columns = assemble_columns(shape, n, _as_columns(shape, reads), NOW)
+    np.testing.assert_array_equal(columns.values, rows.values)
+    assert columns.values.dtype == rows.values.dtype
+    for name in ("status", "age_seconds", "event_timestamp", "view_age_seconds", "view_status"):
+        got, expected = getattr(columns, name), getattr(rows, name)
+        assert list(got) == list(expected), name
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype, (name, key)
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name} {key}")

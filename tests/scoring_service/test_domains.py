@@ -178,3 +178,32 @@ def test_entity_routes_come_from_the_entities_that_declare_one() -> None:
     assert CREDIT.collection == "loan_applications" and CREDIT.score_route == (
         "score_loan_application"
     )
+
+
+def test_a_batch_parses_each_value_as_the_declaration_does_however_often_it_repeats() -> None:
+    """Values the request fields remember (IP addresses, currencies, countries, categories)
+    come out as the declaration parses them, in every object of a batch; a refused value is
+    refused each time with the same message, naming its object."""
+    values = {
+        "ip_address": [" 2001:DB8::0:1 ", "203.0.113.7", "::ffff:1.2.3.4"],
+        "currency": ["usd", " EUR ", "USD"],
+        "card_country": ["US", None, "FR"],
+    }
+    objects = [
+        {**FRAUD_BODY, **{field: options[i % 3] for field, options in values.items()}}
+        for i in range(30)
+    ]
+    for _ in range(2):
+        batch = FRAUD.batch_request.model_validate_json(json.dumps({"transactions": objects}))
+        for parsed, body in zip(batch.transactions, objects, strict=True):
+            for field in values:
+                expected = FRAUD.spec.request_fields[field].parse(body[field])
+                assert getattr(parsed, field) == expected
+    for i in (0, 7):
+        bad = [*objects[:i], {**FRAUD_BODY, "currency": "XYZ"}, *objects[i:]]
+        with pytest.raises(ValidationError) as caught:
+            FRAUD.batch_request.model_validate_json(json.dumps({"transactions": bad}))
+        assert validation_message(caught.value.errors()) == (
+            f"transactions.{i}.currency: 'XYZ' is not a supported ISO 4217 "
+            "currency code (e.g. USD, EUR)"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from feast.infra.online_stores.helpers import _redis_key
@@ -11,7 +13,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_repo.layout import ViewSpec
 from scoring_service.features import StoreLayout
-from scoring_service.redis.codec import ViewCodec, decode_timestamp, decode_value, plan_read
+from scoring_service.redis.codec import (
+    ViewCodec,
+    decode_timestamp,
+    decode_value,
+    decode_values,
+    plan_read,
+)
 
 LAYOUT = StoreLayout.from_views(
     {
@@ -89,3 +97,46 @@ def test_decode_timestamp() -> None:
     assert decode_timestamp(Timestamp(seconds=5).SerializeToString()) == 5.0
     for absent in (None, b"", Timestamp().SerializeToString()):
         assert np.isnan(decode_timestamp(absent))
+
+
+def _outcome(decode: Callable[[], object]) -> object:
+    try:
+        return np.asarray(decode(), dtype=np.float64).tolist()
+    except Exception as exc:  # the very exception is what is compared
+        return (type(exc), str(exc))
+
+
+def test_decode_values_equals_decode_value() -> None:
+    """In bulk, every wire form Feast writes (and absent, null and malformed values) decodes
+    to what decode_value gives it, errors included."""
+    rng = np.random.default_rng(5)
+    protos = [
+        *(ValueProto(int64_val=int(v)) for v in rng.integers(-(2**63), 2**63 - 1, 300)),
+        *(ValueProto(int64_val=int(v)) for v in rng.integers(0, 300, 300)),
+        *(ValueProto(int32_val=int(v)) for v in rng.integers(-(2**31), 2**31 - 1, 100)),
+        *(ValueProto(double_val=float(v)) for v in rng.normal(0, 1e6, 300)),
+        *(ValueProto(float_val=float(v)) for v in rng.normal(0, 1e3, 100)),
+        *(ValueProto(bool_val=bool(v)) for v in rng.integers(0, 2, 20)),
+        ValueProto(unix_timestamp_val=1_700_000_000),
+        ValueProto(double_val=float("nan")),
+        ValueProto(),
+    ]
+    raws: list[bytes | None] = [p.SerializeToString() for p in protos] + [None, b""]
+    order = rng.permutation(len(raws))
+    raws = [raws[i] for i in order]
+    got = decode_values(raws)
+    expected = [decode_value(raw) for raw in raws]
+    np.testing.assert_array_equal(got, expected)
+    assert decode_values([]).shape == (0,)
+    malformed = [
+        bytes([0x20, 0x85]),  # a varint that never ends
+        bytes([0x20, 0x05, 0x05]),  # bytes after the varint's end
+        bytes([0x20, *[0xFF] * 9, 0x05]),  # a tenth byte beyond 64 bits
+        bytes([0x29, 1, 2]),  # a short double
+        ValueProto(string_val="x").SerializeToString(),
+    ]
+    for bad in malformed:
+        values = [*raws[:5], bad, *raws[5:9]]
+        assert _outcome(lambda v=values: decode_values(v)) == _outcome(
+            lambda v=values: [decode_value(raw) for raw in v]
+        ), bad

@@ -19,7 +19,11 @@ from feast import FeatureStore
 from scoring_service.errors import FeatureStoreUnavailable
 from scoring_service.features import MISSING, NOT_REQUESTED, PRESENT, STALE, FeastOnlineReader
 from scoring_service.redis.codec import ViewCodec
-from scoring_service.redis.reader import RedisFeatureReader, fast_read_refusal
+from scoring_service.redis.reader import (
+    BULK_DECODE_ROWS,
+    RedisFeatureReader,
+    fast_read_refusal,
+)
 from tests.scoring_service.redis.parity import (
     assert_matches_feast,
     expected_from_feast,
@@ -97,6 +101,27 @@ def test_error_reply_is_store_unavailable(store, layout, redis_server) -> None:
         # The connection is usable afterwards.
         on_loop(reader.client, reader.ping_async)
         reader.ping()
+    finally:
+        client.delete(codec.redis_key("parity_wrong_type"))
+        client.close()
+        reader.close()
+
+
+def test_error_reply_in_a_large_read(store, layout, planted, redis_server) -> None:
+    """An error reply among a large read's replies (decoded in bulk) is mapped too."""
+    view = layout.views[0]
+    codec = ViewCodec.build(view, store.config.project)
+    client = redis.Redis(port=redis_server.port)
+    client.set(codec.redis_key("parity_wrong_type"), b"not a hash")
+    reader = RedisFeatureReader.from_store(store, layout)
+    n = 2 * BULK_DECODE_ROWS
+    keys = {k: [planted[k][i % len(planted[k])] for i in range(n)] for k in planted}
+    keys[view.join_key][n // 2] = "parity_wrong_type"
+    try:
+        with pytest.raises(FeatureStoreUnavailable):
+            on_loop(reader.client, lambda: reader.read_async(keys, decode_off_loop=True))
+        with pytest.raises(FeatureStoreUnavailable):
+            reader.read(keys)
     finally:
         client.delete(codec.redis_key("parity_wrong_type"))
         client.close()
