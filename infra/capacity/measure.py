@@ -6,8 +6,9 @@ Builds the benchmark's world (``bench/dataset.py``: generated transactions, feat
 redis-server of its own, a trained model), starts the scoring service as ``python -m
 scoring_service serve`` and drives it with wrk at a few concurrencies, once per online reader
 (``fast``: the pipelined reader of one Redis server; ``feast``: Feast's SDK on that server;
-``cluster``: Feast's SDK on a 3-primary Redis Cluster holding the same keys, the path of the
-Kubernetes manifests). Around each run it reads:
+``cluster``: Feast's SDK on a 3-primary Redis Cluster holding the same keys; the Kubernetes
+manifests now read the cluster with the fast reader's cluster client, which this script does
+not measure yet). Around each run it reads:
 
 - the service's CPU seconds (``/proc/<pid>/stat`` utime + stime) and resident memory
   (``VmRSS``, ``VmHWM``);

@@ -50,6 +50,7 @@ from scoring_service.deps import live_scorer
 from scoring_service.domain import MappedRequests
 from scoring_service.errors import (
     UNEXPECTED_MESSAGE,
+    BatchTooLarge,
     InvalidRequest,
     Overloaded,
     ScoringError,
@@ -112,15 +113,30 @@ Handler = Callable[[ScoreCall[T]], Awaitable[Any]]
 """A scoring callable: the answer as a JSON-able object, or as JSON bytes already."""
 
 
-def json_body(model: Any) -> Parser[Any]:
-    """A parser validating the raw body with ``model``'s compiled validator (JSON mode)."""
+def json_body(model: Any, batch: bool = False) -> Parser[Any]:
+    """A parser validating the raw body with ``model``'s compiled validator (JSON mode).
+
+    For a batch route, a list of objects longer than the schema's bound is refused like any
+    batch over the limit (413 ``batch_too_large``), not as a malformed request.
+    """
     adapter = TypeAdapter(model)
 
     def parse(_: Scope, body: bytes) -> Any:
         try:
             return adapter.validate_json(body)
         except ValidationError as exc:
-            raise InvalidRequest(validation_message(exc.errors())) from None
+            errors = exc.errors()
+            if batch:
+                for error in errors:
+                    if error["type"] == "too_long" and len(error["loc"]) == 1:
+                        limit = (error.get("ctx") or {}).get("max_length")
+                        items = error["input"]
+                        raise BatchTooLarge(
+                            f"a batch may hold at most {limit} {error['loc'][0]}, this one has "
+                            f"{len(items) if isinstance(items, list) else 'more'}; "
+                            "split it into smaller calls"
+                        ) from None
+            raise InvalidRequest(validation_message(errors)) from None
 
     return parse
 
@@ -280,7 +296,7 @@ def post_route(
     """A POST score route of a domain (default: the primary one): a JSON body of ``model`` and
     a scoring callable."""
     endpoint = ScoreEndpoint(
-        app, route, json_body(model), handler, reads_body=True, batch=batch, domain=domain
+        app, route, json_body(model, batch), handler, reads_body=True, batch=batch, domain=domain
     )
     return Route(path, endpoint, methods=["POST"], name=route, include_in_schema=False)
 
