@@ -104,6 +104,21 @@ class FeatureBatch:
     # view -> status of each row read, int8 [n] (the per-view rule, before entities combine)
     view_status: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def rows(self, index: np.ndarray) -> FeatureBatch:
+        """The batch of the given rows only (copies, in ``index`` order)."""
+
+        def pick(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {name: column[index] for name, column in columns.items()}
+
+        return FeatureBatch(
+            values=self.values[index],
+            status=pick(self.status),
+            age_seconds=pick(self.age_seconds),
+            event_timestamp=pick(self.event_timestamp),
+            view_age_seconds=pick(self.view_age_seconds),
+            view_status=pick(self.view_status),
+        )
+
 
 # A decoded row: (event time in epoch seconds, NaN when the store has no row; values in view order)
 Row = tuple[float, Sequence[float]]

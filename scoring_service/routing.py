@@ -52,6 +52,7 @@ from scoring_service.deployment import (
     parse_package,
 )
 from scoring_service.domain import MappedRequests
+from scoring_service.drift import DriftMonitor, ViewWatch
 from scoring_service.errors import ModelPackageInvalid
 from scoring_service.labels import LabelPolicy
 from scoring_service.registry import LoadedModel, load_package
@@ -197,6 +198,23 @@ class LiveDeployment:
             s.name: metrics.VARIANT_SCORES.labels(s.name, s.model_version)
             for s in [*variants, *fallback]
         }
+        # Drift per package that answers (variants and fallback steps of one model): its inputs
+        # and scores over the rows it answered. The champion's monitor also keeps the feature
+        # views' freshness, over the rows it answered (most of the traffic).
+        self.drift: dict[str, DriftMonitor] = {}
+        for scorable in [*variants, *fallback]:
+            if len(scorable.members) != 1 or scorable.model_version in self.drift:
+                continue
+            model = scorable.members[0].model
+            watched = (
+                [
+                    ViewWatch(v.name, v.join_key, v.ttl_seconds, v.evidence)
+                    for v in model.layout.views
+                ]
+                if scorable is self.champion
+                else []
+            )
+            self.drift[scorable.model_version] = DriftMonitor.for_manifest(model.manifest, watched)
 
     # --- loading and validation ----------------------------------------------------------------
 
@@ -360,6 +378,9 @@ class LiveDeployment:
         statuses = {key: batch.status[key][good] for key in batch.status}
         labels, reasons = scorable.policy.decide_many(scores[ok], matrix[ok], statuses)
         self._requests[scorable.name].inc(len(good))
+        monitor = self.drift.get(scorable.model_version)
+        if monitor is not None:  # copies into its ring buffer; summarised off the answer's path
+            monitor.observe(matrix[ok], scores[ok], batch.rows(good))
         for score in scores[ok][:64].tolist():  # a sample per call keeps the histogram cheap
             self._scores[scorable.name].observe(score)
         for j, i in enumerate(good.tolist()):

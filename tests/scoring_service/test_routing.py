@@ -349,3 +349,20 @@ def test_shadow_agreement_is_the_mean_over_the_last_window_rows() -> None:
         rate, mean_diff = rolling.add(agree, diff)
         assert rate == pytest.approx(np.mean(agree_all[-window:]), abs=1e-12)
         assert mean_diff == pytest.approx(np.mean(diff_all[-window:]), abs=1e-12)
+
+
+def test_drift_is_kept_per_answering_package(packages, store, requests) -> None:
+    """Each package that answers keeps its own drift window: its inputs and scores over the rows
+    it answered; the champion's also the views' freshness over those rows."""
+    dep = live(packages, store, deployment())
+    mapped = mapped_for(dep, requests)
+    batch = read(dep, store, mapped)
+    answered = dep.answer(batch, mapped, len(requests))
+    assert answered is not None
+    for version, variant in ((f"{NAME}/v1", "champion"), (f"{NAME}/v1b", "copy")):
+        snap = dep.drift[version].refresh()
+        rows = [i for i, v in enumerate(answered.variants) if v == variant]
+        assert snap.rows == len(rows) > 0
+        assert set(snap.feature_psi) == set(dep.models[version].manifest.feature_baselines)
+    champion = dep.drift[f"{NAME}/v1"].refresh()
+    assert champion.age_seconds and not dep.drift[f"{NAME}/v1b"].refresh().age_seconds
