@@ -36,7 +36,7 @@ from scoring_service.errors import (
 from scoring_service.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
 from scoring_service.observability import RequestIdMiddleware, flush_logging
 from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
-from scoring_service.registry import LoadedModel, ModelRegistry, domain_of
+from scoring_service.registry import LoadedModel, domain_of
 from scoring_service.resilience import ScoringGuard, configure_online_store
 from scoring_service.rollout import DeploymentManager
 from scoring_service.routes import admin, explanations, health, score
@@ -49,10 +49,11 @@ from scoring_service.served import (
     OpenScoring,
     ServedDomain,
     close_answers,
+    load_options,
     open_answers,
+    open_registry,
     open_scoring,
     served_domains,
-    signing_key,
 )
 from scoring_service.settings import Settings
 
@@ -115,15 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         require_keys(settings)
         store = open_store(primary.folder, primary.yaml)
         configure_online_store(store, settings)
-        registry = ModelRegistry(
-            settings.model_root,
-            store,
-            device=settings.device,
-            intra_op_threads=settings.intra_op_threads,
-            gpu_min_batch=settings.gpu_min_batch,
-            gpu_device_id=settings.gpu_device_id,
-            signing_key=signing_key(settings),
-        )
+        registry = open_registry(store, settings)
         model = registry.load(primary.model_name, primary.model_version)
         # Redis is read by the fast reader (Feast's layout, pipelined); other stores by Feast.
         redis_client = open_fast_redis(store, settings)
@@ -154,13 +147,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
         domain = domain_of(store)
-        load_options: dict[str, Any] = {
-            "device": settings.device,
-            "intra_op_threads": settings.intra_op_threads,
-            "gpu_min_batch": settings.gpu_min_batch,
-            "gpu_device_id": settings.gpu_device_id,
-            "signing_key": registry.signing_key,
-        }
 
         def load_live(spec: DeploymentSpec) -> LiveDeployment:
             return LiveDeployment.load(
@@ -168,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 str(settings.model_root),
                 store,
                 request_fields=list(domain.request_fields) if domain is not None else None,
-                **load_options,
+                **load_options(settings),
             )
 
         def scorer_of(live: LiveDeployment) -> Scorer:

@@ -22,6 +22,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from feast import FeatureStore
 
 from feature_repo.domain import DomainSpecError, load_domain
 from feature_repo.layout import open_store
@@ -150,20 +153,28 @@ class OpenScoring:
             self.redis_client.close()  # type: ignore[attr-defined]
 
 
+def load_options(settings: Settings) -> dict[str, Any]:
+    """How every model package of this process is opened: device, threads, signing key."""
+    return {
+        "device": settings.device,
+        "intra_op_threads": settings.intra_op_threads,
+        "gpu_min_batch": settings.gpu_min_batch,
+        "gpu_device_id": settings.gpu_device_id,
+        "signing_key": signing_key(settings),
+    }
+
+
+def open_registry(store: FeatureStore, settings: Settings) -> ModelRegistry:
+    """The model registry of a domain's store, packages opened as ``load_options`` says."""
+    return ModelRegistry(settings.model_root, store, **load_options(settings))
+
+
 async def open_scoring(domain: ServedDomain, settings: Settings) -> OpenScoring:
     """Open a domain's feature store, model package and scorer (as the lifespan does for the
     primary domain, one package without a deployment)."""
     store = open_store(domain.folder, domain.yaml)
     configure_online_store(store, settings)
-    registry = ModelRegistry(
-        settings.model_root,
-        store,
-        device=settings.device,
-        intra_op_threads=settings.intra_op_threads,
-        gpu_min_batch=settings.gpu_min_batch,
-        gpu_device_id=settings.gpu_device_id,
-        signing_key=signing_key(settings),
-    )
+    registry = open_registry(store, settings)
     model = registry.load(domain.model_name, domain.model_version)
     redis_client = open_fast_redis(store, settings)
     reader: OnlineFeatureReader = (
