@@ -157,7 +157,7 @@ class DeploymentManager:
         self._record(action, live.spec, by, describe_changes(old_spec, live.spec))
         if retired is not None:
             # Requests that started on the old scorer finish on it; then its batcher closes.
-            task = asyncio.get_running_loop().create_task(retired.aclose())
+            task = asyncio.get_running_loop().create_task(retired.retire())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 

@@ -156,6 +156,7 @@ class Scorer:
         }
         self._keys = [view.join_key for view in model.layout.views]
         self.drift = DriftMonitor.for_model(model)  # sliding-window drift and freshness gauges
+        self._retired = False
         self.batcher: MicroBatcher[MappedRequests, list[Scored]] | None = (
             MicroBatcher(self._score_batch, max_size=batch_max_rows, max_wait_s=batch_max_wait_s)
             if micro_batching
@@ -291,6 +292,8 @@ class Scorer:
         try:
             return await self.batcher.submit(mapped, n)
         except BatcherClosed as exc:
+            if self._retired:  # swapped out while this call was on its way: answer it alone
+                return await self.score_now(mapped)
             raise NotReady("The scoring service is stopping; retry in a moment.") from exc
 
     async def _score_batch(self, items: list[MappedRequests]) -> list[list[Scored]]:
@@ -309,6 +312,13 @@ class Scorer:
         """Start the background work (shadow scoring) on the running event loop."""
         if self.shadows is not None:
             self.shadows.start()
+
+    async def retire(self) -> None:
+        """Replaced by another scorer (a deployment swap): finish the batches in progress, and
+        answer a call that took this scorer before the swap but reaches it after, without
+        batching, instead of refusing it as a stopping service would."""
+        self._retired = True
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Finish the batches in progress; take no more."""

@@ -16,7 +16,7 @@ from feast import FeatureStore
 
 from scoring_service.batcher import BatcherClosed, MicroBatcher
 from scoring_service.domain import map_records
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.errors import FeatureStoreUnavailable, NotReady
 from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.registry import load_package
 from scoring_service.scoring import Scorer, merge_mapped
@@ -224,6 +224,41 @@ def test_batched_scores_equal_scores_alone(redis_repo: Path, model_root: Path, r
         assert {k: v.status for k, v in one.freshness.items()} == {
             k: v.status for k, v in single.freshness.items()
         }
+
+
+def test_a_retired_scorer_answers_late_calls_a_stopping_one_refuses(
+    redis_repo: Path, model_root: Path, recent
+) -> None:
+    """After a deployment swap the old scorer's batcher is closed; a call that took the old
+    scorer before the swap but reaches it after is answered (alone), not refused. A scorer
+    closed because the service stops refuses such a call with not_ready."""
+    store = FeatureStore(
+        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
+    )
+    model = load_package(model_root / "fraud_model" / "v1", store)
+    (row,) = [as_request(r) for _, r in recent.tail(1).iterrows()]
+    mapped = map_records([Transaction(**row)], model.manifest)
+
+    async def main() -> tuple[list, Exception | None]:
+        connection = replace(StoreConnection.defaults(), timeout_s=30.0, connect_timeout_s=30.0)
+        reader = RedisFeatureReader.from_store(store, model.layout, connection)
+        retired = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
+        stopped = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
+        try:
+            await retired.retire()
+            await stopped.aclose()
+            late = await retired.score(mapped)
+            try:
+                await stopped.score(mapped)
+            except Exception as exc:  # the refusal is the result
+                return late, exc
+            return late, None
+        finally:
+            reader.close()
+
+    late, refusal = asyncio.run(main())
+    assert len(late) == 1 and late[0].score is not None
+    assert isinstance(refusal, NotReady)
 
 
 def test_merge_keeps_request_order(redis_repo: Path, model_root: Path, recent) -> None:
