@@ -20,7 +20,7 @@ from scoring_service.drift import DriftMonitor
 from scoring_service.errors import FeatureStoreUnavailable, NotReady
 from scoring_service.features import STATUS_NAMES, FeatureBatch, OnlineFeatureReader
 from scoring_service.registry import LoadedModel
-from scoring_service.routing import LiveDeployment, ShadowRunner, unread_batch
+from scoring_service.routing import Answered, LiveDeployment, ModelView, ShadowRunner, unread_batch
 from scoring_service.schemas import EntityFreshness
 
 logger = logging.getLogger(__name__)
@@ -135,8 +135,13 @@ class Scorer:
         self.model = model
         self.reader = reader
         self.deployment = deployment
-        # The direct path unless the deployment has more than one model or any fallback.
-        self.routed = deployment is not None and not _single(deployment)
+        # The direct path unless the deployment has more than one answering model or any
+        # fallback; shadows are offered the direct path's answers.
+        self.routed = deployment is not None and not _direct(deployment)
+        # On the direct path of a deployment, the champion's columns of the union read.
+        self._champion: ModelView | None = (
+            deployment.champion.members[0] if deployment is not None and not self.routed else None
+        )
         self.shadows = (
             ShadowRunner(deployment, time_share=shadow_time_share)
             if deployment is not None
@@ -166,7 +171,7 @@ class Scorer:
     @property
     def mapping(self) -> Any:
         """What ``map_records`` maps requests by: the deployment's union, or the manifest."""
-        return self.deployment.plan if self.routed else self.model.manifest  # type: ignore[union-attr]
+        return self.deployment.plan if self.deployment is not None else self.model.manifest
 
     @property
     def version_label(self) -> str:
@@ -175,6 +180,8 @@ class Scorer:
 
     def model_input(self, batch: FeatureBatch, mapped: MappedRequests) -> np.ndarray:
         """The model's input matrix: stored, then on-demand features, then request values."""
+        if self._champion is not None:  # a deployment's read: the champion's columns of it
+            return self._champion.matrix(batch, mapped, np.arange(len(mapped.request_values)))
         on_demand = self.model.on_demand
         computed = (
             on_demand.compute(batch.values, mapped.request_fields) if on_demand.width else None
@@ -205,6 +212,8 @@ class Scorer:
         labels, reasons = self.model.policy.decide_many(scores, matrix, status)
         for label, n in Counter(labels).items():
             self._labels[label].inc(n)
+        if self.shadows is not None:  # scored after the answer, off its path
+            self.shadows.offer(batch, mapped, Answered(np.asarray(scores), labels, reasons, [], []))
         self._seconds["post_process"].observe(time.perf_counter() - predicted)
         return ScoredColumns(
             scores=scores.tolist(),
@@ -328,15 +337,15 @@ class Scorer:
             await self.shadows.aclose()
 
 
-def _single(deployment: LiveDeployment) -> bool:
-    """A deployment of one package, no ensemble, no fallback, no shadow."""
+def _direct(deployment: LiveDeployment) -> bool:
+    """A deployment whose answers one package gives alone: one variant of one package, no
+    required views, no fallback (shadows may watch it)."""
     (variant,) = deployment.variants[:1]
     return (
         len(deployment.variants) == 1
         and len(variant.members) == 1
         and not variant.required_views
         and not deployment.fallback
-        and not deployment.shadows
     )
 
 

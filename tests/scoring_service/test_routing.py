@@ -366,3 +366,41 @@ def test_drift_is_kept_per_answering_package(packages, store, requests) -> None:
         assert set(snap.feature_psi) == set(dep.models[version].manifest.feature_baselines)
     champion = dep.drift[f"{NAME}/v1"].refresh()
     assert champion.age_seconds and not dep.drift[f"{NAME}/v1b"].refresh().age_seconds
+
+
+def test_a_champion_with_shadows_answers_on_the_direct_path(packages, store, requests) -> None:
+    """One champion and a shadow: answered as the champion alone answers (no routing), and the
+    shadow scores the same rows after the answer."""
+    import asyncio
+
+    from scoring_service import metrics
+    from scoring_service.scoring import Scorer
+
+    alone = live(packages, store, deployment(challengers=[], fallback=[], champion={
+        "name": "champion", "package": f"{NAME}/v1", "weight": 1.0}))  # fmt: skip
+    watched = live(packages, store, {**deployment(challengers=[], fallback=[], champion={
+        "name": "champion", "package": f"{NAME}/v1", "weight": 1.0}),
+        "shadows": [{"name": "rt-watch", "package": f"{NAME}/rt"}]})  # fmt: skip
+    shadow_rows = metrics.VARIANT_REQUESTS.labels("rt-watch", f"{NAME}/rt")
+    before = shadow_rows._value.get()
+
+    async def answer(dep: LiveDeployment) -> list:
+        model = dep.champion.members[0].model
+        scorer = Scorer(model, FeastOnlineReader(store, dep.layout), deployment=dep)
+        assert not scorer.routed
+        scorer.start()
+        try:
+            rows = await scorer.score_now(map_records(
+                list(requests.itertuples(index=False)), scorer.mapping))  # type: ignore[arg-type]  # fmt: skip
+            while scorer.shadows is not None and not scorer.shadows.queue.empty():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
+            return rows
+        finally:
+            await scorer.aclose()
+
+    plain, shadowed = asyncio.run(answer(alone)), asyncio.run(answer(watched))
+    assert [(r.score, r.label, r.reasons) for r in plain] == [
+        (r.score, r.label, r.reasons) for r in shadowed
+    ]
+    assert shadow_rows._value.get() - before == len(requests)
