@@ -93,8 +93,9 @@ def valid_body(recent: pd.DataFrame) -> dict:
 def deployment_packages(
     model_root: Path, sqlite_repo: Path, transactions_path: Path, tmp_path_factory
 ) -> Path:
-    """Packages for deployments: v1, v1b (v1's trees sealed as another version) and rt, a
-    request-time-only model for fallbacks, trained through the real pipeline."""
+    """Packages for deployments: v1, v1b (v1's trees sealed as another version), v2 (batch and
+    streaming views) and rt, a request-time-only model for fallbacks, trained through the real
+    pipeline."""
     import json
     import shutil
 
@@ -109,11 +110,12 @@ def deployment_packages(
         manifest["version"] = version
         (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         seal_package(target)
-    train(
-        repo_path=sqlite_repo,
-        events_path=transactions_path,
-        output_root=root,
-        feature_service="fraud_model_rt",
-        num_boost_round=30,
-    )
+    for service in ("fraud_model_rt", "fraud_model_v2"):
+        train(
+            repo_path=sqlite_repo,
+            events_path=transactions_path,
+            output_root=root,
+            feature_service=service,
+            num_boost_round=30,
+        )
     return root

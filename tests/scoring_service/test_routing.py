@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.layout import open_store
+from feature_repo.online import MISSING, PRESENT, STALE
 from scoring_service.deployment import DeploymentInvalid, parse_deployment
 from scoring_service.domain import map_records
 from scoring_service.features import FeastOnlineReader
@@ -404,3 +405,77 @@ def test_a_champion_with_shadows_answers_on_the_direct_path(packages, store, req
         (r.score, r.label, r.reasons) for r in shadowed
     ]
     assert shadow_rows._value.get() - before == len(requests)
+
+
+def test_streaming_views_missing_or_stale_fall_back_on_a_real_redis(
+    packages, redis_store, requests
+) -> None:
+    """v2 as champion requiring its card's streaming windows: cards whose window row is fresh
+    are answered by v2; rows past the view's TTL (stale) or deleted (missing) by the fallback,
+    with `variant` and the reason saying so."""
+    from scoring_service.redis.reader import RedisFeatureReader
+
+    data = deployment(
+        champion={"name": "champion", "package": f"{NAME}/v2", "weight": 1.0,
+                  "required_views": ["card_stream_features"]},
+        challengers=[],
+    )  # fmt: skip
+    dep = live(packages, redis_store, data)
+    mapped = mapped_for(dep, requests)
+    cards = list(dict.fromkeys(mapped.keys["card_id"]))
+    fresh, stale, deleted = cards[:8], cards[8:16], cards[16:24]
+    view = redis_store.get_feature_view("card_stream_features")
+    names = [f.name for f in view.features]
+    now = pd.Timestamp.now(tz="UTC")
+    ttl = pd.Timedelta(view.ttl)
+
+    def rows(ids: list[str], at: pd.Timestamp) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"card_id": c, "event_timestamp": at, "created_timestamp": at,
+              **dict.fromkeys(names, 1)} for c in ids]
+        )  # fmt: skip
+
+    import redis
+
+    from scoring_service.redis.codec import ViewCodec
+
+    layout_view = next(v for v in dep.layout.views if v.name == "card_stream_features")
+    codec = ViewCodec.build(layout_view, redis_store.config.project)
+    host, port = redis_store.config.online_store.connection_string.split(",")[0].split(":")
+    client = redis.Redis(host=host, port=int(port))
+    # The server is shared with other tests: the cards' hashes are put back as they were.
+    keys = [codec.redis_key(card) for card in fresh + stale + deleted]
+    saved = {key: client.hgetall(key) for key in keys}
+    try:
+        redis_store.write_to_online_store("card_stream_features", rows(fresh, now))
+        redis_store.write_to_online_store("card_stream_features", rows(stale, now - 2 * ttl))
+        # Deleted: the view's fields of the card's hash (values and `_ts:<view>`) removed.
+        for card in deleted:
+            client.hdel(codec.redis_key(card), *codec.fields)
+        reader = RedisFeatureReader.from_store(redis_store, dep.layout)
+        try:
+            batch = reader.read(mapped.keys)
+        finally:
+            reader.close()
+    finally:
+        for key, fields in saved.items():
+            client.delete(key)
+            if fields:
+                client.hset(key, mapping=fields)
+    answered = dep.answer(batch, mapped, len(requests))
+    status = batch.view_status["card_stream_features"]
+    seen = {"fresh": 0, "stale": 0, "deleted": 0}
+    for i, card in enumerate(mapped.keys["card_id"]):
+        group = "fresh" if card in fresh else "stale" if card in stale else (
+            "deleted" if card in deleted else None)  # fmt: skip
+        if status[i] == PRESENT:
+            assert answered.variants[i] == "champion"
+            assert answered.model_versions[i] == f"{NAME}/v2"
+        else:
+            assert answered.variants[i] == "request-only"
+            assert FALLBACK_FEATURES in answered.reasons[i]
+        if group is not None:
+            seen[group] += 1
+            expected = {"fresh": PRESENT, "stale": STALE, "deleted": MISSING}[group]
+            assert status[i] == expected, (group, status[i])
+    assert all(seen.values()), seen
