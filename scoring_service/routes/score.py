@@ -97,6 +97,19 @@ async def _record(
         await answers.record(current_request_id(), ids, mapped, scored, **options)
 
 
+def _answer(result: Any, scorer: Any) -> dict[str, Any]:
+    """The fields every one-object answer has, after the ones naming the object."""
+    return {
+        "score": result.score,
+        "label": result.label,
+        "reasons": result.reasons,
+        "model_version": result.model_version or scorer.model.version_label,
+        "variant": result.variant,
+        "feature_freshness": _freshness(result.freshness),
+        "request_id": current_request_id(),
+    }
+
+
 def answer_one(domain: ServedDomain) -> Handler[Any]:
     """POST /v1/{resource}/score: the domain's score response for one object."""
     business_id = domain.api.business_id
@@ -107,16 +120,7 @@ def answer_one(domain: ServedDomain) -> Handler[Any]:
         scored = await call.score(mapped)
         (result,) = scored
         key = getattr(value, business_id)
-        body = {
-            business_id: key,
-            "score": result.score,
-            "label": result.label,
-            "reasons": result.reasons,
-            "model_version": result.model_version or scorer.model.version_label,
-            "variant": result.variant,
-            "feature_freshness": _freshness(result.freshness),
-            "request_id": current_request_id(),
-        }
+        body = {business_id: key, **_answer(result, scorer)}
         await _record(domain, call, [key], mapped, scored)
         return body
 
@@ -132,17 +136,7 @@ def answer_entity(domain: ServedDomain, route: EntityRoute) -> Handler[Any]:
         mapped = map_entity(join_key, entity_id, scorer.mapping)
         scored = await call.score(mapped)
         (result,) = scored
-        body = {
-            "entity": route.entity_name,
-            "entity_id": entity_id,
-            "score": result.score,
-            "label": result.label,
-            "reasons": result.reasons,
-            "model_version": result.model_version or scorer.model.version_label,
-            "variant": result.variant,
-            "feature_freshness": _freshness(result.freshness),
-            "request_id": current_request_id(),
-        }
+        body = {"entity": route.entity_name, "entity_id": entity_id, **_answer(result, scorer)}
         await _record(domain, call, [None], mapped, scored)  # no business object to explain
         return body
 
