@@ -8,6 +8,12 @@ PY := $(VENV)/bin/python
 FEAST := $(VENV)/bin/feast
 STAMP := $(VENV)/.installed
 
+# PLATFORM_CLOCK_AT=2026-12-31T23:55:00Z places every step at another instant
+# (feature_repo/clock.py): the offset is fixed once here, so all steps share one clock.
+ifdef PLATFORM_CLOCK_AT
+export PLATFORM_CLOCK_OFFSET_S := $(shell echo $$(( $$(date -u -d '$(PLATFORM_CLOCK_AT)' +%s) - $$(date -u +%s) )))
+endif
+
 ROWS ?= 100000
 SEED ?= 7
 DAYS ?= 35
@@ -41,27 +47,51 @@ SERVED_DOMAINS := feature_repo/fraud$(if $(filter-out fraud,$(DOMAIN)),$(COMMA)f
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
 	materialize train dataset serve run credit test lint format bench clean soak bench-predict \
 	replay stream produce skew-check train-compare bench-freshness lint-imports \
-	check-serve-install
+	check-serve-install lock lock-check rematerialize test-clock
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# ONNX Runtime build of the venv: the `cpu` extra (onnxruntime) unless `make setup-gpu` swapped in
+# Locked installs: every dependency at the version and sha256 pinned in infra/locks/ (made by
+# `make lock` from pyproject.toml's ranges; `make lint` fails when they no longer match). The venv
+# gets the dev lock (dev,serve,train,spark,cpu), then the project itself without dependencies.
+LOCKS := infra/locks
+DEV_LOCK := $(LOCKS)/dev.txt
+# ONNX Runtime build of the venv: the dev lock's onnxruntime unless `make setup-gpu` swapped in
 # onnxruntime-gpu; on a GPU machine pass ORT=gpu (or gpu-cuda) so a reinstall keeps it.
 ORT ?= cpu
 GPU_EXTRA ?= gpu
-$(STAMP): pyproject.toml
+ORT_LOCK := $(if $(filter-out cpu,$(ORT)),$(LOCKS)/serve-$(ORT).txt)
+# onnxruntime and onnxruntime-gpu share one module: remove both, then install the GPU build (and,
+# for gpu-cuda, NVIDIA's CUDA and cuDNN wheels) at the pins of infra/locks/serve-<extra>.txt. That
+# lock follows the dev lock's versions, so nothing else changes.
+define install-ort-gpu
+$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
+$(PY) -m pip install --quiet --require-hashes -r $(LOCKS)/serve-$(1).txt
+endef
+
+# A change of pyproject.toml or of a lock reinstalls.
+$(STAMP): pyproject.toml $(DEV_LOCK) $(ORT_LOCK)
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,serve,train,spark,$(ORT)]'
+	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(if $(ORT_LOCK),$(call install-ort-gpu,$(ORT)))
 	@touch $(STAMP)
 
-setup: $(STAMP) system-deps ## Virtual environment with all dependencies, plus redis-server
+setup: $(STAMP) system-deps ## Virtual environment from the dev lock (infra/locks/dev.txt), plus redis-server and the other servers
 
-setup-gpu: $(STAMP) ## Swap onnxruntime for onnxruntime-gpu (CUDA 13 + cuDNN 9; GPU_EXTRA=gpu-cuda pulls them from pip)
-	$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
-	$(PY) -m pip install --quiet -e '.[dev,serve,train,spark,$(GPU_EXTRA)]'
+setup-gpu: $(STAMP) ## Swap onnxruntime for onnxruntime-gpu from its lock (CUDA 13 + cuDNN 9; GPU_EXTRA=gpu-cuda pulls them from pip)
+	$(call install-ort-gpu,$(GPU_EXTRA))
 	$(PY) -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+
+# uv resolves on PyPI; versions already pinned stay unless pyproject.toml's ranges exclude them.
+UPGRADE ?=
+lock: | $(STAMP) ## Refresh the hashed locks in infra/locks from pyproject.toml (UPGRADE=1: newest allowed versions)
+	$(PY) $(LOCKS)/lock.py compile $(if $(filter-out 0,$(UPGRADE)),--upgrade)
+
+lock-check: $(STAMP) ## The locks were made from pyproject.toml's current ranges (offline)
+	$(PY) $(LOCKS)/lock.py check
 
 # The real servers and tools the tests start: Redis (and Redis Cluster), PostgreSQL (the SQL
 # registry), nginx (replicas), promtool (alert rules), Chromium (reports), Java (Spark), wrk.
@@ -108,6 +138,11 @@ apply: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## feast apply (plain Fe
 materialize: $(STAMP) ## Incremental materialization into the online store
 	$(PY) -m feature_pipelines materialize --repo feature_repo/fraud $(YAML_OPT)
 
+# `make data` rewrites the history relative to a new "now"; incremental loading would keep rows
+# of the old history online. This empties each view's online rows and reloads its TTL window.
+rematerialize: $(STAMP) ## Rebuild the online store from the offline history (after make data rewrote it)
+	$(PY) -m feature_pipelines materialize --rebuild --repo feature_repo/fraud $(YAML_OPT)
+
 dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
 	$(PY) -m models dataset --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
 		$(YAML_OPT)
@@ -121,7 +156,7 @@ train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics si
 		--feature-service fraud_model_v1 --feature-service fraud_model_v2 \
 		$(YAML_OPT)
 
-credit: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## Credit domain: load Feast's credit-scoring files (CREDIT_DATA_DIR), apply, materialize, train
+credit: $(STAMP) $(if $(filter redis,$(STORE)),redis-up) ## Credit domain: load Feast's credit-scoring files (feature_pipelines/credit/source_data, or CREDIT_DATA_DIR), apply, materialize, train
 	$(PY) -m feature_pipelines credit load
 	cd feature_repo/credit && ../../$(FEAST) -f $(FS_YAML) apply
 	$(PY) -m feature_pipelines materialize --repo feature_repo/credit $(CREDIT_YAML_OPT)
@@ -152,7 +187,7 @@ serve: $(STAMP) ## Run the scoring service on HOST:PORT (key in data/dev_api_key
 	$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
 		$(PY) -m scoring_service serve
 
-run: setup data apply materialize train $(filter-out fraud,$(DOMAIN)) ## Whole path on a fresh machine, then serve and score (DOMAIN=credit: both domains, a loan application)
+run: setup data apply rematerialize train $(filter-out fraud,$(DOMAIN)) skew-check ## Whole path on a fresh machine, online store checked against the history, then serve and score (DOMAIN=credit: both domains, a loan application)
 	@$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
 		$(PY) -m scoring_service serve & \
 	SERVER=$$!; trap 'kill $$SERVER 2>/dev/null' INT TERM EXIT; \
@@ -164,6 +199,12 @@ run: setup data apply materialize train $(filter-out fraud,$(DOMAIN)) ## Whole p
 test: setup ## Lint and architecture contracts, then unit, integration (real servers) and end-to-end tests
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
+
+# The time-sensitive tests (marker `clock`) with the platform clock placed at 8 instants (over a
+# day, a month end, a year end): tests/clock_runs.py. CLOCK_SET=ci runs 3 of them (.ci/run).
+CLOCK_SET ?= all
+test-clock: setup ## Time-sensitive tests at 8 instants of the platform clock (CLOCK_SET=ci: 3)
+	$(PY) -m tests.clock_runs --set $(CLOCK_SET)
 
 SOAK_SECONDS ?= 600
 soak: $(STAMP) system-deps $(if $(filter redis,$(STORE)),redis-up) ## Soak: 10 min at half the measured max rate -> bench/results/soak.json
@@ -179,7 +220,8 @@ FRESHNESS_EVENTS ?= 1000
 bench-freshness: $(STAMP) system-deps ## Event appended -> changed score, p50/p99 (own Redis, v2) -> bench/results/freshness.json
 	$(PY) bench/freshness.py --events $(FRESHNESS_EVENTS) --out bench/results/freshness.json
 
-lint: $(STAMP) ## ruff (lint + format check), mypy and the import-linter layer contracts
+lint: $(STAMP) ## The locks' freshness, ruff (lint + format check), mypy and the import-linter layer contracts
+	$(MAKE) --no-print-directory lock-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from feature_pipelines.fraud.aggregate import aggregate
 from feature_pipelines.fraud.generate import generate_transactions
 from feature_pipelines.fraud.schema import TABLE_FILES
 from feature_pipelines.tables import write_feature_tables
+from feature_repo import clock
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def build_world(
     workdir.mkdir(parents=True, exist_ok=True)
     env = {"REDIS_CONNECTION_STRING": redis_url}
     os.environ.update(env)  # FeatureStore objects in this process expand it too
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    now = clock.now().replace(second=0, microsecond=0)
 
     started = time.perf_counter()
     transactions = generate_transactions(n_rows=rows, seed=seed, days=days, end=now)

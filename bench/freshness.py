@@ -62,6 +62,7 @@ from feature_pipelines.streaming.replay import stream_tables, write_stream_table
 from feature_pipelines.streaming.source import append_events  # noqa: E402
 from feature_pipelines.streaming.state import state_key  # noqa: E402
 from feature_pipelines.tables import write_feature_tables  # noqa: E402
+from feature_repo import clock  # noqa: E402
 from scoring_service.security import hash_key, new_key  # noqa: E402
 
 SCORE_PATH = "/v1/transactions/score"
@@ -113,7 +114,7 @@ def build_world(work: Path, rows: int, days: int, redis_address: str) -> tuple[P
     """Feature repo with batch and replayed streaming tables, applied and materialized."""
     from feast import FeatureStore
 
-    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    end = clock.now().replace(second=0, microsecond=0)
     transactions = generate_transactions(rows, seed=7, days=days, end=end)
     write_transactions(transactions, work / "transactions.parquet")
     repo = work / "feature_repo"
@@ -183,7 +184,7 @@ def probes(transactions: pd.DataFrame, n: int) -> list[dict[str, Any]]:
 def as_event(body: dict[str, Any]) -> TransactionEvent:
     return TransactionEvent(
         transaction_id=body["transaction_id"],
-        event_time_us=int(time.time() * 1_000_000),
+        event_time_us=int(clock.time() * 1_000_000),
         amount=body["amount"],
         ip_address=body["ip_address"],
         card_id=body["card_id"],

@@ -25,6 +25,7 @@ from feature_pipelines.fraud.events import STREAM
 from feature_pipelines.fraud.generate import generate_transactions, write_transactions
 from feature_pipelines.fraud.windows import STATE_PREFIX
 from feature_pipelines.tables import write_feature_tables
+from feature_repo import clock
 
 app = typer.Typer(
     name="fraud-pipelines",
@@ -141,13 +142,27 @@ def materialize_command(
     view: Annotated[
         list[str] | None, typer.Option(help="Only these feature views (repeatable).")
     ] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Empty the views' online rows and reload each view's TTL window before the end: "
+            "after the offline history was rewritten rather than appended to."
+        ),
+    ] = False,
 ) -> None:
     """Load feature snapshots into the online store (incremental by default, up to now)."""
     from feature_pipelines.materialize import materialize
 
+    if rebuild and start is not None:
+        raise typer.BadParameter("--rebuild chooses each view's window; drop --start")
     started = time.perf_counter()
     until = materialize(
-        repo, end=_parse_end(end), start=_parse_end(start), yaml_path=yaml, views=view or None
+        repo,
+        end=_parse_end(end),
+        start=_parse_end(start),
+        yaml_path=yaml,
+        views=view or None,
+        rebuild=rebuild,
     )
     typer.echo(f"materialized up to {until.isoformat()} in {time.perf_counter() - started:.1f}s")
 
@@ -337,7 +352,7 @@ def produce_command(
     if shift_to_now and len(frame):
         stamps = pd.to_datetime(frame[schema.EVENT_TIMESTAMP], utc=True)
         frame = frame.assign(
-            **{schema.EVENT_TIMESTAMP: stamps + (pd.Timestamp.now(tz="UTC") - stamps.max())}
+            **{schema.EVENT_TIMESTAMP: stamps + (pd.Timestamp(clock.now()) - stamps.max())}
         )
     events = events_from_frame(frame)
     client = redis_client(redis)
@@ -388,7 +403,7 @@ def skew_check_command(
     from feature_repo.layout import feature_layout
 
     moment = _parse_end(at)
-    moment = datetime.now(UTC) if moment is None else moment
+    moment = clock.now() if moment is None else moment
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     store = _open_store(repo, yaml)
     if entity:

@@ -32,6 +32,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from feature_pipelines import schema
+from feature_repo import clock
 from feature_repo.layout import ViewSpec, feature_layout
 from feature_repo.online import Row, StoreLayout, assemble
 
@@ -140,7 +141,7 @@ def skew_check(
     abs_tol: float = 1e-9,
 ) -> SkewReport:
     """Compare online and offline point-in-time values of every stored feature of a service."""
-    at = at or datetime.now(UTC)
+    at = at or clock.now()
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     layout = feature_layout(store, feature_service)
     report = SkewReport(

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from feature_repo import clock
+
 app = typer.Typer(help="Training sets, training and model packages.", no_args_is_help=True)
 
 DomainOption = Annotated[
@@ -266,7 +268,7 @@ def monitor(
     result = run_monitor(
         log,
         pd.read_parquet(labels),
-        _utc(as_of) or datetime.now(UTC),
+        _utc(as_of) or clock.now(),
         model_root=model_root,
         rules=rules,
         id_column=id_column,

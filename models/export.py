@@ -90,7 +90,9 @@ def _round_thresholds_down(model: onnx.ModelProto, booster: lgb.Booster) -> None
                 raise ParityError(f"unexpected split mode {mode!r} in the converted graph")
             key = (feature, float(np.float32(values[i])))
             if key not in lookup:
-                raise ParityError(f"threshold {values[i]!r} of feature {feature} not in booster")
+                raise ParityError(
+                    f"threshold {values[i]!r} of feature {feature} is not in the booster"
+                )
             values[i] = float(lookup[key])
 
 

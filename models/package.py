@@ -130,7 +130,7 @@ class LabelThresholds(BaseModel):
         for (lower, low), (higher, high) in pairwise(cutoffs):
             if low > high:
                 raise ValueError(
-                    f"{lower} threshold must not exceed {higher} threshold ({low} > {high})"
+                    f"the {lower} threshold must not exceed the {higher} threshold ({low} > {high})"
                 )
         return self
 

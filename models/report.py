@@ -25,7 +25,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from feature_repo import clock
 from feature_repo.domain import DomainSpec, SegmentSpec
 from models import evaluate
 from models.package import (
@@ -449,7 +449,7 @@ def render(data: ReportData) -> str:
     )
     payload = json.dumps(json_safe(numbers)).replace("</", "<\\/")
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
-    generated = datetime.now(UTC).isoformat(timespec="seconds")
+    generated = clock.now().isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Training report {html.escape(m.name)}/{html.escape(m.version)}</title>

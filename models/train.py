@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import platform
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
 from feature_repo.layout import TRANSFORM_TAG
 from feature_repo.transforms import resolve
@@ -325,7 +325,7 @@ def train(
     manifest = Manifest(
         name=model_name,
         version=model_version,
-        created_at=datetime.now(UTC),
+        created_at=clock.now(),
         domain=spec.name,
         labels=spec.labels,
         uncertain_label=spec.uncertain_label,

@@ -20,11 +20,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import cast
 
 import numpy as np
 
+from feature_repo import clock
 from feature_repo.online import STATUS_NAMES
 from scoring_service.domain import MappedRequests
 from scoring_service.prediction_log import LogEntry, PredictionLog
@@ -106,7 +106,7 @@ class AnswerLog:
         latency_ms = (time.monotonic() - arrived) * 1000.0
 
         def build() -> list[LogEntry]:
-            now = datetime.now(UTC)
+            now = clock.now()
             keys = _key_rows(mapped, len(scored))
             return [
                 LogEntry(
@@ -153,7 +153,7 @@ class AnswerLog:
         n = len(columns)
 
         def build() -> list[LogEntry]:
-            now = datetime.now(UTC)
+            now = clock.now()
             keys = _key_rows(mapped, n)
             variants = columns.variants or ["champion"] * n
             versions = columns.model_versions or [columns.default_version or default_version] * n

@@ -1,4 +1,10 @@
-"""Command line of the service: ``python -m scoring_service serve|score-sample``."""
+"""Command line of the service: ``python -m scoring_service <command>``.
+
+``serve`` runs the service; ``score-sample`` scores a recent negative and positive object through
+a running one; ``batch-score`` scores a parquet of objects offline with the served package;
+``hash-key`` prints an API key's sha256 (the form the key settings take); ``dev-key`` makes a
+local development key.
+"""
 
 from __future__ import annotations
 

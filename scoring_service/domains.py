@@ -9,8 +9,10 @@ Nothing here knows a domain: for each served domain, :meth:`DomainApi.build` tur
   kinds that need more (IP addresses, currencies, countries, categories, timestamps) run the
   declaration's own ``RequestField.parse`` as a validator, so a refusal names the field and a
   value is used exactly as training used it (canonical IP text, upper-case currency, a category's
-  unknown treatment);
-- the batch request (``POST /v1/{resource}/score-batch``) and the answers: the business id echoed
+  unknown treatment). Its OpenAPI schema states what the parse enforces, so a request valid by
+  the document is never refused for its shape (``tests/scoring_service/test_openapi_contract.py``);
+- the batch request (``POST /v1/{resource}/score-batch``, the same object schema, at most
+  ``Settings.max_batch_size`` objects) and the answers: the business id echoed
   under its own field name, the score, the label (the domain's vocabulary and its uncertain
   label), reasons, model version, variant and feature freshness;
 - the ``GET /v1/{route}/{id}/score`` routes of the entities that declare one, their path value
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -44,8 +46,9 @@ from pydantic import (
 )
 from pydantic_core import SchemaError
 
+from feature_repo import clock
 from feature_repo.domain import IP_TEXT_MAX, NUMERIC_KINDS, DomainSpec, EntitySpec, RequestField
-from feature_repo.reference import COUNTRY_PATTERN
+from feature_repo.reference import COUNTRY_PATTERN, CURRENCIES
 from scoring_service.errors import InvalidRequest, validation_message
 from scoring_service.schemas import EntityFreshness
 
@@ -72,6 +75,24 @@ def _bound(value: float | None, integer: bool) -> float | int | None:
         return value
     return int(value)
 
+
+def _whole_number(value: Any) -> Any:
+    """A JSON number without a fractional part as an int (22.0 is the integer 22)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+IP_SCHEMA: dict[str, Any] = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+"""An ip_address field in the OpenAPI document: an IPv4 or an IPv6 address."""
+
+TRIMMED_PATTERN = r"^[^\s\x85](?:[\s\S]*[^\s\x85])?(?![\s\S])"
+"""Text that neither starts nor ends with white space (the Unicode white space the service
+strips; U+0085 is not in ECMAScript's ``\\s``). It ends with "no character follows" rather than
+``$``, which Python's ``re`` also matches before a final newline."""
+
+SKEW_EXTENSION = "x-max-skew-seconds"
+"""OpenAPI extension on a timestamp field: the most seconds it may be away from now."""
 
 PARSED_TEXTS_KEPT = 16_384
 """Texts whose parsed value each request field remembers (then it starts afresh)."""
@@ -107,7 +128,12 @@ def field_parts(field: RequestField) -> tuple[Any, dict[str, Any], list[Any]]:
     kind = field.kind
     if kind in ("identifier", "text"):
         lengths = {"min_length": c.min_length, "max_length": c.max_length, "pattern": c.pattern}
-        return str, {k: v for k, v in lengths.items() if v is not None}, []
+        shape: dict[str, Any] = {k: v for k, v in lengths.items() if v is not None}
+        if c.min_length and c.pattern is None:
+            # A request body is stripped before its lengths are checked: the document says the
+            # value neither starts nor ends with white space, so its length is the one checked.
+            shape["json_schema_extra"] = {"pattern": TRIMMED_PATTERN}
+        return str, shape, []
     if kind in ("number", "integer"):
         integer = kind == "integer"
         bounds = {
@@ -115,20 +141,30 @@ def field_parts(field: RequestField) -> tuple[Any, dict[str, Any], list[Any]]:
             for name in ("ge", "gt", "le", "lt")
             if getattr(c, name) is not None
         }
-        # Strict: a JSON number, never numeric text or a boolean, as the declaration reads it.
+        # Strict: a JSON number, never numeric text or a boolean, as the declaration reads it;
+        # an integer field takes 22.0 too, an integer in JSON Schema's sense as in the
+        # declaration's.
         if integer:
-            return int, {"strict": True, **bounds}, []
+            return int, {"strict": True, **bounds}, [BeforeValidator(_whole_number)]
         return float, {"strict": True, "allow_inf_nan": False, **bounds}, []
 
     parse = _remembered(field)
     if kind == "ip_address":
         # Before: any JSON value gets the declaration's message, then the text as the model
-        # reads it (canonical when declared so).
-        return str, {"max_length": IP_TEXT_MAX}, [BeforeValidator(parse)]
+        # reads it (canonical when declared so). Documented as the formats a client can check;
+        # the service also takes surrounding white space and non-canonical forms.
+        schema = WithJsonSchema({**IP_SCHEMA, "maxLength": IP_TEXT_MAX})
+        return str, {"max_length": IP_TEXT_MAX}, [BeforeValidator(parse), schema]
     if kind == "currency":
-        return str, {"min_length": 3, "max_length": 3}, [BeforeValidator(parse)]
+        # Documented as the codes accepted (lower case is accepted too, read as upper case).
+        codes = list(c.values) if c.values is not None else sorted(CURRENCIES)
+        schema = WithJsonSchema({"type": "string", "enum": codes})
+        return str, {"min_length": 3, "max_length": 3}, [BeforeValidator(parse), schema]
     if kind == "country":
         shape = {"min_length": 2, "max_length": 2, "pattern": COUNTRY_PATTERN}
+        if c.values is not None:
+            schema = WithJsonSchema({"type": "string", "enum": list(c.values)})
+            return str, shape, [AfterValidator(parse), schema]
         return str, shape, [AfterValidator(parse)]
     if kind == "category":
         values = list(c.values or [])
@@ -141,7 +177,7 @@ def field_parts(field: RequestField) -> tuple[Any, dict[str, Any], list[Any]]:
     if kind == "timestamp":
 
         def within_skew(value: datetime) -> datetime:
-            return field.parse(value, now=datetime.now(UTC))  # type: ignore[no-any-return]
+            return field.parse(value, now=clock.now())  # type: ignore[no-any-return]
 
         return datetime, {}, [AfterValidator(within_skew)]
     raise ValueError(f"no request type for kind {kind}")  # pragma: no cover - Literal-checked
@@ -155,8 +191,12 @@ def field_type(field: RequestField, info: Callable[..., Any] = Field) -> Any:
 
 
 def _description(field: RequestField) -> str:
-    """The declared description, plus what a category does with values outside its list."""
+    """The declared description, plus what a category does with values outside its list and
+    how far from now a timestamp may be."""
     text = field.description
+    skew = field.constraints.max_skew_seconds
+    if field.kind == "timestamp" and skew is not None:
+        text = f"{text} Refused unless within {skew:g} seconds of the service's clock."
     if field.kind == "category" and field.unknown != "refuse":
         values = ", ".join(field.constraints.values or [])
         fate = (
@@ -173,11 +213,15 @@ def request_model(spec: DomainSpec) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, field in spec.request_fields.items():
         annotation = field_type(field)
-        description = _description(field)
+        info: dict[str, Any] = {"description": _description(field)}
+        skew = field.constraints.max_skew_seconds
+        if field.kind == "timestamp" and skew is not None:
+            # What no JSON Schema keyword can say (a bound relative to now), for the machines.
+            info["json_schema_extra"] = {SKEW_EXTENSION: _bound(skew, integer=True)}
         if field.required:
-            fields[name] = (annotation, Field(description=description))
+            fields[name] = (annotation, Field(**info))
         else:
-            fields[name] = (annotation | None, Field(default=None, description=description))
+            fields[name] = (annotation | None, Field(default=None, **info))
     example = {
         name: field.example
         for name, field in spec.request_fields.items()
@@ -286,8 +330,11 @@ class DomainApi:
         return field_type(self.spec.request_fields[self.business_id])
 
     @classmethod
-    def build(cls, spec: DomainSpec) -> DomainApi:
-        """The request and answer models and entity routes of a domain."""
+    def build(cls, spec: DomainSpec, max_batch_size: int = MAX_BATCH_ITEMS) -> DomainApi:
+        """The request and answer models and entity routes of a domain; a score-batch call
+        holds at most ``max_batch_size`` objects (``Settings.max_batch_size``)."""
+        if not 1 <= max_batch_size <= MAX_BATCH_ITEMS:
+            raise ValueError(f"max_batch_size must be in [1, {MAX_BATCH_ITEMS}]")
         schema = spec.schema_name
         obj = spec.object_words
         label_names = (*spec.labels, spec.uncertain_label)
@@ -301,7 +348,7 @@ class DomainApi:
             **{
                 spec.collection_field: (
                     list[request],  # type: ignore[valid-type]
-                    Field(min_length=1, max_length=MAX_BATCH_ITEMS),
+                    Field(min_length=1, max_length=max_batch_size),
                 )
             },
         )

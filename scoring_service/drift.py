@@ -181,7 +181,9 @@ class DriftMonitor:
         if n == 0:
             return False
         if matrix.shape[1] != len(self.features):
-            raise ValueError(f"{matrix.shape[1]} inputs, the package has {len(self.features)}")
+            raise ValueError(
+                f"{matrix.shape[1]} inputs given, but the package has {len(self.features)}"
+            )
         skip = max(0, n - self.window_rows)  # a batch larger than the window keeps its tail
         rows = n - skip
         # No batch: nothing was read from the store (a model of request features only).

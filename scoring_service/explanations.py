@@ -133,7 +133,7 @@ class Explainer:
         ensemble = TreeEnsemble.from_lightgbm_text(file.read_text())
         if ensemble.feature_names and ensemble.feature_names != list(manifest.features):
             raise ModelPackageInvalid(
-                f"the trees of {model_version} read other inputs than its manifest lists"
+                f"the trees of {model_version} read inputs other than those its manifest lists"
             )
         return ensemble
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import time
 from typing import Protocol
 
 from feast import FeatureStore
 
+from feature_repo import clock
 from feature_repo.online import (
     MISSING,
     NOT_REQUESTED,
@@ -106,7 +106,7 @@ class FeastOnlineReader:
             raise FeatureStoreUnavailable(
                 "The online feature store cannot be read right now; retry shortly."
             ) from exc
-        return assemble(self.layout, n, reads, time.time())
+        return assemble(self.layout, n, reads, clock.time())
 
     def ping(self) -> None:
         """A real read of one key through the same path."""

@@ -31,11 +31,12 @@ import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 
+from feature_repo import clock
 from feature_repo import prediction_log as log_format
 from scoring_service import metrics
 
@@ -216,7 +217,7 @@ class _Journal:
 
     @classmethod
     def open(cls, folder: Path, schema: pa.Schema) -> _Journal:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = clock.now().strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}{JOURNAL_SUFFIX}"
         return cls(folder / name, schema)
 

@@ -76,14 +76,14 @@ def choose_device(requested: str, manifest: Manifest) -> tuple[str, str, list[st
     if requested == "cuda":
         if not cuda_available:
             raise ModelPackageInvalid(
-                "device=cuda was requested but ONNX Runtime reports no CUDA execution provider "
+                "device=cuda was requested, but ONNX Runtime reports no CUDA execution provider "
                 f"(available: {', '.join(ort.get_available_providers())}); install the gpu "
-                "extra (onnxruntime-gpu) on a machine with a GPU, or set SCORING_DEVICE=auto."
+                "extra (onnxruntime-gpu) on a machine with a GPU, or set SCORING_DEVICE=auto"
             )
         if not has_gpu_graph:
             raise ModelPackageInvalid(
-                f"device=cuda was requested but package {manifest.name}/{manifest.version} "
-                "has no GPU graph; retrain to add one, or set SCORING_DEVICE=auto."
+                f"device=cuda was requested, but package {manifest.name}/{manifest.version} "
+                "has no GPU graph; retrain to add one, or set SCORING_DEVICE=auto"
             )
     if requested in ("cuda", "auto") and cuda_available and has_gpu_graph:
         return "cuda", "gpu", [CUDA_PROVIDER, CPU_PROVIDER]
@@ -98,7 +98,7 @@ def verify_against_store(manifest: Manifest, store: FeatureStore) -> StoreLayout
         raise ModelPackageInvalid(
             f"feature service {manifest.feature_service!r} of package "
             f"{manifest.name}/{manifest.version} is not in the live feature store; run "
-            "`feast apply` with the repository the model was trained on."
+            "`feast apply` with the repository the model was trained on"
         ) from exc
     expected = {
         view: (info.join_key, info.features) for view, info in manifest.feature_views.items()
@@ -175,7 +175,7 @@ def load_package(
     """
     path = Path(path)
     if not (path / MANIFEST_FILE).is_file():
-        raise ModelPackageInvalid(f"no model package at {path}; train one with `make train`.")
+        raise ModelPackageInvalid(f"no model package at {path}; train one with `make train`")
     try:
         verify_package(path, signing_key)
     except PackageIntegrityError as exc:
@@ -184,7 +184,7 @@ def load_package(
         manifest = read_manifest(path)
     except FileNotFoundError as exc:
         raise ModelPackageInvalid(
-            f"no model package at {path}; train one with `make train`."
+            f"no model package at {path}; train one with `make train`"
         ) from exc
     except (ValidationError, ValueError) as exc:
         raise ModelPackageInvalid(f"manifest of {path} is invalid: {exc}") from exc
@@ -246,8 +246,8 @@ def load_package(
     except CudaUnavailable as exc:
         if device == "cuda":
             raise ModelPackageInvalid(
-                f"device=cuda was requested but CUDA is not usable: {exc}. Fix the GPU setup, "
-                "or set SCORING_DEVICE=auto (or cpu) to serve from the CPU graph."
+                f"device=cuda was requested, but CUDA is not usable: {exc}; fix the GPU setup, "
+                "or set SCORING_DEVICE=auto (or cpu) to serve from the CPU graph"
             ) from exc
         logger.warning("device=auto: CUDA is not usable (%s); predicting on the CPU", exc)
         predictor = open_predictor(with_gpu=False)

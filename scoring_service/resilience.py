@@ -38,6 +38,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Header, Request
 from feast import FeatureStore
 from prometheus_client import Counter, Gauge
+from pydantic import WithJsonSchema
 
 from scoring_service.domain import MappedRequests
 from scoring_service.errors import FeatureStoreUnavailable, Overloaded
@@ -90,15 +91,20 @@ class Deadline:
         return self.expires_at - time.monotonic() - RESERVE_S
 
 
+MAX_DEADLINE_MS = 600_000
+"""Largest X-Deadline-Ms a caller may send."""
+
 DeadlineHeader = Annotated[
     int | None,
     Header(
         alias=DEADLINE_HEADER,
         ge=1,
-        le=600_000,
+        le=MAX_DEADLINE_MS,
         description="Ask for a shorter deadline than the service's (milliseconds); a longer "
         "one is cut to the service's own.",
     ),
+    # Optional, but never null: a header is absent or holds a whole number.
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_DEADLINE_MS}),
 ]
 
 

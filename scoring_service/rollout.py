@@ -14,10 +14,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from feature_repo import clock
 from scoring_service import metrics
 from scoring_service.deployment import (
     DeploymentInvalid,
@@ -163,7 +164,7 @@ class DeploymentManager:
 
     def _record(self, action: str, spec: DeploymentSpec, by: str, changes: list[str]) -> None:
         metrics.DEPLOYMENT_INFO.labels(self.domain, spec.name).set(1)
-        self.history.append(Change(datetime.now(UTC), action, spec.name, by, changes))
+        self.history.append(Change(clock.now(), action, spec.name, by, changes))
         logger.info("deployment %s (%s by %s): %s", spec.name, action, by, "; ".join(changes))
 
     def describe(self) -> dict[str, Any]:

@@ -245,8 +245,8 @@ class LiveDeployment:
         for reference, loaded in models.items():
             if loaded.manifest.domain != domain:
                 raise DeploymentInvalid(
-                    f"package {reference} serves domain {loaded.manifest.domain!r}, the "
-                    f"deployment's other packages {domain!r}"
+                    f"package {reference} serves domain {loaded.manifest.domain!r}, but the "
+                    f"deployment's other packages serve {domain!r}"
                 )
         if request_fields is not None and spec.sticky_field not in request_fields:
             raise DeploymentInvalid(

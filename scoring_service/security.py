@@ -54,6 +54,14 @@ class KeyScope(StrEnum):
     ADMIN = "admin"
 
 
+SCOPE_WORDS = {
+    KeyScope.SCORE: ("scoring routes", "a scoring key"),
+    KeyScope.ANALYST: ("explanation routes", "an analyst key"),
+    KeyScope.ADMIN: ("admin routes", "an admin key"),
+}
+"""How a refusal names a scope's routes and the key they need."""
+
+
 def hash_key(key: str) -> str:
     """The sha256 hex digest under which a key is configured."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
@@ -132,7 +140,8 @@ def check_key(keyring: KeyRing, key: str | None, scope: KeyScope) -> None:
             headers={"WWW-Authenticate": API_KEY_HEADER},
         )
     if scope not in granted:
-        raise Forbidden(f"This key may not call {scope.value} routes; use a {scope.value} key.")
+        routes, key_kind = SCOPE_WORDS[scope]
+        raise Forbidden(f"This key may not call {routes}; use {key_kind}.")
 
 
 def require_scope(scope: KeyScope) -> Callable[..., Awaitable[None]]:

@@ -88,7 +88,7 @@ def served_domains(settings: Settings) -> list[ServedDomain]:
             version = settings.model_version
         served.append(
             ServedDomain(
-                api=DomainApi.build(spec),
+                api=DomainApi.build(spec, settings.max_batch_size),
                 folder=Path(folder),
                 yaml=yaml,
                 model_name=name,

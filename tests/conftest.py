@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -31,12 +32,28 @@ from feature_pipelines.streaming.replay import (
     write_stream_tables,
 )
 from feature_pipelines.tables import write_feature_tables
+from feature_repo import clock
+from tests.fixtures import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = ROOT / "feature_repo" / "fraud"
 FEAST = Path(sys.executable).parent / "feast"
 TEST_ROWS = 20_000
 TEST_SEED = 11
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the platform's clock before any fixture reads it or starts a process.
+
+    ``PLATFORM_CLOCK_AT`` places the whole run (this process and every process it starts) at
+    another instant: ``make test-clock`` runs the time-sensitive tests at several.
+    """
+    clock.offset_seconds()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    placed = " (placed by PLATFORM_CLOCK_AT)" if clock.offset_seconds() else ""
+    return f"platform clock: {clock.now().isoformat(timespec='seconds')}{placed}"
 
 
 def free_port() -> int:
@@ -64,7 +81,7 @@ class RedisServer:
             pytest.fail(
                 "redis-server is not installed; run `make setup` (apt-get install redis-server)"
             )
-        self.process = subprocess.Popen(
+        self.process = processes.start(
             [
                 binary,
                 "--port",
@@ -78,26 +95,40 @@ class RedisServer:
                 "--dir",
                 str(self.workdir),
             ],
+            stop_signal=signal.SIGKILL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        break
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        """SIGKILL: nothing is saved, and a frozen (SIGSTOP) server dies too."""
+        if self.process is not None:
+            processes.stop(self.process)
         self.process = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_servers_left_running() -> Iterator[None]:
+    """Servers that a fixture or test started and did not stop (a set-up that failed half-way,
+    an interrupted run) are stopped when the session ends, after every other fixture."""
+    yield
+    processes.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +136,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """One redis-server for the session."""
     server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def data_end() -> datetime:
     """Generated data ends at the start of the current minute, so features are fresh."""
-    return datetime.now(UTC).replace(second=0, microsecond=0)
+    return clock.now().replace(second=0, microsecond=0)
 
 
 @pytest.fixture(scope="session")
@@ -250,21 +283,22 @@ def stream_rig(tmp_path_factory, feature_tables) -> Iterator[StreamRig]:
     """The feature repo with the batch tables, bound to its own redis-server and applied."""
     server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis_rig"))
     server.start()
-    batch = {k: feature_tables[k] for k in ("ip", "card", "merchant")}
-    repo = copy_repo(
-        tmp_path_factory.mktemp("repo_rig") / "feature_repo",
-        {**batch, **empty_stream_tables(WINDOWS)},
-    )
-    # A literal address, unlike ${REDIS_CONNECTION_STRING}: the shared redis_repo owns that.
-    text = (repo / "feature_store.redis.yaml").read_text()
-    (repo / RIG_YAML).write_text(
-        text.replace("${REDIS_CONNECTION_STRING}", server.connection_string)
-    )
-    feast_cli(repo, "apply", yaml=RIG_YAML)
-    client = redis.Redis(port=server.port)
-    yield StreamRig(repo, server, client)
-    client.close()
-    server.stop()
+    try:
+        batch = {k: feature_tables[k] for k in ("ip", "card", "merchant")}
+        repo = copy_repo(
+            tmp_path_factory.mktemp("repo_rig") / "feature_repo",
+            {**batch, **empty_stream_tables(WINDOWS)},
+        )
+        # A literal address, unlike ${REDIS_CONNECTION_STRING}: the shared redis_repo owns that.
+        text = (repo / "feature_store.redis.yaml").read_text()
+        (repo / RIG_YAML).write_text(
+            text.replace("${REDIS_CONNECTION_STRING}", server.connection_string)
+        )
+        feast_cli(repo, "apply", yaml=RIG_YAML)
+        with redis.Redis(port=server.port) as client:
+            yield StreamRig(repo, server, client)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

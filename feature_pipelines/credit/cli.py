@@ -32,8 +32,8 @@ def load_command(
         Path | None,
         typer.Option(
             envvar=SOURCE_ENV,
-            help="Folder of the tutorial's files (default: ../shared/datasets/credit-scoring "
-            "beside the repository).",
+            help="Folder of the tutorial's files (default: feature_pipelines/credit/source_data, "
+            "the copy that ships with the code).",
             show_default=False,
         ),
     ] = None,

@@ -1,8 +1,10 @@
 """Load Feast's credit-scoring tutorial data into the credit domain's offline store.
 
-The source folder (``CREDIT_DATA_DIR``; by default ``../shared/datasets/credit-scoring`` next to
-the repository) holds the files of Feast's credit-scoring tutorial, unchanged: see its
-``SOURCE.md``. This step cleans them and writes, into ``feature_repo/credit/data/``:
+The source folder holds the files of Feast's credit-scoring tutorial, unchanged. By default it is
+``source_data/`` beside this module, part of the repository and of the installed package, with
+the files' origin, licence and checksums (``SOURCE.md``, ``LICENSE``); ``--source`` or
+``CREDIT_DATA_DIR`` names another folder of the same files. This step cleans them and writes,
+into ``feature_repo/credit/data/``:
 
 - ``zipcode_features.parquet`` and ``credit_history.parquet``: the offline sources of the
   feature views (``feature_repo/credit/data_sources.py``);
@@ -43,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_ENV = "CREDIT_DATA_DIR"
-DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "credit-scoring"
+# The tutorial's files ship with the code (package data), so a clone or an install has them.
+DEFAULT_SOURCE = Path(__file__).resolve().parent / "source_data"
 DEFAULT_REPO = ROOT / "feature_repo" / "credit"
 
 LOANS_FILE = "loan_table.parquet"
@@ -170,9 +173,10 @@ def clean_applications(
                 parsed.append(None)
         if refused:
             value, why = refused[0]
+            many = len(refused) > 1
             raise ValueError(
-                f"{len(refused)} applications break the declaration of {name!r}, e.g. "
-                f"{value!r}: {why}"
+                f"{len(refused)} {'applications break' if many else 'application breaks'} "
+                f"the declaration of {name!r}, e.g. {value!r}: {why}"
             )
         if field.kind in ("number", "integer"):
             frame[name] = np.asarray([np.nan if v is None else v for v in parsed], dtype="float64")

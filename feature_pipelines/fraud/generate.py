@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from feature_pipelines.fraud import schema
+from feature_repo import clock
 
 logger = logging.getLogger(__name__)
 
@@ -556,7 +557,7 @@ def _format_ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
 def _to_utc(end: datetime | None) -> datetime:
     """Resolve ``end``: now floored to the minute by default, naive means UTC, ms precision."""
     if end is None:
-        return datetime.now(UTC).replace(second=0, microsecond=0)
+        return clock.now().replace(second=0, microsecond=0)
     end = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
     return end.replace(microsecond=end.microsecond // 1000 * 1000)
 

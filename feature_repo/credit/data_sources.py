@@ -1,7 +1,7 @@
 """Offline sources: parquet tables written by ``python -m feature_pipelines credit load``.
 
-The loader copies Feast's credit-scoring tutorial data from the shared datasets folder, cleans
-it and writes it here with UTC timestamps. Paths are anchored to this folder (not to the
+The loader reads Feast's credit-scoring tutorial data (``feature_pipelines/credit/source_data``),
+cleans it and writes it here with UTC timestamps. Paths are anchored to this folder (not to the
 working directory), so `feast apply` gives the same sources wherever it is run from.
 """
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 from feast import FeatureStore
 
+from feature_repo import clock
 from feature_repo.online import (
     ColumnRead,
     FeatureBatch,
@@ -215,15 +215,15 @@ class RedisFeatureReader:
         replies = await self.client.execute(plan.commands, plan.keys) if plan.count else []
         if decode_off_loop:
             return await asyncio.to_thread(
-                assemble_replies, self.layout, plan, replies, time.time()
+                assemble_replies, self.layout, plan, replies, clock.time()
             )
-        return assemble_replies(self.layout, plan, replies, time.time())
+        return assemble_replies(self.layout, plan, replies, clock.time())
 
     def read(self, keys: dict[str, list[str | None]]) -> FeatureBatch:
         """Features for n requests with the blocking client (same commands, same decoding)."""
         plan = self.plan(keys)
         replies = self.client.execute_sync(plan.commands, plan.keys) if plan.count else []
-        return assemble_replies(self.layout, plan, replies, time.time())
+        return assemble_replies(self.layout, plan, replies, clock.time())
 
     def ping(self) -> None:
         """Raise FeatureStoreUnavailable when the store cannot be read (blocking)."""

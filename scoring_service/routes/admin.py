@@ -28,6 +28,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "The key is not an admin key."},
     503: {"model": ErrorResponse, "description": "The service is starting or stopping."},
 }
+INVALID_BODY: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "The body is not JSON of the documented shape."},
+}
 
 PackagePart = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -115,6 +118,7 @@ async def config(request: Request, settings: SettingsDep) -> ConfigResponse:
     response_model=ModelSummary,
     responses={
         **ERRORS,
+        **INVALID_BODY,
         409: {
             "model": ErrorResponse,
             "description": "The package is refused (damaged, or does not match the live "
@@ -176,7 +180,7 @@ async def deployments(request: Request) -> dict[str, Any]:
     return _manager(request).describe()  # type: ignore[no-any-return]
 
 
-@router.post("/deployments", responses={**ERRORS, **REFUSED})
+@router.post("/deployments", responses={**ERRORS, **INVALID_BODY, **REFUSED})
 async def apply_deployment(
     request: Request,
     body: Annotated[

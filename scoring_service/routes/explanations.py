@@ -36,7 +36,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "model_package_invalid: the package that answered cannot be read.",
     },
-    422: {"model": ErrorResponse, "description": "The id is not valid."},
+    422: {"model": ErrorResponse, "description": "The id or `top` is not valid."},
+    503: {"model": ErrorResponse, "description": "The service is starting or stopping."},
 }
 
 Top = Annotated[

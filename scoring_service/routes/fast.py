@@ -132,9 +132,9 @@ def json_body(model: Any, batch: bool = False) -> Parser[Any]:
                         limit = (error.get("ctx") or {}).get("max_length")
                         items = error["input"]
                         raise BatchTooLarge(
-                            f"a batch may hold at most {limit} {error['loc'][0]}, this one has "
+                            f"A batch may hold at most {limit} {error['loc'][0]}, this one has "
                             f"{len(items) if isinstance(items, list) else 'more'}; "
-                            "split it into smaller calls"
+                            "split it into smaller calls."
                         ) from None
             raise InvalidRequest(validation_message(errors)) from None
 

@@ -49,7 +49,9 @@ def errors_of(api: DomainApi) -> dict[int | str, dict[str, Any]]:
         413: {"model": ErrorResponse, "description": "Body or batch larger than allowed."},
         422: {
             "model": ErrorResponse,
-            "description": f"The request is not a valid {api.spec.object_words}.",
+            "description": f"invalid_request: the request is not a valid "
+            f"{api.spec.object_words} (the message names the field or header); "
+            "entity_mapping_failed: the model reads a field the request cannot have.",
         },
         503: {
             "model": ErrorResponse,
@@ -157,8 +159,8 @@ def answer_batch(domain: ServedDomain, max_batch_size: int) -> Handler[Any]:
         n = len(objects)
         if n > max_batch_size:
             raise BatchTooLarge(
-                f"a batch may hold at most {max_batch_size} {words}s, this one has {n}; "
-                "split it into smaller calls"
+                f"A batch may hold at most {max_batch_size} {words}s, this one has {n}; "
+                "split it into smaller calls."
             )
         scorer = call.scorer
         mapped = map_records(objects, scorer.mapping)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from feature_pipelines.cli import app
 from feature_pipelines.fraud.windows import CATALOGUE
 from feature_pipelines.skew import SkewReport, sample_entities, skew_check, values_match
+from feature_repo import clock
 from tests.conftest import StreamRig
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.clock, pytest.mark.redis]
 
 SERVICE = "fraud_model_v2"
 PLANTED_CARD_FEATURE = "card_txn_count_24h"
@@ -75,7 +76,7 @@ def planted(loaded: StreamRig, entities, feature_tables) -> dict[str, str]:
     store.write_to_online_store("card_features", row)
 
     ip = entities["ip_address"][-1]
-    now = pd.Timestamp(datetime.now(UTC) - timedelta(seconds=5)).floor("us")
+    now = pd.Timestamp(clock.now() - timedelta(seconds=5)).floor("us")
     offline_only = pd.DataFrame(
         {
             "ip_address": pd.array([ip], dtype="string"),

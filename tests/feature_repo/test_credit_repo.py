@@ -1,6 +1,6 @@
 """The credit Feast repository with the plain Feast CLI: apply, materialize-incremental, read.
 
-A temporary copy of ``feature_repo/credit`` gets a sample of the shared data through the loader
+A temporary copy of ``feature_repo/credit`` gets a sample of the tutorial's data through the loader
 (applications with and without a credit history, the ZIP codes they name), is applied and
 materialized by the ``feast`` command on the embedded default and on a real redis-server, and
 answers ``get_online_features`` through the model's FeatureService with what the tables hold.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +24,7 @@ from feature_pipelines.credit.load import (
     load,
     source_dir,
 )
+from feature_repo import clock
 from feature_repo.credit import transforms
 from feature_repo.domain import load_domain
 from feature_repo.layout import feature_layout, open_store
@@ -31,13 +32,15 @@ from feature_repo.retrieval import retrieve
 from tests.conftest import RedisServer, feast_cli
 from tests.feature_pipelines.credit.test_load import definitions_copy
 
+pytestmark = pytest.mark.clock
+
 SERVICE = "credit_model_v1"
 SAMPLE = 200  # applications with a credit history, and as many without
 
 
 @pytest.fixture(scope="module")
 def sample_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small source folder in the shared files' format: the loader reads it like the real one."""
+    """A small source folder in the tutorial's format: the loader reads it like the real one."""
     source = source_dir()
     loans = pd.read_parquet(source / LOANS_FILE)
     history = pd.read_csv(source / HISTORY_FILE)
@@ -57,7 +60,7 @@ def materialized_repo(root: Path, source: Path, yaml: str, env: dict[str, str]) 
     repo = definitions_copy(root / "credit")
     load(source, repo)
     feast_cli(repo, "apply", yaml=yaml, env=env)
-    end = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    end = (clock.now() + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
     feast_cli(repo, "materialize-incremental", end, yaml=yaml, env=env)
     return repo
 

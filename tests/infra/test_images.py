@@ -74,11 +74,15 @@ def test_serving_image_is_multi_stage_serving_only() -> None:
     text = SERVING.read_text()
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.MULTILINE)
     assert stages == ["build", "runtime"]
-    assert 'pip install --prefix=/install ".[serve,cpu]"' in text
+    # The serving lock (serve-cpu.txt unless ORT says otherwise), then the project alone.
+    assert re.search(r"^ARG ORT=cpu$", text, flags=re.MULTILINE)
+    assert '--prefix=/install --require-hashes -r "infra/locks/serve-${ORT}.txt"' in text
+    assert "pip install --prefix=/install --no-deps ." in text
     assert re.search(r"^USER 10001", text, flags=re.MULTILINE)
     assert 'CMD ["python", "-m", "scoring_service", "serve"]' in text
     sources = {s for sources, _ in copies(SERVING, "build") for s in sources}
     assert sources == {
+        "infra/locks/serve-${ORT}.txt",
         "pyproject.toml",
         "README.md",
         "scoring_service",

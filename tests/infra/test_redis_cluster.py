@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -16,6 +17,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from tests.fixtures import processes
 from tests.infra.manifests import (
     Document,
     config_maps,
@@ -88,7 +90,7 @@ def nodes(tmp_path: Path) -> Iterator[list[int]]:
     container = only_container(statefulset)
     text = config_maps(deployed_documents())["fraud-redis-config"]["redis.conf"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    processes: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     try:
         for i in range(NODES):
@@ -112,17 +114,21 @@ def nodes(tmp_path: Path) -> Iterator[list[int]]:
             overrides = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
             overrides += ["--cluster-announce-hostname", "localhost"]
             command = [binary, *args, *overrides]
-            processes.append(
-                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.append(
+                processes.start(
+                    command,
+                    stop_signal=signal.SIGKILL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
             ports.append(port)
         for port in ports:
             wait_for_ping(port)
         yield ports
     finally:
-        for process in processes:
-            process.kill()
-            process.wait(timeout=10)
+        for process in started:
+            processes.stop(process)
 
 
 def run_init_job(ports: list[int]) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,10 +20,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_pipelines.fraud.events import STREAM, TransactionEvent
+from feature_pipelines.fraud.schema import ENTITY_JOIN_KEYS
 from feature_pipelines.fraud.windows import CATALOGUE, STATE_PREFIX
 from feature_pipelines.streaming.consumer import FeastPushWriter, StreamConsumer
 from feature_pipelines.streaming.source import RedisStreamSource, append_events
 from feature_pipelines.streaming.state import WindowState
+from feature_repo import clock
 from feature_repo.domain import load_domain
 from feature_repo.layout import ViewSpec
 from feature_repo.transforms import resolve
@@ -38,7 +39,7 @@ from scoring_service.registry import load_package
 from tests.conftest import StreamRig
 from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.clock, pytest.mark.redis]
 
 RANK = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2, "uncertain": -1}
 
@@ -123,13 +124,44 @@ def consume(rig: StreamRig, events: list[TransactionEvent]) -> None:
     assert consumer.run(max_events=len(events)).events == len(events)
 
 
+def inside_every_ttl(
+    transactions: pd.DataFrame,
+    feature_tables: dict[str, pd.DataFrame],
+    manifest,  # type: ignore[no-untyped-def]
+    until: datetime,
+    n: int,
+) -> pd.DataFrame:
+    """The ``n`` latest payments whose IP's and card's batch rows stay inside their views' TTLs
+    until ``until``, whatever the hour the data ends at.
+
+    The latest payments alone are not enough: a payment in the current hour is in no snapshot
+    yet (its hour's snapshot is published at the next hour boundary), so its IP may have only a
+    weeks-old row, past the view's TTL, where the two reads differ by design.
+    """
+    fresh = pd.Series(True, index=transactions.index)
+    for entity, key in ENTITY_JOIN_KEYS.items():
+        view = manifest.feature_views.get(f"{entity}_features")
+        if view is None or key not in ("ip_address", "card_id"):
+            continue
+        latest = feature_tables[entity].groupby(key)["event_timestamp"].max()
+        cutoff = pd.Timestamp(until) - pd.Timedelta(seconds=view.ttl_seconds)
+        fresh &= transactions[key].map(latest).gt(cutoff).fillna(False).astype(bool)
+    chosen = transactions[fresh].drop_duplicates(["ip_address", "card_id"]).tail(n)
+    assert len(chosen) == n, "the generated history has too few entities inside their TTLs"
+    return chosen.reset_index(drop=True)
+
+
 def test_service_matches_feasts_own_online_computation(
-    loaded: StreamRig, v2_manifest, transactions: pd.DataFrame
+    loaded: StreamRig, v2_manifest, transactions: pd.DataFrame, feature_tables
 ) -> None:
-    # Fresh streaming rows: Feast's online read ignores TTLs, the service (like training)
-    # withholds rows older than them, so only fresh rows can be compared with Feast directly.
-    recent = transactions.tail(30).reset_index(drop=True)
-    now_us = int(time.time() * 1_000_000)
+    # Feast's online read ignores TTLs; the service (like training) withholds rows older than
+    # them. The two reads may differ on those rows only, so the rows compared are planted inside
+    # every TTL: batch rows recent enough for the whole test (6 hours of margin for a loaded
+    # machine), streaming rows written now by the consumer.
+    recent = inside_every_ttl(
+        transactions, feature_tables, v2_manifest, clock.now() + timedelta(hours=6), 30
+    )
+    now_us = int(clock.time() * 1_000_000)
     consume(
         loaded,
         [
@@ -221,7 +253,9 @@ def test_a_burst_of_small_payments_raises_the_next_score(
     loaded: StreamRig, v2_root: Path, transactions: pd.DataFrame, data_end: datetime
 ) -> None:
     card = quiet_card(transactions, data_end)
-    tester = {"ip_address": "45.77.0.9", "ip_country": "RO"}  # a card tester's IP abroad
+    # A card tester's IP abroad: abroad whatever the country of the card the data yields.
+    abroad = next(c for c in ("RO", "NG", "BR") if c != card["card_country"])
+    tester = {"ip_address": "45.77.0.9", "ip_country": abroad}
     # The card's next payment: one more small probe from the tester.
     body = as_request(card) | tester | {"transaction_id": "tx_next", "amount": 1.5}
     settings = settings_for(loaded.repo, v2_root, loaded.yaml.name, model_version="v2")
@@ -231,7 +265,7 @@ def test_a_burst_of_small_payments_raises_the_next_score(
         # Quiet for hours: no usable streaming row, yet the card is known from its batch
         # snapshot (an entity's status is that of its last view in the FeatureService).
         assert before["feature_freshness"]["card_id"]["status"] == "present", before
-        now_us = int(time.time() * 1_000_000)
+        now_us = int(clock.time() * 1_000_000)
         burst = [
             TransactionEvent(
                 transaction_id=f"tx_burst_{i:02d}",

@@ -21,13 +21,14 @@ rejoins as a replica, so the cluster is whole again after each.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -42,12 +43,14 @@ from redis.crc import key_slot
 from feature_pipelines.fraud.events import events_from_frame
 from feature_pipelines.fraud.windows import CATALOGUE
 from feature_pipelines.streaming.state import WindowState, state_key
+from feature_repo import clock
 from scoring_service.features import FeastOnlineReader, StoreLayout
 from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import ViewCodec
 from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.security import hash_key
 from tests.conftest import ROOT, RedisServer, copy_repo, feast_cli, free_port, materialize_end
+from tests.fixtures import processes
 from tests.fixtures.redis_cluster import RedisClusterServers, redis_cluster, wait_for
 from tests.scoring_service import conftest as service_fixtures
 from tests.scoring_service.conftest import API_KEY, as_request
@@ -170,7 +173,7 @@ def test_push_reaches_the_fast_reader(store: FeatureStore, layout: StoreLayout) 
     types = {
         f.name: f.dtype.to_value_type().name for f in store.get_feature_view(view.name).features
     }
-    now = datetime.now(UTC)
+    now = clock.now()
     row: dict[str, object] = {
         view.join_key: "pushed_card_1",
         "event_timestamp": now,
@@ -407,13 +410,7 @@ class Service:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, signal.SIGTERM, timeout=30)
 
 
 def start_service(repo: Path, model_root: Path, tmp: Path, policy: str) -> Service:
@@ -433,7 +430,7 @@ def start_service(repo: Path, model_root: Path, tmp: Path, policy: str) -> Servi
     }
     log = tmp / f"service-{port}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = processes.start(
             [sys.executable, "-m", "scoring_service", "serve"],
             cwd=ROOT,
             env=env,

@@ -1,4 +1,4 @@
-"""The credit model, trained end to end on the shared credit-scoring data.
+"""The credit model, trained end to end on the credit-scoring tutorial data.
 
 The whole data set (28,638 applications) is small enough to train on here: the loader writes a
 temporary copy of the credit repository, the plain Feast CLI applies it, and ``python -m models

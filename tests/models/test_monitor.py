@@ -24,6 +24,8 @@ from scoring_service.app import create_app
 from tests.drift_traffic import traffic
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 
+pytestmark = pytest.mark.clock
+
 ALERTING = ("suspicious", "highly_suspicious")
 JOIN_KEYS = ["ip_address", "card_id", "merchant_id"]
 

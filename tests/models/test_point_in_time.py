@@ -17,6 +17,8 @@ from feature_repo.domain import load_domain
 from models.dataset import entity_dataframe, open_store, retrieve_training_set
 from tests.conftest import copy_repo, feast_cli
 
+pytestmark = pytest.mark.clock
+
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 LEAK = 999_999
 

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from scoring_service.app import create_app
-from scoring_service.errors import ConfigurationInvalid
-from scoring_service.security import KeyRing, KeyScope, hash_key
+from scoring_service.errors import ConfigurationInvalid, Forbidden
+from scoring_service.security import KeyRing, KeyScope, check_key, hash_key
 from scoring_service.settings import Settings
 from tests.scoring_service.conftest import (
     ADMIN_HEADERS,
@@ -178,6 +178,23 @@ def test_keyring_scopes() -> None:
     assert ring.scopes_of("a") == {KeyScope.SCORE}
     assert ring.scopes_of("b") == {KeyScope.SCORE, KeyScope.ADMIN}
     assert ring.scopes_of("c") == set()
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [
+        (KeyScope.SCORE, "This key may not call scoring routes; use a scoring key."),
+        (KeyScope.ANALYST, "This key may not call explanation routes; use an analyst key."),
+        (KeyScope.ADMIN, "This key may not call admin routes; use an admin key."),
+    ],
+)
+def test_a_key_of_another_scope_is_told_which_key_to_use(scope: KeyScope, message: str) -> None:
+    others = tuple(hash_key(s.value) for s in KeyScope if s != scope)
+    ring = KeyRing({other: others for other in KeyScope if other != scope})
+    presented = next(s.value for s in KeyScope if s != scope)
+    with pytest.raises(Forbidden) as refused:
+        check_key(ring, presented, scope)
+    assert refused.value.message == message
 
 
 def test_settings_refuse_a_raw_key_and_do_not_echo_it() -> None:

@@ -7,7 +7,6 @@ at "now" equal the materialized online ones, so scores and labels must be equal.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from feature_repo import clock
 from scoring_service.batch import batch_score
 from scoring_service.cli import app as service_cli
 from scoring_service.errors import ModelPackageInvalid
+
+pytestmark = pytest.mark.clock
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_same_scores_and_labels_as_the_service(
 
     settings = settings_for(sqlite_repo, model_root, device="auto")
     with TestClient(create_app(settings), headers=API_HEADERS) as client:
-        now = datetime.now(UTC)
+        now = clock.now()
         body = {"transactions": [as_request(row) for row in sample.itertuples()]}
         response = client.post("/v1/transactions/score-batch", json=body)
     assert response.status_code == 200, response.text

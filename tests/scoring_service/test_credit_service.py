@@ -41,7 +41,7 @@ ENVELOPE = {"code", "stage", "message", "request_id"}
 
 @pytest.fixture(scope="module")
 def credit_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A sample of the shared files, in their own format, for the loader."""
+    """A sample of the tutorial's files, in their own format, for the loader."""
     source = source_dir()
     loans = pd.read_parquet(source / LOANS_FILE)
     history = pd.read_csv(source / HISTORY_FILE)

@@ -8,17 +8,20 @@ treatment), and refuse the rest with a message naming the field.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
 from scoring_service.domains import DomainApi
 from scoring_service.errors import InvalidRequest, validation_message
 from tests.feature_repo.test_domain import minimal
+
+pytestmark = pytest.mark.clock
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAUD = DomainApi.build(load_domain(ROOT / "feature_repo" / "fraud"))
@@ -82,7 +85,7 @@ SAMPLES: dict[str, list[Any]] = {
 )
 def test_the_model_agrees_with_the_declaration(api: DomainApi, body: dict, field: str) -> None:
     spec = api.spec.request_fields[field]
-    now = datetime.now(UTC)
+    now = clock.now()
     for value in SAMPLES[field]:
         try:
             expected = spec.parse(value, now=now)
@@ -107,7 +110,7 @@ def test_refusals_keep_typed_messages_and_name_the_field() -> None:
     body = {k: v for k, v in CREDIT_BODY.items() if k != "zipcode"}
     assert refusal(CREDIT, body) == "zipcode: is required"
     assert "timestamp: must be within 86400 seconds of now" in refusal(
-        FRAUD, {**FRAUD_BODY, "timestamp": (datetime.now(UTC) + timedelta(days=2)).isoformat()}
+        FRAUD, {**FRAUD_BODY, "timestamp": (clock.now() + timedelta(days=2)).isoformat()}
     )
     batch = {"loan_applications": [CREDIT_BODY, {**CREDIT_BODY, "person_age": 12}]}
     with pytest.raises(ValidationError) as caught:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from feature_pipelines.fraud.schema import api_body
+from feature_repo import clock
 from feature_repo.layout import ViewSpec
 from feature_repo.online import FeatureBatch, StoreLayout, assemble
 from models.package import Manifest, read_manifest
@@ -19,6 +19,8 @@ from scoring_service.app import create_app
 from scoring_service.drift import DriftMonitor, ViewWatch
 from tests.drift_traffic import traffic
 from tests.scoring_service.conftest import API_HEADERS, settings_for
+
+pytestmark = pytest.mark.clock
 
 PSI_ALERT = 0.2  # the threshold of infra/prometheus/alerts.yml
 SHIFTED = "amount"
@@ -51,7 +53,7 @@ def watches(manifest: Manifest) -> list[ViewWatch]:
 def batch_with_ages(manifest: Manifest, n: int, ages: dict[str, float]) -> FeatureBatch:
     """What a reader returns for n requests whose view rows are this old (NaN: no row)."""
     layout = store_layout(manifest)
-    now = time.time()
+    now = clock.time()
     reads = {
         view.name: (
             list(range(n)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ from feature_pipelines.fraud.aggregate import aggregate
 from feature_pipelines.fraud.generate import generate_transactions
 from feature_pipelines.fraud.windows import CATALOGUE as WINDOWS
 from feature_pipelines.streaming.replay import stream_tables
+from feature_repo import clock
 from feature_repo import prediction_log as plog
 from feature_repo.layout import open_store
 from models.package import read_manifest
@@ -40,7 +41,7 @@ from tests.scoring_service.conftest import (
     settings_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.clock, pytest.mark.slow, pytest.mark.timeout(900)]
 
 PLANTED_CARD = "card_planted_burst"
 BURST = 12  # small payments in the last 24 hours: a tester's run of card checks
@@ -126,7 +127,7 @@ def planted(private_repo: Path, recent: pd.DataFrame, service: TestClient) -> di
     assert row["card_small_txn_count_24h"] is not None, "the test card has a row"
     row["card_small_txn_count_24h"] = BURST
     row["card_txn_count_24h"] = (row["card_txn_count_24h"] or 0) + BURST
-    now = pd.Timestamp(datetime.now(UTC))
+    now = pd.Timestamp(clock.now())
     frame = pd.DataFrame(
         [{"card_id": PLANTED_CARD, "event_timestamp": now, "created_timestamp": now, **row}]
     )

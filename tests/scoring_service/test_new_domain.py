@@ -10,7 +10,7 @@ it from its domain file, and the service serves it with the settings alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +18,14 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from feature_repo import clock
 from feature_repo.domain import load_domain
 from models.train import train
 from scoring_service.app import create_app
 from tests.conftest import feast_cli
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.clock, pytest.mark.slow, pytest.mark.timeout(900)]
 
 DOMAIN_YAML = """\
 name: claims
@@ -167,7 +168,7 @@ def write_domain(folder: Path, now: datetime) -> None:
 @pytest.fixture(scope="module")
 def claims_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The domain applied, materialized, trained and served: files and settings only."""
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = clock.now().replace(microsecond=0)
     folder = tmp_path_factory.mktemp("new_domain") / "claims"
     write_domain(folder, now)
     feast_cli(folder, "apply")

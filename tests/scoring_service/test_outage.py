@@ -38,6 +38,7 @@ import redis
 
 from scoring_service.security import hash_key
 from tests.conftest import ROOT, RedisServer, free_port
+from tests.fixtures import processes
 from tests.scoring_service.conftest import API_KEY, as_request
 
 pytestmark = pytest.mark.redis
@@ -71,16 +72,16 @@ def outage_redis(
     shutil.copy(redis_server.workdir / "dump.rdb", workdir / "dump.rdb")
     server = RedisServer(port=free_port(), workdir=workdir)
     server.start()
-    yaml = redis_repo / "feature_store.outage.yaml"
-    yaml.write_text(
-        (redis_repo / "feature_store.redis.yaml")
-        .read_text()
-        .replace("${REDIS_CONNECTION_STRING}", server.connection_string)
-    )
-    yield server, yaml
-    if server.process is not None and server.process.poll() is None:
-        server.process.send_signal(signal.SIGCONT)
-    server.stop()
+    try:
+        yaml = redis_repo / "feature_store.outage.yaml"
+        yaml.write_text(
+            (redis_repo / "feature_store.redis.yaml")
+            .read_text()
+            .replace("${REDIS_CONNECTION_STRING}", server.connection_string)
+        )
+        yield server, yaml
+    finally:
+        server.stop()
 
 
 @dataclass
@@ -95,13 +96,7 @@ class Service:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, signal.SIGTERM, timeout=20)
 
 
 def start_service(repo: Path, yaml: Path, model_root: Path, tmp: Path, **settings: str) -> Service:
@@ -121,7 +116,7 @@ def start_service(repo: Path, yaml: Path, model_root: Path, tmp: Path, **setting
     }
     log = tmp / f"service-{port}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = processes.start(
             [sys.executable, "-m", "scoring_service", "serve"],
             cwd=ROOT,
             env=env,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_repo import clock
 from feature_repo.layout import open_store
 from feature_repo.online import MISSING, PRESENT, STALE
 from scoring_service.deployment import DeploymentInvalid, parse_deployment
@@ -426,7 +427,7 @@ def test_streaming_views_missing_or_stale_fall_back_on_a_real_redis(
     fresh, stale, deleted = cards[:8], cards[8:16], cards[16:24]
     view = redis_store.get_feature_view("card_stream_features")
     names = [f.name for f in view.features]
-    now = pd.Timestamp.now(tz="UTC")
+    now = pd.Timestamp(clock.now())
     ttl = pd.Timedelta(view.ttl)
 
     def rows(ids: list[str], at: pd.Timestamp) -> pd.DataFrame:

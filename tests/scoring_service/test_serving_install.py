@@ -1,6 +1,7 @@
-"""The serving-only install: a fresh virtual environment with `.[serve,cpu]` and nothing else
-starts the service from an existing model package and scores a payment; LightGBM, scikit-learn
-and onnxmltools are not there to import.
+"""The serving-only install: a fresh virtual environment with the serving lock
+(infra/locks/serve-cpu.txt, the `serve,cpu` set the image installs) and the project without
+dependencies starts the service from an existing model package and scores a payment; LightGBM,
+scikit-learn and onnxmltools are not there to import.
 
 The environment is built once per test session from the repository as a wheel (not editable), and
 the service runs from a folder outside the repository, so nothing of the working tree leaks in.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import pytest
 
 from scoring_service.security import hash_key
 from tests.conftest import ROOT, free_port
+from tests.fixtures import processes
 
 # Building the environment resolves and installs the serving set (minutes on a cold pip cache).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -42,15 +45,26 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ".venv", ".git", "data", "packages", "__pycache__", ".*_cache", "*.egg-info", "build"
         ),
     )
-    result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{source}[serve,cpu]"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "PIP_NO_INPUT": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # As the image does: the hashed lock, then the project alone.
+    lock = ROOT / "infra" / "locks" / "serve-cpu.txt"
+    for args in (["--require-hashes", "-r", str(lock)], ["--no-deps", str(source)]):
+        result = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *args],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env={**os.environ, "PIP_NO_INPUT": "1"},
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return python
+
+
+def test_the_lock_holds_every_dependency(serving_venv: Path) -> None:
+    """--no-deps skipped pip's resolver: what the lock installed must satisfy every requirement."""
+    result = subprocess.run(
+        [str(serving_venv), "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("module", ["lightgbm", "sklearn", "onnxmltools", "matplotlib"])
@@ -78,7 +92,7 @@ def test_service_scores_from_an_existing_package(
     env.pop("PYTHONPATH", None)
     log = (tmp_path / "service.log").open("w")
     # Run outside the repository: imports come from the installed wheel only.
-    process = subprocess.Popen(
+    process = processes.start(
         [str(serving_venv), "-m", "scoring_service", "serve"],
         cwd=tmp_path,
         env=env,
@@ -107,6 +121,5 @@ def test_service_scores_from_an_existing_package(
         assert answer.json()["label"] in ("not_fraud", "suspicious", "highly_suspicious")
         assert answer.json()["model_version"] == "fraud_model/v1"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        processes.stop(process, signal.SIGTERM, timeout=30)
         log.close()

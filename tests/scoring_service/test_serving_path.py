@@ -13,6 +13,7 @@ import gc
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -35,6 +36,7 @@ from scoring_service.resilience import Deadline, ScoringGuard
 from scoring_service.security import ARRIVED_AT, hash_key
 from scoring_service.settings import Settings
 from tests.conftest import ROOT, free_port
+from tests.fixtures import processes
 from tests.scoring_service.conftest import (
     API_HEADERS,
     API_KEY,
@@ -42,6 +44,8 @@ from tests.scoring_service.conftest import (
     as_request,
     settings_for,
 )
+
+pytestmark = pytest.mark.clock
 
 ScoreResponse = FRAUD_API.response
 ScoreBatchResponse = FRAUD_API.batch_response
@@ -285,7 +289,7 @@ def test_metrics_are_summed_over_workers(
     env.pop("PROMETHEUS_MULTIPROCESS_DIR", None)
     log = tmp_path / "service.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = processes.start(
             [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)],
             cwd=ROOT,
             env=env,
@@ -316,12 +320,7 @@ def test_metrics_are_summed_over_workers(
             assert _scraped(scraped) == sent
         assert "scoring_in_flight 0.0" in scraped
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        processes.stop(process, signal.SIGTERM, timeout=30)
     assert "stopped" in log.read_text(errors="replace")
 
 

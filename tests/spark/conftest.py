@@ -53,8 +53,10 @@ def spark() -> Iterator[SparkSession]:
     from feature_pipelines.spark import spark_session
 
     session = spark_session()
-    yield session
-    session.stop()
+    try:
+        yield session
+    finally:
+        session.stop()
 
 
 @pytest.fixture(scope="package")

@@ -138,8 +138,10 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own: the session's shared one holds the same project."""
     server = RedisServer(port=free_port(), workdir=tmp_path)
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.mark.redis

@@ -1,4 +1,4 @@
-"""The credit loader: the shared tutorial files become the credit repository's offline tables."""
+"""The credit loader: the tutorial's source files become the credit repository's offline tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from feature_pipelines.cli import app
 from feature_pipelines.credit.load import (
     DEFAULT_REPO,
+    DEFAULT_SOURCE,
     HISTORY_FILE,
     LOANS_FILE,
     SOURCE_ENV,
@@ -58,13 +59,13 @@ def application(**changes: object) -> dict[str, object]:
 
 def test_source_folder_comes_from_the_option_then_the_environment(monkeypatch) -> None:
     monkeypatch.delenv(SOURCE_ENV, raising=False)
-    assert source_dir() == DEFAULT_REPO.parents[2] / "shared" / "datasets" / "credit-scoring"
+    assert source_dir() == DEFAULT_SOURCE
     monkeypatch.setenv(SOURCE_ENV, "/elsewhere")
     assert source_dir() == Path("/elsewhere")
     assert source_dir(Path("/given")) == Path("/given")
 
 
-def test_the_shared_data_loads_cleaned(tmp_path: Path) -> None:
+def test_the_source_data_loads_cleaned(tmp_path: Path) -> None:
     repo = definitions_copy(tmp_path / "credit")
     result = load(None, repo)
     assert (result.n_applications, result.n_zipcodes, result.n_histories) == (28_638, 28_844, 1000)
@@ -112,7 +113,7 @@ def test_quirks_and_declared_treatments() -> None:
 def test_a_value_against_its_declaration_is_refused() -> None:
     loans = pd.DataFrame([application(), application(loan_id=10001, person_income=-5)])
     with pytest.raises(
-        ValueError, match=r"1 applications break the declaration of 'person_income'"
+        ValueError, match=r"1 application breaks the declaration of 'person_income'"
     ):
         clean_applications(loans, SPEC)
 

@@ -15,6 +15,8 @@ from feature_pipelines.fraud import schema
 from feature_pipelines.fraud.aggregate import aggregate
 from feature_pipelines.fraud.generate import generate_transactions
 
+pytestmark = pytest.mark.clock
+
 H = pd.Timestamp("2024-03-10 12:00", tz="UTC")  # an hour boundary the tests look at
 HOUR = pd.Timedelta(hours=1)
 DAY = pd.Timedelta(days=1)

@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 from feature_pipelines.cli import app
 from feature_pipelines.fraud import schema
 from feature_pipelines.fraud.generate import generate_transactions
+from feature_repo import clock
 from feature_repo.reference import CURRENCIES
+
+pytestmark = pytest.mark.clock
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 N_ROWS = 20_000
@@ -194,9 +197,9 @@ def test_late_fraud_is_predictable_from_matured_history(tx: pd.DataFrame) -> Non
 
 
 def test_end_defaults_to_now_floored_to_minute() -> None:
-    before = datetime.now(UTC).replace(second=0, microsecond=0)
+    before = clock.now().replace(second=0, microsecond=0)
     frame = generate_transactions(2_000, seed=1, days=2)
-    after = datetime.now(UTC)
+    after = clock.now()
     latest = frame[schema.EVENT_TIMESTAMP].max()
     assert latest <= pd.Timestamp(after)
     assert frame[schema.EVENT_TIMESTAMP].min() > pd.Timestamp(before - timedelta(days=2, minutes=1))

@@ -30,8 +30,9 @@ from tests.feature_pipelines.streaming.helpers import (
     snapshot,
     state,
 )
+from tests.fixtures import processes
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.clock, pytest.mark.redis]
 
 
 def test_live_consumer_writes_exactly_what_replay_computes(stream_rig: StreamRig, history) -> None:
@@ -105,7 +106,7 @@ def test_crash_between_write_and_ack_loses_and_doubles_nothing(
 
 
 def _stream_cli(rig: StreamRig) -> subprocess.Popen:
-    return subprocess.Popen(
+    return processes.start(
         [
             sys.executable,
             "-m",
@@ -128,6 +129,7 @@ def _stream_cli(rig: StreamRig) -> subprocess.Popen:
             "--offline-flush-seconds",
             "0.2",
         ],
+        stop_signal=signal.SIGKILL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -155,9 +157,7 @@ def test_sigkill_mid_stream_then_restart_ends_like_a_clean_run(
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        processes.stop(process)
         if process.stdout is not None:
             process.stdout.close()
     unacked = rig.client.xpending(STREAM, GROUP)["pending"]

@@ -16,6 +16,8 @@ from feature_pipelines.streaming.replay import (
 from tests.conftest import StreamRig
 from tests.feature_pipelines.streaming.helpers import burst
 
+pytestmark = pytest.mark.clock
+
 
 @pytest.mark.redis
 def test_point_in_time_join_never_sees_the_transaction_itself(stream_rig: StreamRig) -> None:

@@ -8,9 +8,8 @@ the comparison itself.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
+from feature_repo import clock
 from feature_repo.layout import EVIDENCE_TAG, ViewSpec
 from scoring_service.features import (
     MISSING,
@@ -60,7 +60,7 @@ def store_layout(store: FeatureStore) -> StoreLayout:
 
 def plant_rows(store: FeatureStore, layout: StoreLayout) -> dict[str, list[str]]:
     """Rows written through Feast's own write path: stale, nulls, odd integers, sub-seconds."""
-    now = datetime.now(UTC)
+    now = clock.now()
     out: dict[str, list[str]] = {}
     for view in layout.views:
         fv = store.get_feature_view(view.name)
@@ -138,7 +138,7 @@ def expected_from_feast(
 ) -> tuple[dict, float, float]:
     """Feast's answer per view: (values [n, f], event seconds [n], found [n]) for requested
     rows, with the wall clock before and after the call."""
-    before = time.time()
+    before = clock.time()
     out = {}
     for view in layout.views:
         column = keys[view.join_key]
@@ -163,7 +163,7 @@ def expected_from_feast(
             dtype=np.float64,
         ).reshape(len(wanted), len(view.features))
         out[view.name] = (wanted, values, stamps)
-    return out, before, time.time()
+    return out, before, clock.time()
 
 
 def assert_matches_feast(

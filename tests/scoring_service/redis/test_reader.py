@@ -31,7 +31,7 @@ from tests.scoring_service.redis.parity import (
     random_keys,
 )
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.clock, pytest.mark.redis]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
