@@ -63,7 +63,7 @@ from feature_pipelines.streaming.source import append_events  # noqa: E402
 from feature_pipelines.streaming.state import state_key  # noqa: E402
 from feature_pipelines.tables import write_feature_tables  # noqa: E402
 from feature_repo import clock  # noqa: E402
-from scoring_service.security import hash_key, new_key  # noqa: E402
+from scoring_service.core.security import hash_key, new_key  # noqa: E402
 
 SCORE_PATH = "/v1/transactions/score"
 YAML = "feature_store.freshness.yaml"

@@ -6,7 +6,8 @@ the CPU, and the standard-operator graph on CUDA when a GPU is there.
 Reads a model package (default ``models/packages/fraud_model/v1``, as ``make train`` writes it;
 without one it trains a 300-tree / 31-leaf LightGBM on 21 synthetic features). Inputs are drawn
 around the model's own split thresholds, with a few NaNs, so rows take varied paths. Sessions are
-built the way the service builds them (``scoring_service.predictor``): CUDA sessions refuse CPU
+built the way the service builds them (``scoring_service.stages.predictor``): CUDA sessions refuse
+CPU
 fallback, standard-operator graphs run in slices of at most ``--max-rows`` rows, and timings
 include the copies to and from the GPU. Prints one table and writes a JSON list of
 ``{graph, provider, device_name, batch, rows_per_s, threads}`` to ``--out``.
@@ -33,7 +34,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scoring_service.predictor import (  # noqa: E402
+from scoring_service.stages.predictor import (  # noqa: E402
     CPU_PROVIDER,
     CUDA_PROVIDER,
     DEFAULT_GPU_MAX_ROWS,

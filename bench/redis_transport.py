@@ -18,9 +18,9 @@ import redis.asyncio as aredis
 import uvloop
 
 from feature_repo.layout import ViewSpec
-from scoring_service.features import StoreLayout
 from scoring_service.redis.codec import ViewCodec, plan_read
 from scoring_service.redis.pipeline import RedisEndpoint, RedisPipelineClient
+from scoring_service.stages.features import StoreLayout
 
 VIEWS: dict[str, ViewSpec] = {
     "ip_features": ViewSpec("ip_address", 1_209_600, [f"ip_f{i}" for i in range(7)]),

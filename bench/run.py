@@ -483,7 +483,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; run `make setup`")
 
-    from scoring_service.security import hash_key
+    from scoring_service.core.security import hash_key
 
     started_at = datetime.now(UTC)
     load_start = os.getloadavg()
@@ -566,7 +566,7 @@ def main() -> None:
                 base_g = f"http://127.0.0.1:{port}"
                 cmd = [granian, "--interface", "asgi", "--loop", "uvloop", "--workers", "1"]
                 cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-                cmd += ["--factory", "scoring_service.app:create_app_from_env"]
+                cmd += ["--factory", "scoring_service.api.app:create_app_from_env"]
                 with running("service_granian", cmd, env, logs) as on_granian:
                     on_granian.wait_ready(base_g + "/health/ready")
                     scenarios += http_scenarios(

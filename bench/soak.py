@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEADLINE_MS = 50.0  # the service's SCORING_DEADLINE_MS default
 sys.path.insert(0, str(ROOT))
 
-from scoring_service.security import hash_key, new_key  # noqa: E402
+from scoring_service.core.security import hash_key, new_key  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk" / "post.lua"
 PATH = "/v1/transactions/score"

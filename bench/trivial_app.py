@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from feature_repo.domain import load_domain
-from scoring_service.domains import DomainApi
+from scoring_service.api.domain_api import DomainApi
 
 # The payment domain's request model, as the service builds it from the domain file.
 PAYMENTS = DomainApi.build(load_domain("feature_repo/fraud"))

@@ -12,8 +12,8 @@ Any feature whose two values differ beyond ``abs_tol + rel_tol * |offline|`` (or
 has a value and the other none) is a mismatch. Causes it catches: a materialization or push that
 never reached one store, a pipeline writing different values online and offline, rows stamped in
 the future, a store restored from another day. On-demand views are computed rather than stored;
-their training/serving parity is a property of the shared code (``scoring_service.on_demand``)
-and is tested there.
+their training/serving parity is a property of the shared code
+(``scoring_service.stages.on_demand``) and is tested there.
 
 Run it when the writers are quiet (the stream consumer's offline flush interval is the most the
 offline store may lag behind the online one).

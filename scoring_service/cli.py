@@ -32,14 +32,14 @@ def serve(
     """Run the service with uvicorn (settings from SCORING_* variables).
 
     With several workers (SCORING_WORKERS or --workers), uvicorn starts that many processes on
-    one socket, each building the app with ``scoring_service.app:create_app_from_env``; their
+    one socket, each building the app with ``scoring_service.api.app:create_app_from_env``; their
     Prometheus metrics are aggregated through PROMETHEUS_MULTIPROC_DIR (a temporary directory
-    unless set; see scoring_service/runtime.py).
+    unless set; see scoring_service/core/process.py).
     """
     import uvicorn
 
-    from scoring_service.observability import configure_logging, log_config
-    from scoring_service.settings import Settings
+    from scoring_service.core.logs import configure_logging, log_config
+    from scoring_service.core.settings import Settings
 
     settings = Settings()
     count = workers or settings.workers
@@ -48,14 +48,14 @@ def serve(
         # module sets these) must not put it in multiprocess mode, with files on every update.
         for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
             os.environ.pop(name, None)
-    from scoring_service.runtime import prepare_metrics_dir, remove_metrics_dir
+    from scoring_service.core.process import prepare_metrics_dir, remove_metrics_dir
 
     configure_logging(settings.log_level)
     metrics_dir = prepare_metrics_dir(count)  # before any worker imports prometheus_client
     if count > 1:
-        target: object = "scoring_service.app:create_app_from_env"
+        target: object = "scoring_service.api.app:create_app_from_env"
     else:
-        from scoring_service.app import create_app
+        from scoring_service.api.app import create_app
 
         target = create_app(settings)
     try:
@@ -65,7 +65,7 @@ def serve(
             workers=count,
             host=host or settings.host,
             port=port or settings.port,
-            # Records are written by a thread, never on the event loop (observability.py).
+            # Records are written by a thread, never on the event loop (core/logs.py).
             log_config=log_config(settings.log_level),
             access_log=False,
             loop="uvloop",
@@ -107,8 +107,8 @@ def score_sample(
     import pandas as pd
 
     from feature_repo.domain import load_domain
-    from scoring_service.domains import request_body
-    from scoring_service.settings import Settings
+    from scoring_service.api.domain_api import request_body
+    from scoring_service.core.settings import Settings
 
     spec = load_domain(domain or Settings().domain_folders[0])
     key = os.environ.get("SCORING_API_KEY") or (
@@ -197,8 +197,8 @@ def batch_score_command(
 ) -> None:
     """Score a parquet of a domain's objects offline with the served model package and label
     policy."""
-    from scoring_service.batch import batch_score
-    from scoring_service.settings import Settings
+    from scoring_service.batch_scoring import batch_score
+    from scoring_service.core.settings import Settings
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
@@ -224,7 +224,7 @@ def batch_score_command(
 def hash_key_command() -> None:
     """Read an API key on standard input, print its sha256 hex digest: the form
     SCORING_API_KEY_HASHES and SCORING_ADMIN_KEY_HASHES take (the key never enters argv)."""
-    from scoring_service.security import hash_key
+    from scoring_service.core.security import hash_key
 
     key = sys.stdin.readline().strip()
     if not key:
@@ -240,7 +240,7 @@ def dev_key(
 ) -> None:
     """Make a local development key file once and print its sha256 hex digest, so that
     `make serve` works out of the box without ever running the service open."""
-    from scoring_service.security import hash_key, new_key
+    from scoring_service.core.security import hash_key, new_key
 
     if not file.is_file():
         file.parent.mkdir(parents=True, exist_ok=True)

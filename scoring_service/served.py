@@ -1,4 +1,4 @@
-"""The domains one service process serves, from the settings, and what each holds while it runs.
+"""The domains one service process serves: resolved from the settings, then opened, all one way.
 
 ``SCORING_DOMAINS`` lists domain folders (each a Feast repository with its ``domain.yaml``); unset,
 ``SCORING_FEATURE_REPO`` alone is served. :func:`served_domains` reads every domain file when the
@@ -9,57 +9,86 @@ app is built, so a faulty one stops the service before it starts, and resolves p
   (the first domain's explicit yaml still wins); otherwise the folder's own feature_store.yaml;
 - its model package: ``SCORING_MODELS`` (``name/version`` per domain, in order), else for the
   first domain ``SCORING_MODEL_NAME`` (default: the domain's ``model_name``) at
-  ``SCORING_MODEL_VERSION``, and for the others their domain's ``model_name`` at that version.
+  ``SCORING_MODEL_VERSION``, and for the others their domain's ``model_name`` at that version;
+- its deployment: ``SCORING_DEPLOYMENT`` for the first domain (the primary one, which the admin
+  routes act on); every other domain is a deployment of its one package.
 
-The first domain is the primary one: the app's lifespan opens it (with its deployment, and the
-admin routes act on it); :func:`open_scoring` opens each other domain's store, model and scorer.
-Every domain gets its prediction log (``<SCORING_PREDICTION_LOG_DIR>/<domain>/``) and explainer.
+:func:`open_domain` opens any of them the same way (store, model registry, live deployment and
+its manager, scorer, prediction log and explainer) and :func:`close_domain` closes it; the app's
+lifespan calls them for every domain, primary first. The app factory (``scoring_service.api``)
+receives these domains and lays out their routes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feast import FeatureStore
 
-from feature_repo.domain import DomainSpecError, load_domain
+from feature_repo.domain import DomainSpec, DomainSpecError, load_domain
 from feature_repo.layout import open_store
-from scoring_service.answer_log import AnswerLog, RecentAnswers
-from scoring_service.domains import DomainApi
-from scoring_service.errors import ConfigurationInvalid, FeatureStoreUnavailable
-from scoring_service.explanations import Explainer
-from scoring_service.features import FeastOnlineReader, OnlineFeatureReader
-from scoring_service.prediction_log import PredictionLog
+from scoring_service.core.errors import (
+    ConfigurationInvalid,
+    DeploymentRefused,
+    FeatureStoreUnavailable,
+)
+from scoring_service.core.settings import Settings
+from scoring_service.deployments.live import LiveDeployment
+from scoring_service.deployments.packages import LoadedModel, ModelRegistry, domain_of
+from scoring_service.deployments.rollout import DeploymentManager
+from scoring_service.deployments.spec import (
+    DeploymentInvalid,
+    DeploymentSpec,
+    load_deployment,
+    single_model,
+)
+from scoring_service.monitoring.answers import AnswerLog, RecentAnswers
+from scoring_service.monitoring.explanations import Explainer
+from scoring_service.monitoring.prediction_log import PredictionLog
 from scoring_service.redis.reader import RedisFeatureReader, open_fast_redis
-from scoring_service.registry import ModelRegistry
-from scoring_service.resilience import configure_online_store
-from scoring_service.scoring import Scorer
-from scoring_service.settings import Settings
+from scoring_service.scoring.resilience import configure_online_store
+from scoring_service.scoring.scorer import Scorer
+from scoring_service.stages.features import FeastOnlineReader, OnlineFeatureReader, StoreLayout
+
+if TYPE_CHECKING:  # its HTTP models belong to the API layer, which sets them
+    from scoring_service.api.domain_api import DomainApi
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ServedDomain:
-    """One served domain: its API (built with the app) and its live parts (in the lifespan)."""
+    """One served domain: how the settings resolve it, and its live parts while the app runs.
 
-    api: DomainApi
+    ``scorer`` is the live deployment's scorer: its ``DeploymentManager`` (``deployments``)
+    swaps it, and the routes read it per call.
+    """
+
+    spec: DomainSpec
     folder: Path
     yaml: Path | None
     model_name: str
     model_version: str
     primary: bool
-    scorer: Scorer | None = None  # other domains' scorer; the primary's is app.state.scorer
+    deployment_file: Path | None = None
+    # Its request and answer models: set by the app factory before any route is built.
+    api: DomainApi = field(default=None, repr=False)  # type: ignore[assignment]
+    scorer: Scorer | None = None
+    deployments: DeploymentManager | None = None
+    registry: ModelRegistry | None = None
+    build_scorer: Callable[[LoadedModel], Scorer] | None = None  # a reloaded package's scorer
     answers: AnswerLog | None = None  # None: no prediction log
     explainer: Explainer | None = None
+    _close: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
-        return self.api.name
+        return self.spec.name
 
 
 def signing_key(settings: Settings) -> bytes | None:
@@ -88,17 +117,18 @@ def served_domains(settings: Settings) -> list[ServedDomain]:
             version = settings.model_version
         served.append(
             ServedDomain(
-                api=DomainApi.build(spec, settings.max_batch_size),
+                spec=spec,
                 folder=Path(folder),
                 yaml=yaml,
                 model_name=name,
                 model_version=version,
                 primary=i == 0,
+                deployment_file=settings.deployment if i == 0 else None,
             )
         )
     names = [d.name for d in served]
-    paths = [p for d in served for p in (d.api.score_path, *(r.path for r in d.api.entity_routes))]
-    if len(set(names)) != len(names) or len(set(paths)) != len(paths):
+    resources = [d.spec.resource for d in served]
+    if len(set(names)) != len(names) or len(set(resources)) != len(resources):
         raise ConfigurationInvalid(
             f"the domains served ({', '.join(names)}) must differ in name, resource and entity "
             "routes"
@@ -113,7 +143,7 @@ def open_answers(domain: ServedDomain, settings: Settings) -> None:
     if root is not None:
         log = PredictionLog(
             root / domain.name,
-            domain.api.spec.join_keys,
+            domain.spec.join_keys,
             sample_rate=settings.prediction_log_sample_rate,
             queue_size=settings.prediction_log_queue_size,
             roll_seconds=settings.prediction_log_roll_seconds,
@@ -122,7 +152,7 @@ def open_answers(domain: ServedDomain, settings: Settings) -> None:
         recent = RecentAnswers(settings.explanation_index_size)
         domain.answers = AnswerLog(domain.name, log, recent)
     domain.explainer = Explainer(
-        domain.api.spec,
+        domain.spec,
         settings.model_root,
         root / domain.name if root is not None else None,
         recent,
@@ -135,22 +165,6 @@ def close_answers(domain: ServedDomain) -> None:
     answers, domain.answers = domain.answers, None
     if answers is not None:
         answers.close()
-
-
-@dataclass
-class OpenScoring:
-    """A domain's store connections and scorer, opened by :func:`open_scoring`."""
-
-    scorer: Scorer
-    reader: OnlineFeatureReader
-    redis_client: object | None
-
-    async def aclose(self) -> None:
-        """Finish the batches in progress, then close the store connections."""
-        await self.scorer.aclose()
-        self.reader.close()
-        if self.redis_client is not None:
-            self.redis_client.close()  # type: ignore[attr-defined]
 
 
 def load_options(settings: Settings) -> dict[str, Any]:
@@ -169,35 +183,100 @@ def open_registry(store: FeatureStore, settings: Settings) -> ModelRegistry:
     return ModelRegistry(settings.model_root, store, **load_options(settings))
 
 
-async def open_scoring(domain: ServedDomain, settings: Settings) -> OpenScoring:
-    """Open a domain's feature store, model package and scorer (as the lifespan does for the
-    primary domain, one package without a deployment)."""
+async def open_domain(domain: ServedDomain, settings: Settings) -> None:
+    """Open a domain: its feature store, model registry and package, live deployment (its
+    deployment file, else its one package) and the manager that swaps it, the scorer, the
+    prediction log and the explainer. ``DeploymentRefused`` when the deployment is invalid."""
     store = open_store(domain.folder, domain.yaml)
     configure_online_store(store, settings)
     registry = open_registry(store, settings)
     model = registry.load(domain.model_name, domain.model_version)
+    # Redis is read by the fast reader (Feast's layout, pipelined); other stores by Feast.
     redis_client = open_fast_redis(store, settings)
-    reader: OnlineFeatureReader = (
-        FeastOnlineReader(store, model.layout)
-        if redis_client is None
-        else RedisFeatureReader(model.layout, redis_client, store.config.project)
+    if redis_client is not None:
+        domain._close.append(redis_client.close)
+
+    def open_reader(layout: StoreLayout) -> OnlineFeatureReader:
+        if redis_client is None:
+            return FeastOnlineReader(store, layout)
+        return RedisFeatureReader(layout, redis_client, store.config.project)
+
+    def new_scorer(
+        loaded: LoadedModel,
+        reader: OnlineFeatureReader | None = None,
+        deployment: LiveDeployment | None = None,
+    ) -> Scorer:
+        # score-batch's model call uses every core (a second session; small calls keep one).
+        loaded.predictor.add_batch_session(settings.batch_intra_op_threads or os.cpu_count() or 1)
+        layout = deployment.layout if deployment is not None else loaded.layout
+        return Scorer(
+            loaded,
+            reader or open_reader(layout),
+            micro_batching=settings.micro_batching,
+            batch_max_rows=settings.batch_max_rows,
+            batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+            deployment=deployment,
+            shadow_time_share=settings.shadow_time_share,
+        )
+
+    declared = domain_of(store)
+
+    def load_live(spec: DeploymentSpec) -> LiveDeployment:
+        return LiveDeployment.load(
+            spec,
+            str(settings.model_root),
+            store,
+            request_fields=list(declared.request_fields) if declared is not None else None,
+            **load_options(settings),
+        )
+
+    def scorer_of(live: LiveDeployment) -> Scorer:
+        return new_scorer(live.champion.members[0].model, deployment=live)
+
+    if domain.deployment_file is not None:
+        try:
+            live = load_live(load_deployment(domain.deployment_file))
+        except DeploymentInvalid as exc:
+            raise DeploymentRefused(str(exc)) from exc
+    else:
+        sticky = next(iter(model.manifest.entity_mapping))
+        live = load_live(single_model(model.version_label, sticky))
+    manager = DeploymentManager(
+        domain, load_live, scorer_of, model.manifest.domain, domain.deployment_file
     )
+    reader = open_reader(live.layout)
+    domain._close.insert(0, reader.close)
     try:
         reader.ping()
         if isinstance(reader, RedisFeatureReader):
-            await reader.ping_async()
+            await reader.ping_async()  # opens the event loop's connection before traffic
     except FeatureStoreUnavailable:
         logger.warning(
             "online store of domain %s not reachable at start-up; not ready until it is",
             domain.name,
         )
-    model.predictor.add_batch_session(settings.batch_intra_op_threads or os.cpu_count() or 1)
-    scorer = Scorer(
-        model,
-        reader,
-        micro_batching=settings.micro_batching,
-        batch_max_rows=settings.batch_max_rows,
-        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+    first = new_scorer(live.champion.members[0].model, reader, live)
+    first.start()
+    manager.start(live, first)
+    domain.deployments, domain.registry, domain.build_scorer = manager, registry, new_scorer
+    open_answers(domain, settings)
+    logger.info(
+        "domain %s: model %s on %s, store %s",
+        domain.name,
+        model.version_label,
+        model.device,
+        store.config.online_store.type,
     )
-    logger.info("domain %s: model %s on %s", domain.name, model.version_label, model.device)
-    return OpenScoring(scorer, reader, redis_client)
+
+
+async def close_domain(domain: ServedDomain) -> None:
+    """Close a domain: batches in progress finish, then the store connections close, then its
+    prediction log drains (so the answers of the last calls are in it)."""
+    scorer, domain.scorer = domain.scorer, None
+    if scorer is not None:
+        await scorer.aclose()
+    domain.deployments = domain.registry = domain.build_scorer = None
+    closers, domain._close = domain._close, []
+    for close in closers:
+        close()
+    close_answers(domain)

@@ -2,7 +2,8 @@
 
 prometheus_client picks in-memory or file-backed metrics when it is first imported, and Feast's
 metrics module, imported first, points it at files. A single-worker service keeps them in memory
-(``scoring_service/runtime.py``); tests that read ``/metrics`` of an in-process app must see the
+(``scoring_service/core/process.py``); tests that read ``/metrics`` of an in-process app must see
+the
 same, whatever earlier tests imported.
 """
 

@@ -141,7 +141,7 @@ def measure_reader(
 
     ``name`` is the SCORING_REDIS_READER value, or "cluster" (Feast's SDK, ``yaml`` naming a
     Redis Cluster store, ``nodes`` its primaries)."""
-    from scoring_service.security import hash_key
+    from scoring_service.core.security import hash_key
 
     env = {
         "REDIS_CONNECTION_STRING": ",".join(nodes),

@@ -40,14 +40,14 @@ import hiredis
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.core.errors import FeatureStoreUnavailable
+from scoring_service.core.settings import StoreConnection
 from scoring_service.redis.pipeline import (
     UNAVAILABLE,
     RedisEndpoint,
     RedisPipelineClient,
     pack,
 )
-from scoring_service.settings import StoreConnection
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import hiredis
 import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
 
-from scoring_service.errors import FeatureStoreUnavailable
-from scoring_service.settings import StoreConnection
+from scoring_service.core.errors import FeatureStoreUnavailable
+from scoring_service.core.settings import StoreConnection
 
 UNAVAILABLE = "The online feature store cannot be read right now; retry shortly."
 

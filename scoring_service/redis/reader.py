@@ -36,7 +36,8 @@ from feature_repo.online import (
     assemble,
     assemble_columns,
 )
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.core.errors import FeatureStoreUnavailable
+from scoring_service.core.settings import Settings, StoreConnection
 from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import (
     NAN,
@@ -49,7 +50,6 @@ from scoring_service.redis.codec import (
     plan_read,
 )
 from scoring_service.redis.pipeline import UNAVAILABLE, RedisEndpoint, RedisPipelineClient
-from scoring_service.settings import Settings, StoreConnection
 
 logger = logging.getLogger(__name__)
 

@@ -142,7 +142,7 @@ def long_options(argv: list[str]) -> list[str]:
 
 def settings_env_names() -> set[str]:
     """SCORING_<FIELD> of every field of the service's Settings."""
-    from scoring_service.settings import Settings
+    from scoring_service.core.settings import Settings
 
     prefix = str(Settings.model_config.get("env_prefix", ""))
     return {f"{prefix}{name}".upper() for name in Settings.model_fields}
@@ -154,8 +154,8 @@ def probe_answers(paths: list[str]) -> dict[str, int]:
     503 until a model is loaded)."""
     from fastapi.testclient import TestClient
 
-    from scoring_service.app import create_app
-    from scoring_service.settings import Settings
+    from scoring_service.api.app import create_app
+    from scoring_service.core.settings import Settings
 
     client = TestClient(create_app(Settings()))  # not entered: the lifespan does not run
     return {path: client.get(path).status_code for path in paths}

@@ -21,8 +21,8 @@ from feature_pipelines.fraud.schema import api_body
 from feature_repo.layout import ViewSpec
 from feature_repo.online import StoreLayout, assemble
 from models.package import feature_baseline, score_bins
-from scoring_service.app import create_app
-from scoring_service.drift import DriftMonitor, ViewWatch
+from scoring_service.api.app import create_app
+from scoring_service.monitoring.drift import DriftMonitor, ViewWatch
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]

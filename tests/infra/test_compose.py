@@ -96,7 +96,7 @@ def test_dependencies_are_healthy_services(services: dict[str, dict[str, Any]]) 
 def test_scoring_environment_is_settings(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scoring_service.settings import Settings
+    from scoring_service.core.settings import Settings
 
     fields = settings_env_names()
     env = {k: interpolate(str(v)) for k, v in services["scoring"]["environment"].items()}

@@ -254,7 +254,7 @@ def test_scoring_variables_are_settings_fields() -> None:
 
 
 def test_scoring_config_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scoring_service.settings import Settings
+    from scoring_service.core.settings import Settings
 
     for name, value in scoring_env().items():
         if name.startswith("SCORING_") and value is not None:

@@ -31,11 +31,11 @@ from feature_repo.layout import ViewSpec
 from feature_repo.transforms import resolve
 from models.dataset import entity_dataframe, feature_layout, open_store, retrieve_training_set
 from models.package import read_manifest, seal_package
-from scoring_service.app import create_app
-from scoring_service.errors import ModelPackageInvalid
-from scoring_service.features import FeastOnlineReader, StoreLayout
-from scoring_service.on_demand import for_manifest
-from scoring_service.registry import load_package
+from scoring_service.api.app import create_app
+from scoring_service.core.errors import ModelPackageInvalid
+from scoring_service.deployments.packages import load_package
+from scoring_service.stages.features import FeastOnlineReader, StoreLayout
+from scoring_service.stages.on_demand import for_manifest
 from tests.conftest import StreamRig
 from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
 

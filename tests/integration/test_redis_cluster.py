@@ -44,11 +44,11 @@ from feature_pipelines.fraud.events import events_from_frame
 from feature_pipelines.fraud.windows import CATALOGUE
 from feature_pipelines.streaming.state import WindowState, state_key
 from feature_repo import clock
-from scoring_service.features import FeastOnlineReader, StoreLayout
+from scoring_service.core.security import hash_key
 from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import ViewCodec
 from scoring_service.redis.reader import RedisFeatureReader
-from scoring_service.security import hash_key
+from scoring_service.stages.features import FeastOnlineReader, StoreLayout
 from tests.conftest import ROOT, RedisServer, copy_repo, feast_cli, free_port, materialize_end
 from tests.fixtures import processes
 from tests.fixtures.redis_cluster import RedisClusterServers, redis_cluster, wait_for

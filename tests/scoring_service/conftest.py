@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from feature_pipelines.fraud.schema import api_body
 from feature_repo.domain import load_domain
-from scoring_service.app import create_app
-from scoring_service.domains import DomainApi
-from scoring_service.security import hash_key
-from scoring_service.settings import Settings
+from scoring_service.api.app import create_app
+from scoring_service.api.domain_api import DomainApi
+from scoring_service.core.security import hash_key
+from scoring_service.core.settings import Settings
 from tests.conftest import FEATURE_REPO
 
 # The payment domain's request and answer models, as the service builds them from its file.

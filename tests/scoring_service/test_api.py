@@ -7,6 +7,8 @@ import pytest
 
 from tests.scoring_service.conftest import as_request
 
+pytestmark = pytest.mark.clock
+
 LABELS = {"not_fraud", "suspicious", "highly_suspicious", "uncertain"}
 
 
@@ -69,7 +71,13 @@ def test_fraud_scores_higher_than_legit(client, transactions) -> None:
         return [r["score"] for r in response.json()["results"]]
 
     assert len(fraud) >= 10
-    assert sum(scores(fraud)) / len(fraud) > 3 * sum(scores(legit)) / len(legit)
+    # Higher as a ranking (the probability that a fraud outscores a legit payment, ties half),
+    # not as a ratio of means: a small model's scores are compressed near the base rate, by an
+    # amount that depends on where the generated history ends.
+    fraud_scores, legit_scores = scores(fraud), scores(legit)
+    wins = sum((f > g) + 0.5 * (f == g) for f in fraud_scores for g in legit_scores)
+    assert wins / (len(fraud_scores) * len(legit_scores)) > 0.85
+    assert sum(fraud_scores) / len(fraud_scores) > sum(legit_scores) / len(legit_scores)
 
 
 def test_unknown_entities_are_uncertain(client, valid_body) -> None:

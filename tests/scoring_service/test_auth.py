@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from scoring_service.app import create_app
-from scoring_service.errors import ConfigurationInvalid, Forbidden
-from scoring_service.security import KeyRing, KeyScope, check_key, hash_key
-from scoring_service.settings import Settings
+from scoring_service.api.app import create_app
+from scoring_service.core.errors import ConfigurationInvalid, Forbidden
+from scoring_service.core.security import KeyRing, KeyScope, check_key, hash_key
+from scoring_service.core.settings import Settings
 from tests.scoring_service.conftest import (
     ADMIN_HEADERS,
     ANALYST_HEADERS,

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from feature_repo import clock
-from scoring_service.batch import batch_score
+from scoring_service.batch_scoring import batch_score
 from scoring_service.cli import app as service_cli
-from scoring_service.errors import ModelPackageInvalid
+from scoring_service.core.errors import ModelPackageInvalid
 
 pytestmark = pytest.mark.clock
 
@@ -38,7 +38,7 @@ def test_same_scores_and_labels_as_the_service(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from scoring_service.app import create_app
+    from scoring_service.api.app import create_app
     from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="auto")

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from feast import FeatureStore
 
-from scoring_service.batcher import BatcherClosed, MicroBatcher
-from scoring_service.domain import map_records
-from scoring_service.errors import FeatureStoreUnavailable, NotReady
+from scoring_service.core.errors import FeatureStoreUnavailable, NotReady
+from scoring_service.core.settings import StoreConnection
+from scoring_service.deployments.packages import load_package
 from scoring_service.redis.reader import RedisFeatureReader
-from scoring_service.registry import load_package
-from scoring_service.scoring import Scorer, merge_mapped
-from scoring_service.settings import StoreConnection
+from scoring_service.scoring.micro_batching import BatcherClosed, MicroBatcher
+from scoring_service.scoring.scorer import Scorer, merge_mapped
+from scoring_service.stages.mapping import map_records
 from tests.scoring_service.conftest import FRAUD_API, as_request
 
 Transaction = FRAUD_API.request

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from feature_pipelines.credit.load import HISTORY_FILE, LOANS_FILE, ZIPCODES_FILE, source_dir
 from feature_repo.domain import DomainSpec, load_domain
 from models.train import train
-from scoring_service.app import create_app
-from scoring_service.domains import request_body
+from scoring_service.api.app import create_app
+from scoring_service.api.domain_api import request_body
 from tests.conftest import RedisServer
 from tests.feature_repo.test_credit_repo import materialized_repo
 from tests.scoring_service.conftest import API_HEADERS, settings_for

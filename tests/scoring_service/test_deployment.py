@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoring_service.deployment import (
+from scoring_service.deployments.spec import (
     DeploymentInvalid,
     assign,
     combine,

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 
 from models import export
-from scoring_service import metrics
-from scoring_service.predictor import (
+from scoring_service.core import metrics
+from scoring_service.stages.predictor import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     CudaUnavailable,
@@ -141,7 +141,7 @@ def test_auto_serves_the_cpu_graph_without_gpu(sqlite_repo, model_root) -> None:
         pytest.skip("CUDA is usable here: auto picks it (see test_app_on_cuda)")
     from fastapi.testclient import TestClient
 
-    from scoring_service.app import create_app
+    from scoring_service.api.app import create_app
     from tests.scoring_service.conftest import API_HEADERS, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="auto")
@@ -161,8 +161,8 @@ def test_cuda_refuses_to_start_without_gpu(sqlite_repo, model_root, caplog) -> N
         pytest.skip("CUDA is usable here: device=cuda starts (see test_app_on_cuda)")
     from fastapi.testclient import TestClient
 
-    from scoring_service.app import create_app
-    from scoring_service.errors import ModelPackageInvalid
+    from scoring_service.api.app import create_app
+    from scoring_service.core.errors import ModelPackageInvalid
     from tests.scoring_service.conftest import API_HEADERS, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="cuda")
@@ -211,7 +211,7 @@ def test_cuda_predictor_matches_cpu_graph(cuda: None, graphs: tuple[bytes, bytes
 def test_app_on_cuda(cuda: None, sqlite_repo, model_root) -> None:
     from fastapi.testclient import TestClient
 
-    from scoring_service.app import create_app
+    from scoring_service.api.app import create_app
     from tests.scoring_service.conftest import API_HEADERS, settings_for
 
     for device in ("cuda", "auto"):

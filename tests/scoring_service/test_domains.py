@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
-from scoring_service.domains import DomainApi
-from scoring_service.errors import InvalidRequest, validation_message
+from scoring_service.api.domain_api import DomainApi
+from scoring_service.core.errors import InvalidRequest, validation_message
 from tests.feature_repo.test_domain import minimal
 
 pytestmark = pytest.mark.clock
@@ -216,9 +216,9 @@ def test_a_batch_parses_each_value_as_the_declaration_does_however_often_it_repe
 def test_a_batch_past_the_schemas_bound_is_batch_too_large(api: DomainApi) -> None:
     """Past the batch schema's own bound (SCORING_MAX_BATCH_SIZE's highest value) the refusal
     is 413 batch_too_large, as under the configured limit, not a malformed request."""
-    from scoring_service.domains import MAX_BATCH_ITEMS
-    from scoring_service.errors import BatchTooLarge
-    from scoring_service.routes.fast import json_body
+    from scoring_service.api.domain_api import MAX_BATCH_ITEMS
+    from scoring_service.api.endpoints import json_body
+    from scoring_service.core.errors import BatchTooLarge
 
     parse = json_body(api.batch_request, batch=True)
     body = json.dumps({api.collection: [{}] * (MAX_BATCH_ITEMS + 1)}).encode()

@@ -15,8 +15,8 @@ from feature_repo import clock
 from feature_repo.layout import ViewSpec
 from feature_repo.online import FeatureBatch, StoreLayout, assemble
 from models.package import Manifest, read_manifest
-from scoring_service.app import create_app
-from scoring_service.drift import DriftMonitor, ViewWatch
+from scoring_service.api.app import create_app
+from scoring_service.monitoring.drift import DriftMonitor, ViewWatch
 from tests.drift_traffic import traffic
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 
@@ -203,7 +203,7 @@ def test_planted_drift_through_the_service(
     bodies = [api_body(row) for row in day.itertuples()]
     settings = settings_for(sqlite_repo, model_root, max_batch_size=len(bodies))
     with TestClient(create_app(settings), headers=API_HEADERS) as client:
-        scorer = client.app.state.scorer  # type: ignore[attr-defined]
+        scorer = client.app.state.primary.scorer  # type: ignore[attr-defined]
 
         def serve(amount_factor: float):
             scorer.drift = DriftMonitor.for_model(

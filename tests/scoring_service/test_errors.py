@@ -80,9 +80,9 @@ def test_batch_error_names_the_item(client, valid_body) -> None:
 
 def test_every_refusal_has_one_envelope() -> None:
     """Handlers and the body-limit middleware build the same body, counted by code and stage."""
-    from scoring_service import metrics
-    from scoring_service.errors import PayloadTooLarge, error_response, response_for
-    from scoring_service.observability import request_id_var
+    from scoring_service.core import metrics
+    from scoring_service.core.errors import PayloadTooLarge, error_response, response_for
+    from scoring_service.core.logs import request_id_var
 
     counter = metrics.ERRORS.labels("payload_too_large", "request")
     before = counter._value.get()

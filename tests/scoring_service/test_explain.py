@@ -7,7 +7,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from scoring_service.explain import TreeEnsemble, top_contributions
+from scoring_service.monitoring.tree_shap import TreeEnsemble, top_contributions
 
 
 @pytest.fixture(scope="module")

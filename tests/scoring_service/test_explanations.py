@@ -31,7 +31,7 @@ from feature_repo import prediction_log as plog
 from feature_repo.layout import open_store
 from models.package import read_manifest
 from models.train import train
-from scoring_service.app import create_app
+from scoring_service.api.app import create_app
 from tests.conftest import TEST_SEED, copy_repo, feast_cli, materialize_end
 from tests.scoring_service.conftest import (
     ADMIN_HEADERS,

@@ -26,7 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from pydantic import ValidationError
 
 from feature_repo.reference import CURRENCIES
-from scoring_service.app import create_app
+from scoring_service.api.app import create_app
 from tests.conftest import free_port
 from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, FRAUD_API, settings_for
 

@@ -9,8 +9,8 @@ import pytest
 
 from feature_repo.domain import load_domain
 from models.package import LabelThresholds, UncertainPolicy
-from scoring_service.features import MISSING, NOT_REQUESTED, PRESENT, STALE
-from scoring_service.labels import LabelPolicy
+from scoring_service.stages.features import MISSING, NOT_REQUESTED, PRESENT, STALE
+from scoring_service.stages.labels import LabelPolicy
 
 FEATURES = ["ip_distinct_cards_24h", "card_amount_mean_30d", "amount"]
 FRAUD = load_domain(Path(__file__).resolve().parents[2] / "feature_repo" / "fraud")

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from scoring_service.app import create_app
-from scoring_service.deps import get_scorer
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.api.app import create_app
+from scoring_service.api.deps import get_scorer
+from scoring_service.core.errors import FeatureStoreUnavailable
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 
 # How late after its deadline an answer may come (test client, scheduling, a busy machine).
@@ -81,7 +81,7 @@ def make_client(sqlite_repo: Path, model_root: Path) -> Callable[..., Any]:
             client.post("/v1/transactions/score", json={})
             slow = None
             if hangs is not None:
-                slow = SlowScorer(app.state.scorer, hangs, fails)
+                slow = SlowScorer(app.state.primary.scorer, hangs, fails)
                 app.dependency_overrides[get_scorer] = lambda: slow
             try:
                 yield client
@@ -201,7 +201,7 @@ def test_late_reads_do_not_open_the_circuit(make_client, valid_body) -> None:
         # A call that gets its features.
         ok = client.post("/v1/transactions/score", json=valid_body)
         assert ok.status_code == 200, ok.text
-        slow = SlowScorer(app.state.scorer, hangs=True)
+        slow = SlowScorer(app.state.primary.scorer, hangs=True)
         app.dependency_overrides[get_scorer] = lambda: slow
         try:
             for _ in range(2):
@@ -244,7 +244,7 @@ def test_model_failure_is_503_model_unavailable(make_client, valid_body) -> None
 
     with make_client() as client:
         app: Any = client.app
-        app.state.scorer.model.predictor.session = BrokenSession()
+        app.state.primary.scorer.model.predictor.session = BrokenSession()
         response = client.post("/v1/transactions/score", json=valid_body)
         assert response.status_code == 503, response.text
         body = response.json()

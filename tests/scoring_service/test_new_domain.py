@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from feature_repo import clock
 from feature_repo.domain import load_domain
 from models.train import train
-from scoring_service.app import create_app
+from scoring_service.api.app import create_app
 from tests.conftest import feast_cli
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 

@@ -2,7 +2,8 @@
 
 ``openapi_score_routes.json`` holds the /v1 routes' operations (parameters, request bodies,
 responses, security) and every component schema they reference. The routes and their models are
-built from the domain file now (``scoring_service.domains``); the reference was regenerated once
+built from the domain file now (``scoring_service.api.domain_api``); the reference was regenerated
+once
 for that, with the changes docs/api.md lists ("The OpenAPI document: what changed on purpose"),
 and must not change again by accident.
 """
@@ -15,9 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from scoring_service.app import create_app
-from scoring_service.security import hash_key
-from scoring_service.settings import Settings
+from scoring_service.api.app import create_app
+from scoring_service.core.security import hash_key
+from scoring_service.core.settings import Settings
 
 REFERENCE = Path(__file__).with_name("openapi_score_routes.json")
 SCORE_PREFIX = "/v1/"

@@ -44,11 +44,11 @@ from starlette.routing import Route
 from feature_repo import clock
 from feature_repo.domain import DOMAIN_FILE
 from models.package import MANIFEST_FILE, seal_package
-from scoring_service.app import create_app
-from scoring_service.domains import SKEW_EXTENSION
-from scoring_service.routes.fast import ScoreEndpoint
-from scoring_service.security import hash_key
-from scoring_service.settings import Settings
+from scoring_service.api.app import create_app
+from scoring_service.api.domain_api import SKEW_EXTENSION
+from scoring_service.api.endpoints import ScoreEndpoint
+from scoring_service.core.security import hash_key
+from scoring_service.core.settings import Settings
 from tests.conftest import ROOT
 from tests.feature_repo.test_domain import minimal
 from tests.scoring_service.conftest import (

@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import redis
 
-from scoring_service.security import hash_key
+from scoring_service.core.security import hash_key
 from tests.conftest import ROOT, RedisServer, free_port
 from tests.fixtures import processes
 from tests.scoring_service.conftest import API_KEY, as_request

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from feature_repo import prediction_log as log_format
-from scoring_service import metrics
-from scoring_service.prediction_log import JOURNAL_SUFFIX, LogEntry, PredictionLog
+from scoring_service.core import metrics
+from scoring_service.monitoring.prediction_log import JOURNAL_SUFFIX, LogEntry, PredictionLog
 
 KEYS = ["card_id", "ip_address"]
 
@@ -81,7 +81,7 @@ def test_a_killed_writer_loses_nothing_it_had_appended(tmp_path: Path) -> None:
         import os, signal, sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from tests.scoring_service.test_prediction_log import entry, KEYS
-        from scoring_service.prediction_log import PredictionLog
+        from scoring_service.monitoring.prediction_log import PredictionLog
         log = PredictionLog(__import__("pathlib").Path({str(tmp_path)!r}), KEYS, roll_seconds=3600)
         log.start()
         log.offer([entry(i) for i in range(300)])

@@ -10,7 +10,8 @@ as answered. Then the process gets a signal:
 - SIGKILL: nothing runs after the signal. The journal written so far survives and the next
   start (``PredictionLog.recover``, here called directly) turns it into parquet; what is lost
   is what was offered but not yet appended: at most the queue plus the batch the writer had
-  taken from it, ``2 * queue_size + 1`` entries (scoring_service/prediction_log.py). The queue
+  taken from it, ``2 * queue_size + 1`` entries (scoring_service/monitoring/prediction_log.py).
+  The queue
   is small here, so that bound means something; the journal does not roll during the run, so
   the writer only appends (milliseconds) and the queue does not overflow.
 
@@ -32,7 +33,7 @@ import pytest
 
 from feature_repo import prediction_log as plog
 from feature_repo.domain import load_domain
-from scoring_service.prediction_log import PredictionLog
+from scoring_service.monitoring.prediction_log import PredictionLog
 from tests.fixtures.service import Replica, launch_replica
 from tests.scoring_service.conftest import API_HEADERS, as_request
 

@@ -13,10 +13,7 @@ import pytest
 from feature_repo import clock
 from feature_repo.layout import open_store
 from feature_repo.online import MISSING, PRESENT, STALE
-from scoring_service.deployment import DeploymentInvalid, parse_deployment
-from scoring_service.domain import map_records
-from scoring_service.features import FeastOnlineReader
-from scoring_service.routing import (
+from scoring_service.deployments.live import (
     FALLBACK_FEATURES,
     FALLBACK_MODEL_ERROR,
     FALLBACK_STORE,
@@ -24,6 +21,9 @@ from scoring_service.routing import (
     RollingAgreement,
     ShadowRunner,
 )
+from scoring_service.deployments.spec import DeploymentInvalid, parse_deployment
+from scoring_service.stages.features import FeastOnlineReader
+from scoring_service.stages.mapping import map_records
 
 NAME = "fraud_model"
 
@@ -189,7 +189,7 @@ def test_shadows_never_change_the_answer(packages, store, requests) -> None:
     np.testing.assert_array_equal(without.scores, with_shadow.scores)
     runner = ShadowRunner(shadowed)
     runner.score(batch, mapped, with_shadow)  # agreement metrics from the same batch
-    from scoring_service import metrics
+    from scoring_service.core import metrics
 
     agreement = metrics.SHADOW_LABEL_AGREEMENT.labels("rt-shadow", f"{NAME}/rt")._value.get()
     assert 0.0 <= agreement <= 1.0
@@ -201,7 +201,7 @@ def test_shadow_time_budget(packages, store, requests, share: float, scored_batc
     batch's own time); a share of 0 scores none and counts every row as dropped."""
     import asyncio
 
-    from scoring_service import metrics
+    from scoring_service.core import metrics
 
     shadowed = live(
         packages, store, deployment(shadows=[{"name": "rt-shadow", "package": f"{NAME}/rt"}])
@@ -283,7 +283,7 @@ def test_fallbacks_on_a_real_redis(
     unreachable -> the request-time step answers; without it, the outage policy's turn (None)."""
     import redis
 
-    from scoring_service.errors import FeatureStoreUnavailable
+    from scoring_service.core.errors import FeatureStoreUnavailable
     from scoring_service.redis.codec import ViewCodec
     from scoring_service.redis.reader import RedisFeatureReader
 
@@ -375,8 +375,8 @@ def test_a_champion_with_shadows_answers_on_the_direct_path(packages, store, req
     shadow scores the same rows after the answer."""
     import asyncio
 
-    from scoring_service import metrics
-    from scoring_service.scoring import Scorer
+    from scoring_service.core import metrics
+    from scoring_service.scoring.scorer import Scorer
 
     alone = live(packages, store, deployment(challengers=[], fallback=[], champion={
         "name": "champion", "package": f"{NAME}/v1", "weight": 1.0}))  # fmt: skip

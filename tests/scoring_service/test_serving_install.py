@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scoring_service.security import hash_key
+from scoring_service.core.security import hash_key
 from tests.conftest import ROOT, free_port
 from tests.fixtures import processes
 

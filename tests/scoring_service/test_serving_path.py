@@ -1,4 +1,4 @@
-"""The score routes' serving path (``routes/fast.py``) and the process around it.
+"""The score routes' serving path (``api/endpoints.py``) and the process around it.
 
 Answers are what the documented response models say, the batch route's columns give every
 transaction what a single call gives it, overload is refused before a byte of the body is read,
@@ -30,11 +30,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from scoring_service.app import create_app
-from scoring_service.errors import FeatureStoreUnavailable, Overloaded
-from scoring_service.resilience import Deadline, ScoringGuard
-from scoring_service.security import ARRIVED_AT, hash_key
-from scoring_service.settings import Settings
+from scoring_service.api.app import create_app
+from scoring_service.core.errors import FeatureStoreUnavailable, Overloaded
+from scoring_service.core.security import ARRIVED_AT, hash_key
+from scoring_service.core.settings import Settings
+from scoring_service.scoring.resilience import Deadline, ScoringGuard
 from tests.conftest import ROOT, free_port
 from tests.fixtures import processes
 from tests.scoring_service.conftest import (
@@ -168,7 +168,7 @@ def test_deadline_counts_from_arrival(
     app = create_app(settings_for(sqlite_repo, model_root, deadline_ms=100))
     with TestClient(app):
         endpoint = next(r for r in app.routes if isinstance(r, Route) and r.path == SCORE).app
-        scorer = app.state.scorer
+        scorer = app.state.primary.scorer
         rows_before = scorer.batcher.rows
         scope = {**_scope(SCORE), "app": app, "path_params": {}}
         scope[ARRIVED_AT] = time.monotonic() - 0.2
@@ -211,7 +211,7 @@ def test_canonical_ip_fast_path_agrees_with_ipaddress(text: str, pad: str) -> No
 LOGGING_CHILD = textwrap.dedent(
     """
     import logging, signal, threading
-    from scoring_service.observability import configure_logging, request_id_var
+    from scoring_service.core.logs import configure_logging, request_id_var
 
     configure_logging("info")
     handler = logging.getLogger().handlers[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from scoring_service.app import create_app
+from scoring_service.api.app import create_app
 from tests.conftest import free_port
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 

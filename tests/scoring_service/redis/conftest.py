@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from feast import FeatureStore
 
-from scoring_service.features import StoreLayout
+from scoring_service.stages.features import StoreLayout
 from tests.scoring_service.redis.parity import known_entities, plant_rows, store_layout
 
 YAML = "feature_store.redis.yaml"

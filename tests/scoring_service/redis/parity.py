@@ -20,7 +20,7 @@ from feast import FeatureStore
 
 from feature_repo import clock
 from feature_repo.layout import EVIDENCE_TAG, ViewSpec
-from scoring_service.features import (
+from scoring_service.stages.features import (
     MISSING,
     NOT_REQUESTED,
     PRESENT,

@@ -14,7 +14,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.crc import key_slot
 
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.core.errors import FeatureStoreUnavailable
 from scoring_service.redis.cluster import (
     ASKING,
     Redirect,

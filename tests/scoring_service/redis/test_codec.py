@@ -12,7 +12,6 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_repo.layout import ViewSpec
-from scoring_service.features import StoreLayout
 from scoring_service.redis.codec import (
     ViewCodec,
     decode_timestamp,
@@ -20,6 +19,7 @@ from scoring_service.redis.codec import (
     decode_values,
     plan_read,
 )
+from scoring_service.stages.features import StoreLayout
 
 LAYOUT = StoreLayout.from_views(
     {

@@ -10,9 +10,9 @@ import hiredis
 import pytest
 import redis
 
-from scoring_service.errors import FeatureStoreUnavailable
+from scoring_service.core.errors import FeatureStoreUnavailable
+from scoring_service.core.settings import StoreConnection
 from scoring_service.redis.pipeline import RedisEndpoint, RedisPipelineClient, pack
-from scoring_service.settings import StoreConnection
 from tests.conftest import free_port
 from tests.scoring_service.redis.parity import on_loop
 

@@ -16,13 +16,19 @@ import pytest
 import redis
 from feast import FeatureStore
 
-from scoring_service.errors import FeatureStoreUnavailable
-from scoring_service.features import MISSING, NOT_REQUESTED, PRESENT, STALE, FeastOnlineReader
+from scoring_service.core.errors import FeatureStoreUnavailable
 from scoring_service.redis.codec import ViewCodec
 from scoring_service.redis.reader import (
     BULK_DECODE_ROWS,
     RedisFeatureReader,
     fast_read_refusal,
+)
+from scoring_service.stages.features import (
+    MISSING,
+    NOT_REQUESTED,
+    PRESENT,
+    STALE,
+    FeastOnlineReader,
 )
 from tests.scoring_service.redis.parity import (
     assert_matches_feast,

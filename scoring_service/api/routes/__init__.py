@@ -1,0 +1,1 @@
+"""Routes: scoring (documented here, served by ``api.endpoints``), explanations, admin, health."""
