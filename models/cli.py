@@ -195,7 +195,8 @@ def report(
     yaml: YamlOption = None,
 ) -> None:
     """Regenerate a package's report.html from the package and its training set."""
-    from models.report import REPORT_FILE, regenerate
+    from models.reports.publish import regenerate
+    from models.reports.training import REPORT_FILE
 
     try:
         path = regenerate(
@@ -255,8 +256,9 @@ def monitor(
     """
     import pandas as pd
 
-    from models.monitor import AlertRules, write
+    from models.monitor import AlertRules
     from models.monitor import monitor as run_monitor
+    from models.reports.monitoring import write
 
     rules = AlertRules.from_yaml(alerts) if alerts is not None else AlertRules()
     overrides = {

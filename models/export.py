@@ -106,7 +106,7 @@ def standard_ops_graph(booster: lgb.Booster) -> onnx.ModelProto:
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     """The ONNX Runtime options of every session training opens (parity checks, tests).
 
-    The same settings as the service's sessions (``scoring_service.predictor``, which this
+    The same settings as the service's sessions (``scoring_service.stages.predictor``, which this
     layer may not import): one thread per call, sequential, all graph optimizations.
     """
     options = ort.SessionOptions()

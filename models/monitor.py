@@ -13,22 +13,20 @@ counts as pending. Per model version, variant and UTC day of the answer it repor
   precision and recall of "any alerting label"; PR-AUC of the score;
 - drift: score PSI against the package's baseline score distribution, and each input's PSI and
   missing rate against its training baseline (the binning and PSI of the service's
-  ``scoring_service.drift``, from ``models.package``).
+  ``scoring_service.monitoring.drift``, from ``models.package``).
 
-It writes ``monitor.json`` and a self-contained ``monitor.html`` and returns the alerts that
-fired (``AlertRules``); the CLI exits 1 when there is one, so a scheduler can page on it.
+It returns the figures and the alerts that fired (``AlertRules``);
+``models.reports.monitoring`` writes them to ``monitor.json`` and a self-contained
+``monitor.html``, and the CLI exits 1 when an alert fired, so a scheduler can page on it.
 
-Why one module of this length: performance, drift and freshness all read the same join of the
-log with the labels at ``as_of``; each section of the report is a function of its own.
+Why one module of this length: performance, drift and the alert rules all read the same join of
+the log with the labels at ``as_of``; each is a function of its own, and the page is elsewhere.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score
 
@@ -52,15 +49,13 @@ from models.package import (
     read_manifest,
     score_reference,
 )
-from models.report import json_safe, png_base64
+from models.reports import alerting_labels
 
 logger = logging.getLogger(__name__)
 
 ALL_DAYS = "all"
 # Domain folders (feature_repo/<domain>/domain.yaml): the log names each answer's domain.
 DOMAINS = Path(feature_repo.__file__).resolve().parent
-JSON_FILE = "monitor.json"
-HTML_FILE = "monitor.html"
 _LOG_COLUMNS = [
     plog.BUSINESS_ID,
     plog.TS,
@@ -189,15 +184,6 @@ def join(log: pd.DataFrame, matured: pd.DataFrame) -> pd.DataFrame:
     out = log.merge(matured, on=plog.BUSINESS_ID, how="left", validate="m:1")
     out["day"] = out[plog.TS].dt.strftime("%Y-%m-%d")
     return out
-
-
-def alerting_labels(manifest: Manifest | None, spec: DomainSpec | None = None) -> list[str]:
-    """Labels that alert, lowest threshold first: those with a threshold in the package
-    (without one, the domain's labels above the lowest)."""
-    if manifest is None:
-        return spec.labels[1:] if spec is not None else []
-    thresholds = manifest.label_thresholds.cutoffs
-    return sorted(thresholds, key=lambda name: thresholds[name])
 
 
 def load_manifests(model_root: Path | None, versions: Iterable[str]) -> dict[str, Manifest]:
@@ -406,7 +392,7 @@ def monitor(
     keys = [plog.MODEL_VERSION, plog.VARIANT]
     for (version, variant), part in frame.groupby(keys, sort=True):
         manifest = manifests.get(str(version))
-        labels_of = alerting_labels(manifest, spec)
+        labels_of = [name for name, _ in alerting_labels(manifest, spec)]
         days = [(day, rows) for day, rows in part.groupby("day", sort=True)]
         for day, rows in [*days, (ALL_DAYS, part)]:
             group = {
@@ -421,154 +407,3 @@ def monitor(
             if day != ALL_DAYS:  # alerts are per day; the roll-up is for reading
                 result.alerts.extend(check(group, rules))
     return result
-
-
-# --- report ---------------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _performance_figure(days: list[dict]) -> Figure:
-    fig = Figure(figsize=(11, 3.8))
-    left, right = fig.subplots(1, 2)
-    x = [g["day"] for g in days]
-    for name in days[0]["labels"]:
-        line = left.plot(x, [g["labels"][name]["precision"] for g in days], marker="o")[0]
-        reference = days[0]["holdout"].get("labels", {}).get(name, {}).get("precision")
-        if reference is not None and not math.isnan(reference):
-            left.axhline(reference, linestyle="--", color=line.get_color(), linewidth=1)
-        line.set_label(f"{name} precision (dashed: holdout)")
-    left.plot(x, [g["alert"]["recall"] for g in days], marker="s", label="recall, any alert")
-    left.set_ylim(-0.02, 1.02)
-    left.set_title("Precision and recall on matured labels")
-    left.legend(fontsize="small")
-    right.plot(x, [g["pr_auc"] for g in days], marker="o", label="PR-AUC")
-    reference = days[0]["holdout"].get("pr_auc")
-    if reference is not None and not math.isnan(reference):
-        right.axhline(reference, linestyle="--", linewidth=1, label="holdout PR-AUC")
-    right.bar(x, [g["n_labelled"] / max(g["n_predictions"], 1) for g in days], alpha=0.3,
-              label="share of answers with a matured label")  # fmt: skip
-    right.set_ylim(0, 1.02)
-    right.set_title("PR-AUC and label coverage")
-    right.legend(fontsize="small")
-    for ax in (left, right):
-        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def _drift_figure(days: list[dict], limit: float | None) -> Figure:
-    names = sorted({n for g in days for n in g["features"]})
-    fig = Figure(figsize=(11, 3.2 + 0.22 * len(names)))
-    top, bottom = fig.subplots(2, 1, height_ratios=[1, max(1, len(names) / 8)])
-    x = [g["day"] for g in days]
-    top.plot(x, [g["score_psi"] for g in days], marker="o", label="score PSI")
-    if limit is not None:
-        top.axhline(limit, color="red", linestyle="--", linewidth=1, label="alert")
-    top.set_title("Score PSI against the holdout score distribution")
-    top.legend(fontsize="small")
-    if names:
-        grid = np.array(
-            [[g["features"].get(n, {}).get("psi", math.nan) for g in days] for n in names]
-        )
-        top_psi = max(0.25, float(np.nanmax(grid, initial=0.0)))
-        image = bottom.imshow(
-            np.nan_to_num(grid, nan=0.0), aspect="auto", cmap="Reds", vmin=0.0, vmax=top_psi
-        )
-        bottom.set_yticks(range(len(names)), names, fontsize="x-small")
-        bottom.set_xticks(range(len(x)), x, rotation=45, fontsize="small")
-        bottom.set_title("Input PSI against the training baseline")
-        fig.colorbar(image, ax=bottom)
-    fig.tight_layout()
-    return fig
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
-    return html.escape(str(value))
-
-
-def _img(fig_id: str, alt: str, fig: Figure) -> str:
-    return (
-        f'<figure><img id="{fig_id}" alt="{html.escape(alt)}" '
-        f'src="data:image/png;base64,{png_base64(fig)}"></figure>'
-    )
-
-
-def render(result: MonitorResult, rules: AlertRules) -> str:
-    """The monitor report as one self-contained HTML page."""
-    sections = []
-    pairs = dict.fromkeys((g["model_version"], g["variant"]) for g in result.groups)
-    for version, variant in pairs:
-        groups = [
-            g for g in result.groups if (g["model_version"], g["variant"]) == (version, variant)
-        ]
-        days = [g for g in groups if g["day"] != ALL_DAYS]
-        slug = _slug(f"{version}-{variant}")
-        labels = list(groups[0]["labels"])
-        head = ["day", "answers", "matured", "pending", "positive rate", "PR-AUC", "score PSI"]
-        head += [f"{name} precision" for name in labels] + [f"{name} recall" for name in labels]
-        head += ["alert precision", "alert recall"]
-        body = []
-        for g in groups:
-            cells = [g["day"], g["n_predictions"], g["n_labelled"], g["n_pending"],
-                     g["positive_rate"], g["pr_auc"], g["score_psi"]]  # fmt: skip
-            cells += [g["labels"][n]["precision"] for n in labels]
-            cells += [g["labels"][n]["recall"] for n in labels]
-            cells += [g["alert"]["precision"], g["alert"]["recall"]]
-            body.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
-        hold = groups[0]["holdout"]
-        reference = ", ".join(
-            f"{n} precision {_fmt(hold['labels'][n]['precision'])} recall "
-            f"{_fmt(hold['labels'][n]['recall'])}"
-            for n in labels
-            if hold.get("labels")
-        )
-        sections.append(
-            f"<h2>{html.escape(version)} [{html.escape(variant)}]</h2>"
-            f"<p>Holdout: PR-AUC {_fmt(hold.get('pr_auc', math.nan))}; {reference or 'n/a'}</p>"
-            "<table><thead><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-            + "</tr></thead><tbody>"
-            + "".join(body)
-            + "</tbody></table>"
-            + _img(f"fig-{slug}-performance", f"Performance by day, {version}",
-                   _performance_figure(days))
-            + _img(f"fig-{slug}-drift", f"Drift by day, {version}",
-                   _drift_figure(days, rules.max_feature_psi))
-        )  # fmt: skip
-    alerts = "".join(f"<li>{html.escape(a.message)}</li>" for a in result.alerts)
-    notes = "".join(f"<p>{html.escape(n)}</p>" for n in result.notes)
-    payload = json.dumps(json_safe(result.to_json())).replace("</", "<\\/")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Model monitor, labels as of {result.as_of:%Y-%m-%d %H:%M} UTC</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.8em; }} th, td {{ border: 1px solid #ccc;
-padding: 0.2em 0.5em; text-align: right; }} th {{ background: #f3f3f3; }} img {{ max-width: 100%; }}
-.alerts {{ color: #a00; }}
-</style></head><body>
-<h1>Model monitor, labels known at {result.as_of.isoformat()}</h1>
-<p>Rules: {html.escape(rules.model_dump_json())}</p>
-<h2>Alerts</h2>
-{f'<ul class="alerts">{alerts}</ul>' if alerts else "<p>None fired.</p>"}
-{notes}
-{"".join(sections)}
-<script type="application/json" id="monitor-data">{payload}</script>
-</body></html>
-"""  # fmt: skip
-
-
-def write(result: MonitorResult, rules: AlertRules, out_dir: Path) -> tuple[Path, Path]:
-    """``monitor.json`` and ``monitor.html`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out_dir / JSON_FILE, out_dir / HTML_FILE
-    # NaN is not JSON: null in the file.
-    json_path.write_text(json.dumps(json_safe(result.to_json()), indent=2) + "\n")
-    html_path.write_text(render(result, rules))
-    return json_path, html_path

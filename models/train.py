@@ -6,6 +6,9 @@ touched once, for the metrics written into the manifest: the model's, the rules 
 decision tree's on the same inputs and split. What is trained (label, entities, request
 features, label vocabulary, threshold rule, uncertain policy) is the domain's declaration
 (``feature_repo/<domain>/domain.yaml``); nothing here names a domain.
+
+Why one module of this length: ``train`` is one pipeline, from the training set to the published
+package, read top to bottom; its steps (split, parameters, manifest parts) are functions here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
 from feature_repo.layout import TRANSFORM_TAG
 from feature_repo.transforms import resolve
-from models import evaluate, export, report
+from models import evaluate, export
 from models.dataset import (
     EVENT_TIMESTAMP,
     FeatureLayout,
@@ -47,6 +50,9 @@ from models.package import (
     sha256_bytes,
     write_package,
 )
+from models.reports import training as report
+from models.reports.inputs import retriever, with_segment_columns
+from models.reports.publish import with_report
 
 logger = logging.getLogger(__name__)
 
@@ -385,12 +391,12 @@ def train(
     )
     report_data = report.build(
         manifest,
-        report.with_segment_columns(hold_df, events, spec),
+        with_segment_columns(hold_df, events, spec),
         booster,
         spec=spec,
         root=output_root,
-        retrieve=report.retriever(store, events, spec),
+        retrieve=retriever(store, events, spec),
     )
-    manifest, files[report.REPORT_FILE] = report.with_report(manifest, report.render(report_data))
+    manifest, files[report.REPORT_FILE] = with_report(manifest, report.render(report_data))
     path = write_package(output_root, manifest, files)
     return TrainResult(package_path=path, manifest=manifest)

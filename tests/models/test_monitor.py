@@ -20,7 +20,7 @@ from feature_repo import prediction_log as plog
 from models.cli import app as cli
 from models.monitor import ALL_DAYS, AlertRules, monitor
 from models.package import read_manifest
-from scoring_service.app import create_app
+from scoring_service.api.app import create_app
 from tests.drift_traffic import traffic
 from tests.scoring_service.conftest import API_HEADERS, settings_for
 

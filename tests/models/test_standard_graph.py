@@ -4,6 +4,9 @@ The reference is LightGBM itself on the float32 inputs the graph receives, cast 
 Besides probabilities, every test compares the leaf reached in every tree with
 ``booster.predict(..., pred_leaf=True)``, so a single mis-routed row fails even when its leaf
 values happen to be close.
+
+Why one module of this length: it is the test of one module (``models/standard_graph.py``), and
+its sections share the data builders and the leaf-by-leaf comparison at its end.
 """
 
 from __future__ import annotations

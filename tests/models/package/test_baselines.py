@@ -7,13 +7,19 @@ import pytest
 
 from models.evaluate import score_quantiles
 from models.package import (
+    PSI_EPSILON,
     FeatureBaseline,
     bin_counts,
     feature_baseline,
     psi,
     score_baseline,
     score_bins,
+    score_reference,
 )
+from tests.models.package_helpers import toy_manifest
+
+# PSI above this is a significant shift (the monitor's and the service's default alert).
+SIGNIFICANT = 0.2
 
 
 def test_a_discrete_feature_gets_its_counted_shares() -> None:
@@ -68,3 +74,38 @@ def test_older_packages_compare_scores_with_bins_from_their_quantiles() -> None:
     reference = score_baseline(score_quantiles(scores))
     assert reference is not None and sum(reference.proportions) == pytest.approx(1.0)
     assert psi(reference.proportions, bin_counts(scores, reference.edges)) < 0.01
+
+
+def test_psi_of_identical_distributions_is_zero_and_of_a_shift_above_the_alert() -> None:
+    expected = [0.1, 0.2, 0.4, 0.2, 0.1]
+    assert psi(expected, np.array([10.0, 20.0, 40.0, 20.0, 10.0])) == 0.0
+    assert psi(expected, np.array([1.0, 2.0, 4.0, 2.0, 1.0]) * 1000) == pytest.approx(0.0)
+    # A mean shift of one standard deviation, binned on the training deciles.
+    rng = np.random.default_rng(4)
+    baseline = feature_baseline(rng.normal(0.0, 1.0, 20_000))
+    shifted = bin_counts(rng.normal(1.0, 1.0, 5_000), baseline.edges)
+    assert psi(baseline.proportions, shifted) > SIGNIFICANT
+    calm = bin_counts(rng.normal(0.0, 1.0, 5_000), baseline.edges)
+    assert psi(baseline.proportions, calm) < 0.05
+
+
+def test_an_empty_bin_weighs_heavily_but_finitely() -> None:
+    value = psi([0.5, 0.5, 0.0], np.array([0.0, 50.0, 50.0]))
+    assert np.isfinite(value)
+    # The half that moved into the empty bin alone: (0.5 - eps) * ln(0.5 / eps).
+    assert value > (0.5 - PSI_EPSILON) * np.log(0.5 / PSI_EPSILON)
+
+
+def test_bin_counts_ignore_missing_values_and_close_bins_on_the_left() -> None:
+    counts = bin_counts(np.array([np.nan, -1.0, 0.0, 0.5, 1.0, 9.0, np.nan]), [0.0, 1.0])
+    assert counts.tolist() == [1.0, 2.0, 2.0]
+
+
+def test_served_scores_are_compared_with_the_counted_bins_else_the_quantiles() -> None:
+    counted = score_bins(np.random.default_rng(5).beta(0.6, 12.0, 5_000))
+    quantiles = {"q0.5": 0.02, "q0.9": 0.1}
+    assert score_reference(toy_manifest(baseline_score_bins=counted)) == counted
+    older = score_reference(toy_manifest(baseline_score_distribution=quantiles))
+    assert older is not None and older.proportions == pytest.approx([0.5, 0.4, 0.1])
+    assert older.edges == pytest.approx([0.02 - 1e-5, 0.1 - 1e-5])
+    assert score_reference(toy_manifest()) is None  # no scores kept: no score drift

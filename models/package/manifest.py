@@ -1,24 +1,15 @@
-"""Versioned model packages: the ONNX graph(s) plus a manifest that says how to serve them.
+"""The manifest schema: what a model package says about how to serve it.
 
 A package lives in ``<root>/<name>/<version>/`` and holds ``manifest.json`` and the graph files
 it names. The manifest is the contract between training and serving: which FeatureService the
 model reads, the order of its input vector, how a business request maps to entity keys, the
-label thresholds and the "uncertain" policy, plus evaluation results, library versions and the
-sha256 of every artefact so a damaged package is refused before it serves.
-
-Why one module of this length: the package format is the one contract between training and
-serving (manifest schema, seal, signature, load checks), and the service may import this module
-and no other from ``models/`` (an import-linter contract); splitting it would widen that door.
+label thresholds and the "uncertain" policy, plus evaluation results, drift baselines, library
+versions and the sha256 of every artefact (checked by ``models.package.seal``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
-import shutil
-import tempfile
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -32,18 +23,6 @@ MANIFEST_FILE = "manifest.json"
 # views say whether they are evidence of their entity. 3: the domain and its label vocabulary
 # (thresholds per label), optional entities. Older packages are refused with a message.
 SCHEMA_VERSION = 3
-# Bin edges of a feature baseline: deciles of the training split.
-BASELINE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# Proportions are floored at this before the PSI's logarithm, so an empty bin on either side
-# contributes a large but finite term.
-PSI_EPSILON = 1e-4
-# Bin edges of the score baseline: deciles, and the tail where the alerting labels live.
-SCORE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-# Score bin edges sit this far below the holdout quantiles. The served graphs answer in float32
-# and within the ONNX parity tolerance of LightGBM's float64 scores, and a rare-event model's scores
-# pile up on a few values (a quarter of them can equal the lowest quantile): without the margin,
-# those rows would fall just below an edge and fake a drift.
-SCORE_EDGE_TOLERANCE = 1e-5
 
 
 class GraphInfo(BaseModel):
@@ -179,7 +158,7 @@ class FeatureBaseline(BaseModel):
     Bins are ``(-inf, e0), [e0, e1), ..., [e_last, inf)`` over the distinct quantile edges
     ``e``; ``proportions`` are the shares of the non-missing training values in each bin
     (counted, not assumed: a discrete feature piles up at its edges), and ``missing_rate`` the
-    share of NaN. ``bin_proportions`` bins served values the same way.
+    share of NaN. ``models.package.baselines`` computes them and bins served values the same way.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -294,235 +273,11 @@ class Manifest(BaseModel):
         return [f for view in self.on_demand_views.values() for f in view.features]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checksums(manifest: Manifest) -> dict[str, str]:
-    """Every file of a package with its expected sha256."""
-    out = {graph.file: graph.sha256 for graph in manifest.graphs.values()}
-    out.update(manifest.artefacts)
-    return out
-
-
-def sha256_bytes(payload: bytes) -> str:
-    """Hex sha256 of bytes in memory."""
-    return hashlib.sha256(payload).hexdigest()
-
-
 def package_dir(root: Path, name: str, version: str) -> Path:
     """Folder of one package version."""
     return Path(root) / name / version
 
 
-def write_package(
-    root: Path, manifest: Manifest, files: dict[str, bytes], signing_key: bytes | None = None
-) -> Path:
-    """Write graphs and manifest to a temporary folder, seal it, then move it into place atomically.
-
-    A reader never sees a half-written package: either the old version folder or the new one.
-    ``signing_key`` (default: ``MODEL_SIGNING_KEY`` from the environment) also signs the seal.
-    """
-    target = package_dir(root, manifest.name, manifest.version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{manifest.version}.", dir=target.parent))
-    try:
-        for file_name, payload in files.items():
-            (staging / file_name).write_bytes(payload)
-        for file_name, expected in checksums(manifest).items():
-            if sha256_file(staging / file_name) != expected:
-                raise ValueError(f"checksum of {file_name} changed while writing the package")
-        (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-        seal_package(staging, signing_key)
-        if target.exists():
-            backup = target.with_name(f".{manifest.version}.replaced")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-# --- integrity: one digest over the whole package, optionally signed ---------------------------
-# The manifest's per-file checksums cannot protect the manifest itself (an edited threshold or
-# version would load without a word); the seal covers every file, the manifest included.
-DIGEST_FILE = "package.sha256"
-SIGNATURE_FILE = "package.sig"
-SIGNING_KEY_ENV = "MODEL_SIGNING_KEY"
-
-
-class PackageIntegrityError(ValueError):
-    """A package's files do not match its seal, or its signature does not verify."""
-
-
-def package_digest(path: Path) -> str:
-    """sha256 over every file of the package (names and contents), seal files excepted."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.name not in (DIGEST_FILE, SIGNATURE_FILE)
-    )
-    for file in files:
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def _signing_key(key: bytes | str | None) -> bytes | None:
-    key = key if key is not None else os.environ.get(SIGNING_KEY_ENV) or None
-    return key.encode() if isinstance(key, str) else key
-
-
-def sign_digest(digest: str, key: bytes) -> str:
-    """HMAC-SHA256 of a package digest."""
-    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
-
-
-def seal_package(path: Path, signing_key: bytes | str | None = None) -> str:
-    """Write the package's digest (and its signature when a key is given or in the env)."""
-    path = Path(path)
-    digest = package_digest(path)
-    (path / DIGEST_FILE).write_text(digest + "\n")
-    key = _signing_key(signing_key)
-    signature = path / SIGNATURE_FILE
-    if key:
-        signature.write_text(sign_digest(digest, key) + "\n")
-    else:
-        signature.unlink(missing_ok=True)
-    return digest
-
-
-def verify_package(path: Path, signing_key: bytes | str | None = None) -> str:
-    """The package's digest, after checking it against the seal (and the signature when a key
-    is configured); PackageIntegrityError naming what is wrong otherwise."""
-    path = Path(path)
-    seal = path / DIGEST_FILE
-    if not seal.is_file():
-        raise PackageIntegrityError(
-            f"package {path} has no {DIGEST_FILE}; it was not written by `models train` "
-            "(or was altered): retrain or re-seal it with `python -m models seal`"
-        )
-    digest = package_digest(path)
-    if not hmac.compare_digest(seal.read_text().strip(), digest):
-        raise PackageIntegrityError(
-            f"package {path} was changed after it was sealed (its files, manifest included, "
-            "do not match package.sha256); restore it or retrain"
-        )
-    key = _signing_key(signing_key)
-    if key:
-        signature = path / SIGNATURE_FILE
-        if not signature.is_file():
-            raise PackageIntegrityError(
-                f"package {path} is not signed, and this service only loads signed packages"
-            )
-        if not hmac.compare_digest(signature.read_text().strip(), sign_digest(digest, key)):
-            raise PackageIntegrityError(
-                f"the signature of package {path} does not verify with the configured key"
-            )
-    return digest
-
-
 def read_manifest(path: Path) -> Manifest:
     """Parse and validate a package's manifest (no checksum verification)."""
     return Manifest.model_validate(json.loads((Path(path) / MANIFEST_FILE).read_text()))
-
-
-def feature_baseline(values: np.ndarray) -> FeatureBaseline:
-    """Baseline of one input column: decile edges, counted bin shares and missing rate."""
-    column = np.asarray(values, dtype=np.float64)
-    present = column[~np.isnan(column)]
-    if present.size == 0:
-        return FeatureBaseline(edges=[], proportions=[1.0], missing_rate=1.0, n_rows=column.size)
-    edges = np.unique(np.quantile(present, BASELINE_QUANTILES))
-    counts = bin_counts(present, edges)
-    return FeatureBaseline(
-        edges=edges.tolist(),
-        proportions=(counts / present.size).tolist(),
-        missing_rate=float(1.0 - present.size / column.size),
-        n_rows=int(column.size),
-    )
-
-
-def bin_counts(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:
-    """Counts of non-missing values per bin ``[e_i-1, e_i)`` (NaN values are ignored)."""
-    edges = np.asarray(edges, dtype=np.float64)
-    column = np.asarray(values, dtype=np.float64)
-    column = column[~np.isnan(column)]
-    return np.bincount(
-        np.searchsorted(edges, column, side="right"), minlength=edges.size + 1
-    ).astype(np.float64)
-
-
-def psi(expected: np.ndarray | list[float], actual_counts: np.ndarray) -> float:
-    """Population stability index of observed bin counts against expected proportions.
-
-    ``sum((a - e) * ln(a / e))`` with both shares floored at ``PSI_EPSILON``; NaN when nothing
-    was observed. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate shift, > 0.2 significant.
-    """
-    counts = np.asarray(actual_counts, dtype=np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return float("nan")
-    e = np.maximum(np.asarray(expected, dtype=np.float64), PSI_EPSILON)
-    a = np.maximum(counts / total, PSI_EPSILON)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def score_bins(scores: np.ndarray) -> FeatureBaseline:
-    """The score baseline of holdout scores: ``SCORE_QUANTILES`` edges (less
-    ``SCORE_EDGE_TOLERANCE``) and the counted share of the scores in each bin."""
-    values = np.asarray(scores, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return FeatureBaseline(edges=[], proportions=[1.0], missing_rate=0.0, n_rows=0)
-    edges = np.unique(np.quantile(values, SCORE_QUANTILES)) - SCORE_EDGE_TOLERANCE
-    return FeatureBaseline(
-        edges=edges.tolist(),
-        proportions=(bin_counts(values, edges) / values.size).tolist(),
-        missing_rate=0.0,
-        n_rows=int(values.size),
-    )
-
-
-def score_reference(manifest: Manifest) -> FeatureBaseline | None:
-    """What served scores are compared with: the package's counted score bins, or for older
-    packages bins derived from its score quantiles."""
-    if manifest.baseline_score_bins is not None:
-        return manifest.baseline_score_bins
-    return score_baseline(manifest.baseline_score_distribution)
-
-
-def score_baseline(distribution: dict[str, float]) -> FeatureBaseline | None:
-    """Score bins from quantiles alone (packages without ``baseline_score_bins``): the
-    quantiles (less ``SCORE_EDGE_TOLERANCE``) are the edges and the gaps between their levels
-    the expected shares, tied quantiles merged. Approximate where scores tie: a quantile level
-    says nothing of how much mass sits exactly on it."""
-    levels: list[tuple[float, float]] = []
-    for key, value in distribution.items():
-        if not key.startswith("q") or value != value:  # NaN: no scores at training
-            continue
-        levels.append((float(key[1:]), float(value)))
-    if not levels:
-        return None
-    levels.sort()
-    edges: list[float] = []
-    proportions: list[float] = []
-    below = 0.0
-    for level, value in levels:
-        if edges and value <= edges[-1]:
-            continue  # a tie: its share stays with the bin that starts at this value
-        proportions.append(level - below)
-        edges.append(value)
-        below = level
-    proportions.append(1.0 - below)
-    shifted = [edge - SCORE_EDGE_TOLERANCE for edge in edges]
-    return FeatureBaseline(edges=shifted, proportions=proportions, missing_rate=0.0, n_rows=0)

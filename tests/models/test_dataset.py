@@ -1,4 +1,5 @@
-"""Point-in-time correctness of the training set, on planted feature rows.
+"""Training-set retrieval: the domain's events as Feast's entity dataframe, and the
+point-in-time correctness of the training set, on planted feature rows.
 
 A feature value stamped after a transaction must never reach that transaction's training row;
 the latest value at or before it must; a value older than the view's TTL must not.
@@ -7,17 +8,24 @@ the latest value at or before it must; a value older than the view's TTL must no
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from feature_pipelines.fraud.schema import CARD_FEATURES, IP_FEATURES, MERCHANT_FEATURES
-from feature_repo.domain import load_domain
-from models.dataset import entity_dataframe, open_store, retrieve_training_set
-from tests.conftest import copy_repo, feast_cli
+from feature_repo.domain import EntitySpec, load_domain
+from models.dataset import (
+    EVENT_TIMESTAMP,
+    entity_dataframe,
+    load_events,
+    open_store,
+    retrieve_training_set,
+)
+from tests.conftest import ROOT, copy_repo, feast_cli
 
-pytestmark = pytest.mark.clock
+FRAUD = load_domain(ROOT / "feature_repo" / "fraud")
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 LEAK = 999_999
@@ -87,11 +95,13 @@ def planted(tmp_path_factory) -> pd.DataFrame:
     return frame.set_index("transaction_id")
 
 
+@pytest.mark.clock
 def test_no_value_from_after_the_transaction(planted: pd.DataFrame) -> None:
     features = IP_FEATURES + CARD_FEATURES + MERCHANT_FEATURES
     assert not (planted[features] == LEAK).any().any()
 
 
+@pytest.mark.clock
 def test_latest_value_at_or_before_is_joined(planted: pd.DataFrame) -> None:
     assert planted.loc["at_T", "ip_txn_count_1h"] == 2
     assert planted.loc["before", "ip_txn_count_1h"] == 1
@@ -99,11 +109,80 @@ def test_latest_value_at_or_before_is_joined(planted: pd.DataFrame) -> None:
     assert planted.loc["at_T", "merchant_txn_count_24h"] == 4
 
 
+@pytest.mark.clock
 def test_value_older_than_ttl_is_withheld(planted: pd.DataFrame) -> None:
     assert np.isnan(planted.loc["old_ip", "ip_txn_count_1h"])
     assert planted.loc["old_ip", "card_txn_count_1h"] == 3
 
 
+@pytest.mark.clock
 def test_labels_and_request_values_kept(planted: pd.DataFrame) -> None:
     assert planted.loc["before", "is_fraud"] == 1
     assert planted.loc["old_ip", "amount"] == 30.0
+
+
+# --- the entity dataframe -------------------------------------------------------------------------
+
+
+def events() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "transaction_id": ["t1", "t2", "t3"],
+            "event_timestamp": pd.to_datetime(
+                [T - timedelta(hours=1), T, T + timedelta(hours=1)], utc=True
+            ),
+            "ip_address": ["198.51.100.1"] * 3,
+            "card_id": ["card_1", "card_2", "card_3"],
+            "merchant_id": ["m_1"] * 3,
+            "amount": [10.0, 20.0, 30.0],
+            "card_country": ["US", "FR", "US"],
+            "fraud_pattern": ["none", "none", "card_testing"],  # evaluation only: left out
+            "is_fraud": [0, 1, 0],
+        }
+    )
+
+
+def test_the_entity_dataframe_holds_ids_time_keys_request_values_and_label() -> None:
+    frame = entity_dataframe(events(), FRAUD, request_fields=["card_country"])
+    assert list(frame.columns) == [
+        "transaction_id",
+        EVENT_TIMESTAMP,
+        "ip_address",
+        "card_id",
+        "merchant_id",
+        "amount",
+        "card_country",
+        "is_fraud",
+    ]
+    assert frame["is_fraud"].tolist() == [0, 1, 0]
+
+
+def test_the_window_is_start_inclusive_end_exclusive() -> None:
+    frame = entity_dataframe(events(), FRAUD, start=T, end=T + timedelta(hours=1))
+    assert frame["transaction_id"].tolist() == ["t2"]
+    assert frame.index.tolist() == [0]
+
+
+def test_request_fields_become_their_join_keys() -> None:
+    renamed = FRAUD.model_copy(
+        update={"entities": {**FRAUD.entities, "card": EntitySpec(join_key="card_id")}}
+    )
+    renamed.entities.pop("card_id")
+    source = events().rename(columns={"card_id": "card"})
+    frame = entity_dataframe(source, renamed)
+    assert "card" not in frame.columns
+    assert frame["card_id"].tolist() == ["card_1", "card_2", "card_3"]
+
+
+def test_missing_columns_are_named() -> None:
+    with pytest.raises(ValueError, match=r"the fraud training data lacks column\(s\) \['amount'\]"):
+        entity_dataframe(events().drop(columns="amount"), FRAUD)
+
+
+def test_events_are_read_with_utc_times(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    naive = events().assign(event_timestamp=lambda f: f["event_timestamp"].dt.tz_localize(None))
+    naive.to_parquet(path)
+    read = load_events(path, FRAUD)
+    assert str(read["event_timestamp"].dt.tz) == "UTC"
+    assert read["event_timestamp"].tolist() == events()["event_timestamp"].tolist()
