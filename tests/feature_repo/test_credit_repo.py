@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 
 from feature_pipelines.credit.load import (
-    DEFAULT_REPO,
     HISTORY_FILE,
     LOANS_FILE,
     ZIPCODES_FILE,
@@ -25,8 +24,6 @@ from feature_pipelines.credit.load import (
     source_dir,
 )
 from feature_repo import clock
-from feature_repo.credit import transforms
-from feature_repo.domain import load_domain
 from feature_repo.layout import feature_layout, open_store
 from feature_repo.retrieval import retrieve
 from tests.conftest import RedisServer, feast_cli
@@ -146,20 +143,3 @@ def test_training_and_serving_compute_the_same_features(sqlite_repo: Path) -> No
         .isin(pd.read_parquet(sqlite_repo / "data" / "credit_history.parquet")["dob_ssn"])
         .any()
     )
-
-
-def test_encodings_follow_the_declared_vocabularies() -> None:
-    """transforms.py encodes each category by its position in domain.yaml's values."""
-    spec = load_domain(DEFAULT_REPO)
-    home = spec.request_fields["person_home_ownership"].constraints.values or []
-    intent = spec.request_fields["loan_intent"].constraints.values or []
-    width = max(len(home), len(intent))
-    out = transforms.application_categories(
-        {
-            "person_home_ownership": [*home, *[None] * (width - len(home))],
-            "loan_intent": [*intent, *[None] * (width - len(intent))],
-        }
-    )
-    assert out["home_ownership_code"][: len(home)] == [float(i) for i in range(len(home))]
-    assert out["loan_intent_code"][: len(intent)] == [float(i) for i in range(len(intent))]
-    assert all(math.isnan(v) for v in out["home_ownership_code"][len(home) :])

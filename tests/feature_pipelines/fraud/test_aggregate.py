@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from feature_pipelines.cli import app
 from feature_pipelines.fraud import schema
 from feature_pipelines.fraud.aggregate import aggregate
 from feature_pipelines.fraud.generate import generate_transactions
@@ -370,31 +368,3 @@ def test_missing_columns_are_rejected() -> None:
     tx = make_tx({schema.EVENT_TIMESTAMP: H}).drop(columns=[schema.LABEL_AVAILABLE_AT])
     with pytest.raises(ValueError, match=schema.LABEL_AVAILABLE_AT):
         aggregate(tx)
-
-
-def test_cli_writes_feature_tables(tmp_path, generated: pd.DataFrame) -> None:
-    duckdb = pytest.importorskip("duckdb")
-    source = tmp_path / "tx.parquet"
-    generated.to_parquet(source, index=False)
-    out_dir = tmp_path / "features"
-    args = ["aggregate", "--transactions", str(source), "--out-dir", str(out_dir)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    expected = aggregate(generated)
-    for entity in ("ip", "card", "merchant"):
-        path = out_dir / f"{entity}_features.parquet"
-        written = pd.read_parquet(path)
-        # Files carry microseconds so that Feast's DuckDB offline store can cast them.
-        for column in (schema.EVENT_TIMESTAMP, schema.CREATED_TIMESTAMP):
-            assert str(written[column].dtype) == "datetime64[us, UTC]"
-            written[column] = written[column].dt.as_unit("ns")
-        pd.testing.assert_frame_equal(written, expected[entity])
-        query = f"SELECT CAST(event_timestamp AS TIMESTAMP) FROM read_parquet('{path}')"
-        assert len(duckdb.sql(query).fetchall()) == len(written)
-
-
-def test_cli_rejects_missing_input(tmp_path) -> None:
-    result = CliRunner().invoke(
-        app, ["aggregate", "--transactions", str(tmp_path / "none.parquet")]
-    )
-    assert result.exit_code == 2

@@ -8,9 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from feature_pipelines.cli import app
 from feature_pipelines.fraud import schema
 from feature_pipelines.fraud.generate import generate_transactions
 from feature_repo import clock
@@ -215,27 +213,3 @@ def test_naive_end_is_utc() -> None:
 def test_rejects_invalid_arguments(n_rows: int, days: int) -> None:
     with pytest.raises(ValueError):
         generate_transactions(n_rows, days=days, end=END)
-
-
-def test_cli_writes_parquet(tmp_path) -> None:
-    out = tmp_path / "nested" / "tx.parquet"
-    args = ["generate", "--rows", "3000", "--seed", "4", "--days", "5"]
-    args += ["--end", "2024-06-01T12:00:00Z", "--out", str(out)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "3,000 transactions" in result.output
-    written = pd.read_parquet(out)
-    expected = generate_transactions(3000, seed=4, days=5, end=END)
-    # Files carry microsecond timestamps (lossless: event times have millisecond precision).
-    for column in (schema.EVENT_TIMESTAMP, schema.LABEL_AVAILABLE_AT):
-        assert str(written[column].dtype) == "datetime64[us, UTC]"
-        written[column] = written[column].dt.as_unit("ns")
-    pd.testing.assert_frame_equal(written, expected)
-
-
-def test_cli_rejects_bad_end(tmp_path) -> None:
-    result = CliRunner().invoke(
-        app, ["generate", "--end", "yesterday", "--out", str(tmp_path / "x")]
-    )
-    assert result.exit_code == 2
-    assert not (tmp_path / "x").exists()

@@ -3,7 +3,8 @@ compute engine, both equal to what the DuckDB default gives over the same parque
 
 One repository (``spark_repo``) holds both configurations: ``feature_store.yaml`` (DuckDB
 offline store, SparkSource-free registry) and ``feature_store.spark.yaml`` (Spark offline store
-and compute engine, its own registry and SQLite online store).
+and compute engine, its own registry and SQLite online store). The sources become SparkSource
+under the Spark yaml through ``feature_repo.sources`` (unit-tested in ``test_sources.py``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,13 @@ from feast import FeatureStore
 from feature_repo.layout import feature_layout
 from feature_repo.retrieval import retrieve
 from tests.conftest import RedisServer, free_port
-from tests.spark.conftest import END, SPARK_YAML
+from tests.feature_pipelines.spark_helpers import END, SPARK_MARKS
+from tests.feature_repo.fraud.conftest import SPARK_YAML
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    # pyspark 4.0 leaves the sockets of its JVM -> Python transfers to the garbage collector
-    # (SPARK-54247, fixed in 4.2): a warning about pyspark's internals, not about this code.
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-]
+pytestmark = SPARK_MARKS
 
 TOLERANCE = 1e-9
 FEATURE_SERVICE = "fraud_model_v2"  # batch, streaming and on-demand views

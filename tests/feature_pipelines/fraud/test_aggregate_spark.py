@@ -1,4 +1,4 @@
-"""The Spark engine's feature tables equal the pandas engine's.
+"""The Spark engine's feature tables (``aggregate_spark``) equal the pandas engine's.
 
 On the same 100k generated transactions: same keys and timestamps, counts exact, means, maxima
 and rates within 1e-9; plus hand-made edge cases (hour boundaries, label maturity, ``end``) and
@@ -17,19 +17,13 @@ import pytest
 
 from feature_pipelines.fraud import schema
 from feature_pipelines.fraud.aggregate import aggregate
-from feature_pipelines.fraud.aggregate_spark import aggregate_spark
+from feature_pipelines.fraud.aggregate_spark import aggregate_spark, write_feature_tables_spark
+from tests.feature_pipelines.spark_helpers import SPARK_MARKS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    # pyspark 4.0 leaves the sockets of its JVM -> Python transfers to the garbage collector
-    # (SPARK-54247, fixed in 4.2): a warning about pyspark's internals, not about this code.
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-]
+pytestmark = SPARK_MARKS
 
 TOLERANCE = 1e-9
 
@@ -174,3 +168,37 @@ def test_spark_refuses_what_pandas_refuses(spark: SparkSession) -> None:
     frame.loc[2, schema.CARD_ID] = None
     with pytest.raises(ValueError, match=r"nulls in.*card_id"):
         aggregate_spark(spark.createDataFrame(frame))
+
+
+def test_spark_floors_hours_before_1970_like_pandas(spark: SparkSession) -> None:
+    """Hour indexes of times before the epoch are floored, not truncated towards zero."""
+    frame = edge_cases()
+    shift = pd.Timestamp("1969-12-31 12:00", tz="UTC") - H
+    for column in (schema.EVENT_TIMESTAMP, schema.LABEL_AVAILABLE_AT):
+        frame[column] = frame[column] + shift
+    expected = aggregate(frame)
+    actual = spark_tables(aggregate_spark(spark.createDataFrame(frame)))
+    for entity in schema.ENTITY_JOIN_KEYS:
+        assert expected[entity][schema.EVENT_TIMESTAMP].min() < pd.Timestamp(0, tz="UTC")
+        assert_tables_equal(expected[entity], actual[entity], entity)
+
+
+def test_spark_writes_one_sorted_file_per_table_replacing_the_last(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    frame = spark.createDataFrame(edge_cases())
+    write_feature_tables_spark(aggregate_spark(frame), tmp_path)
+    end = datetime(2024, 3, 10, 12, 0)
+    write_feature_tables_spark(aggregate_spark(frame, end=end), tmp_path)
+    # Only the three files: each scratch folder is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(schema.TABLE_FILES.values())
+    expected = aggregate(edge_cases(), end=end)
+    for entity, file_name in schema.TABLE_FILES.items():
+        written = pd.read_parquet(tmp_path / file_name)
+        key = schema.ENTITY_JOIN_KEYS[entity]
+        assert written[schema.EVENT_TIMESTAMP].max() == pd.Timestamp(end, tz="UTC")
+        pd.testing.assert_frame_equal(
+            written[[key, schema.EVENT_TIMESTAMP]],
+            written[[key, schema.EVENT_TIMESTAMP]].sort_values([key, schema.EVENT_TIMESTAMP]),
+        )
+        assert len(written) == len(expected[entity])
