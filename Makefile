@@ -47,14 +47,15 @@ SERVED_DOMAINS := feature_repo/fraud$(if $(filter-out fraud,$(DOMAIN)),$(COMMA)f
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
 	materialize train dataset serve run credit test lint format bench clean soak bench-predict \
 	replay stream produce skew-check train-compare bench-freshness lint-imports \
-	check-serve-install lock lock-check rematerialize test-clock
+	check-serve-install lock lock-check rematerialize test-clock orchestrate
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # Locked installs: every dependency at the version and sha256 pinned in infra/locks/ (made by
 # `make lock` from pyproject.toml's ranges; `make lint` fails when they no longer match). The venv
-# gets the dev lock (dev,serve,train,spark,cpu), then the project itself without dependencies.
+# gets the dev lock (dev,serve,train,spark,cpu,orchestrate), then the project itself without
+# dependencies.
 LOCKS := infra/locks
 DEV_LOCK := $(LOCKS)/dev.txt
 # ONNX Runtime build of the venv: the dev lock's onnxruntime unless `make setup-gpu` swapped in
@@ -196,6 +197,20 @@ run: setup data apply rematerialize train $(filter-out fraud,$(DOMAIN)) skew-che
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
+# The orchestrator on this machine: Dagster's UI and daemon (schedules, the retraining sensor, the
+# run queue) over orchestration.definitions, its instance (SQLite) in data/dagster with the
+# settings of infra/orchestration/dagster.yaml. ORCHESTRATION_* variables move its paths and
+# champion (orchestration/resources.py); schedules start stopped (ORCHESTRATION_SCHEDULES=running).
+ORCHESTRATE_PORT ?= 3000
+DAGSTER_HOME_DIR := $(CURDIR)/data/dagster
+orchestrate: $(STAMP) ## Dagster UI + daemon on HOST:ORCHESTRATE_PORT (assets, gates, schedules; state in data/dagster; Ctrl-C stops)
+	@mkdir -p $(DAGSTER_HOME_DIR)
+	@cp infra/orchestration/dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	@echo "Dagster UI: http://$(HOST):$(ORCHESTRATE_PORT) (DAGSTER_HOME=$(DAGSTER_HOME_DIR));" \
+		"decision log: $(PY) -m orchestration decisions; Ctrl-C stops it."
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(VENV)/bin/dagster dev -m orchestration.definitions \
+		--host $(HOST) --port $(ORCHESTRATE_PORT)
+
 test: setup ## Lint and architecture contracts, then unit, integration (real servers) and end-to-end tests
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
@@ -231,7 +246,7 @@ lint-imports: $(STAMP) ## The architecture: layers and forbidden imports (pyproj
 	$(VENV)/bin/lint-imports
 
 check-serve-install: setup ## A fresh venv with only the serving set starts the service and scores
-	$(PY) -m pytest -q tests/scoring_service/test_serving_install.py
+	$(PY) -m pytest -q tests/scenarios/test_serving_install.py
 
 format: $(STAMP) ## Apply ruff formatting and fixes
 	$(VENV)/bin/ruff format .

@@ -30,13 +30,23 @@ reasons            list<string>                reason codes of the answer
 latency_ms         float64                     time to answer, in milliseconds
 =================  ==========================  ===============================================
 
+Entity keys are pseudonymized by default: the service writes ``pseudonymize(id, key)`` (a
+keyed hash) in place of each entity id, so whoever joins or groups the log by entity computes
+the same hash with the same key (:func:`pseudonymize`), and the log never holds the ids.
+Files are readable by their writer's user only, and partitions past the retention period are
+deleted (:func:`expired_partitions`).
+
 Only pyarrow here: the module sits at the bottom of the layers and is imported by the service.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,21 +116,75 @@ def day_of(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%d")
 
 
+#: Folders and files of the log: its writer's user only (IP addresses and card ids are personal
+#: data even when pseudonymized, and scores are business secrets).
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+KEY_FILE = "_pseudonym.key"
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and missing parents) readable by this user only; tighten it if it
+    exists."""
+    path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    os.chmod(path, FOLDER_MODE)
+    return path
+
+
+def pseudonymize(value: str, key: bytes) -> str:
+    """The keyed hash the log keeps in place of an entity id: HMAC-SHA256 under ``key``, its
+    first 128 bits in hex. Without the key it cannot be reversed or recomputed."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def pseudonym_key(root: Path) -> bytes:
+    """The log's pseudonym key from ``<root>/_pseudonym.key``, made (32 random bytes, readable
+    by this user only) when there is none."""
+    path = private_folder(Path(root)) / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        fd = -1
+    if fd >= 0:
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "w") as out:
+            out.write(key.hex())
+        return key
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise ValueError(
+            f"{path} does not hold a hex key of 16 bytes or more; restore it, or delete it to "
+            "start a new one (entity hashes will then differ from the older partitions')"
+        )
+    return key
+
+
+def expired_partitions(root: Path, retention_days: int, now: datetime) -> list[Path]:
+    """Day partitions whose whole day is older than ``retention_days`` before ``now``."""
+    oldest = day_of(now - timedelta(days=retention_days))
+    folders = Path(root).glob(f"{DATE}=*") if Path(root).is_dir() else []
+    return sorted(p for p in folders if p.is_dir() and p.name.removeprefix(f"{DATE}=") < oldest)
+
+
 def write(root: Path, table: pa.Table, basename: str) -> list[Path]:
     """Write rows into their day partitions as ``<root>/date=<day>/<basename>.parquet``.
 
     The table must have the log schema; one file per day present in it. Writes go to a
-    temporary name first and are renamed into place, so a reader never sees half a file.
+    temporary name first and are renamed into place, so a reader never sees half a file; files
+    and folders are this user's only.
     """
     days = pc.strftime(table[TS], format="%Y-%m-%d", locale="C")
     written = []
     for day in sorted(set(days.to_pylist())):
         part = table.filter(pc.equal(days, day))
-        folder = Path(root) / f"{DATE}={day}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_folder(Path(root) / f"{DATE}={day}")
         target = folder / f"{basename}.parquet"
         staging = folder / f".{basename}.parquet.tmp"
         pq.write_table(part, staging)
+        os.chmod(staging, FILE_MODE)
         staging.replace(target)
         written.append(target)
     return written

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from feast import FeatureStore
 
+from feature_repo import prediction_log as prediction_log_format
 from feature_repo.domain import DomainSpec, DomainSpecError, load_domain
 from feature_repo.layout import open_store
 from scoring_service.core.errors import (
@@ -147,6 +148,8 @@ def open_answers(domain: ServedDomain, settings: Settings) -> None:
             sample_rate=settings.prediction_log_sample_rate,
             queue_size=settings.prediction_log_queue_size,
             roll_seconds=settings.prediction_log_roll_seconds,
+            id_key=log_id_key(root / domain.name, settings),
+            retention_days=settings.prediction_log_retention_days,
         )
         log.start()  # turns a killed process's journal into parquet first
         recent = RecentAnswers(settings.explanation_index_size)
@@ -158,6 +161,18 @@ def open_answers(domain: ServedDomain, settings: Settings) -> None:
         recent,
         signing_key=signing_key(settings),
     )
+
+
+def log_id_key(folder: Path, settings: Settings) -> bytes | None:
+    """The key of the log's entity-id hash (None: raw ids, only when configured so)."""
+    if settings.prediction_log_raw_ids:
+        return None
+    if settings.prediction_log_id_key is not None:
+        return settings.prediction_log_id_key.get_secret_value().encode()
+    try:
+        return prediction_log_format.pseudonym_key(folder)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationInvalid(f"prediction log of {folder.name}: {exc}") from exc
 
 
 def close_answers(domain: ServedDomain) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("feature_repo", "feature_pipelines", "models", "scoring_service")
+PACKAGES = ("feature_repo", "feature_pipelines", "models", "scoring_service", "orchestration")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -65,6 +65,10 @@ def test_the_contracts_are_kept(tree: Path) -> None:
         ("models/evaluate.py", "import feature_pipelines.materialize", "Layers"),
         # The package format is what the service imports: it is held to the serving install.
         ("models/package/seal.py", "import lightgbm", "needs no training libraries"),
+        # The orchestrator is its own extra: nothing below it imports it or Dagster.
+        ("models/train.py", "import dagster", "Nothing below the orchestration"),
+        ("scoring_service/cli.py", "import orchestration.cli", "Nothing below the orchestration"),
+        ("orchestration/assets.py", "import scoring_service.cli", "does not import the scoring"),
     ],
 )
 def test_a_forbidden_import_breaks_the_lint(

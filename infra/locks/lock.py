@@ -39,7 +39,7 @@ LOCK_DIR = Path("infra/locks")
 # File -> the extras it adds to the core dependencies. The first one constrains the others.
 LOCKS: dict[str, tuple[str, ...]] = {
     # `make setup` and CI: everything.
-    "dev.txt": ("dev", "serve", "train", "spark", "cpu"),
+    "dev.txt": ("dev", "serve", "train", "spark", "cpu", "orchestrate"),
     # The scoring service image (infra/Dockerfile, build argument ORT=cpu|gpu|gpu-cuda).
     "serve-cpu.txt": ("serve", "cpu"),
     "serve-gpu.txt": ("serve", "gpu"),
@@ -47,6 +47,8 @@ LOCKS: dict[str, tuple[str, ...]] = {
     # The pipelines image (infra/Dockerfile.pipelines) and its Spark stage.
     "pipelines.txt": (),
     "pipelines-spark.txt": ("spark",),
+    # The orchestrator image (infra/orchestration/Dockerfile): Dagster, training, pipelines.
+    "orchestrate.txt": ("orchestrate", "train", "cpu"),
 }
 PYTHON_VERSION = "3.11"
 PYTHON_PLATFORM = "x86_64-manylinux_2_28"

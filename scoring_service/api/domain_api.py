@@ -10,7 +10,8 @@ Nothing here knows a domain: for each served domain, :meth:`DomainApi.build` tur
   declaration's own ``RequestField.parse`` as a validator, so a refusal names the field and a
   value is used exactly as training used it (canonical IP text, upper-case currency, a category's
   unknown treatment). Its OpenAPI schema states what the parse enforces, so a request valid by
-  the document is never refused for its shape (``tests/scoring_service/test_openapi_contract.py``);
+  the document is never refused for its shape
+  (``tests/scoring_service/api/test_openapi_contract.py``);
 - the batch request (``POST /v1/{resource}/score-batch``, the same object schema, at most
   ``Settings.max_batch_size`` objects) and the answers: the business id echoed
   under its own field name, the score, the label (the domain's vocabulary and its uncertain

@@ -25,7 +25,7 @@ leaves as a 500 ``internal_error`` with a generic message, logged with the reque
 endpoints are generic: a route is a request model (or a path parameter parser) plus a scoring
 callable, so routes built from a domain's specification get the same path. Their documentation
 still comes from FastAPI route definitions (``routes/score.py``), which serve ``/openapi.json``
-and ``/docs`` only; ``tests/scoring_service/test_openapi.py`` keeps it equal to what clients
+and ``/docs`` only; ``tests/scoring_service/api/test_openapi.py`` keeps it equal to what clients
 were given.
 """
 

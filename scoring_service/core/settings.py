@@ -233,6 +233,21 @@ class Settings(BaseSettings):
     prediction_log_roll_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
     """How often the log's journal becomes parquet in the log's date partitions."""
 
+    prediction_log_raw_ids: bool = False
+    """Keep entity ids (IP addresses, card ids, ...) in plain text in the prediction log. Off
+    (the default): each is replaced by its keyed hash (HMAC-SHA256 under
+    SCORING_PREDICTION_LOG_ID_KEY), so the log still joins and groups by entity without holding
+    the ids."""
+
+    prediction_log_id_key: SecretStr | None = Field(default=None, repr=False)
+    """Key of the entity ids' keyed hash. Unset: a random key kept in
+    <dir>/<domain>/_pseudonym.key (readable by the service's user only), made on first start.
+    Replicas writing one log share that file; set the same key everywhere logs are joined."""
+
+    prediction_log_retention_days: int = Field(default=90, ge=1, le=36_500)
+    """Days of answers kept: the writer deletes date partitions older than this (at start and
+    each time its journal rolls)."""
+
     explanation_index_size: int = Field(default=100_000, ge=1, le=10_000_000)
     """Latest logged answers kept in memory per domain for explanations (older ones are read
     from the parquet log)."""

@@ -18,6 +18,10 @@ What a failure can lose:
 - the machine losing power: also what the operating system had not written to disk.
 
 Sampling (``sample_rate``) keeps a deterministic share of requests by their request id.
+
+What it keeps of people: entity ids are written as their keyed hash (``id_key``; None keeps
+them raw, when configured so), the files and folders are the service user's only, and date
+partitions older than ``retention_days`` are deleted at start and whenever the journal rolls.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -81,8 +86,12 @@ class PredictionLog:
         sample_rate: float = 1.0,
         queue_size: int = 10_000,
         roll_seconds: float = 60.0,
+        id_key: bytes | None = None,
+        retention_days: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.id_key = id_key  # None: entity ids written as they are
+        self.retention_days = retention_days  # None: partitions kept forever
         self.join_keys = list(join_keys)
         self.schema = log_format.schema(self.join_keys)
         self.sample_rate = sample_rate
@@ -115,8 +124,11 @@ class PredictionLog:
     # --- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Turn journals left by a killed process into parquet, then start the writer."""
+        """Turn journals left by a killed process into parquet, delete partitions past their
+        retention, then start the writer."""
+        log_format.private_folder(self.root)
         self.recover()
+        self.expire()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -143,10 +155,27 @@ class PredictionLog:
             logger.warning("prediction log: recovered %d rows from an interrupted journal", rows)
         return rows
 
+    def expire(self) -> list[Path]:
+        """Delete the date partitions older than the retention period; the ones deleted."""
+        if self.retention_days is None:
+            return []
+        expired = log_format.expired_partitions(self.root, self.retention_days, clock.now())
+        for folder in expired:
+            shutil.rmtree(folder, ignore_errors=True)
+        if expired:
+            logger.info(
+                "prediction log: deleted %d partitions past %d days (%s .. %s)",
+                len(expired),
+                self.retention_days,
+                expired[0].name,
+                expired[-1].name,
+            )
+        return expired
+
     # --- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        log_format.private_folder(self._journal_dir)
         journal: _Journal | None = None
         stopping = False
         while not stopping:
@@ -171,6 +200,7 @@ class PredictionLog:
                 if journal and (stopping or time.monotonic() >= journal.opened + self.roll_seconds):
                     journal.roll(self.root)
                     journal = None
+                    self.expire()
             except Exception:  # a full disk must not take the writer down
                 logger.exception("prediction log: %d entries could not be written", len(batch))
                 self._dropped.inc(len(batch))
@@ -194,7 +224,7 @@ class PredictionLog:
             columns[log_format.VARIANT].append(e.variant)
             columns[log_format.MODEL_VERSION].append(e.model_version)
             for key in self.join_keys:
-                columns[key].append(e.keys.get(key))
+                columns[key].append(self._entity_id(e.keys.get(key)))
             columns[log_format.FEATURES].append(list(e.features))
             columns[log_format.FEATURE_NAMES].append(list(e.feature_names))
             columns[log_format.STATUSES].append(list(e.statuses.items()))
@@ -205,6 +235,11 @@ class PredictionLog:
             columns[log_format.LATENCY_MS].append(e.latency_ms)
         return pa.Table.from_pydict(columns, schema=self.schema)
 
+    def _entity_id(self, value: str | None) -> str | None:
+        if value is None or self.id_key is None:
+            return value
+        return log_format.pseudonymize(value, self.id_key)
+
 
 class _Journal:
     """An Arrow IPC stream of appended batches, flushed to the OS after each append."""
@@ -212,6 +247,8 @@ class _Journal:
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.opened = time.monotonic()
+        # Created this user's only before anything is written to it.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, log_format.FILE_MODE))
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, schema)
 

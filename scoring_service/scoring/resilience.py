@@ -24,6 +24,13 @@ a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
   again on success.
 
 Model failures are not store failures: they stay 503 ``model_unavailable``.
+
+Time: every decision (a deadline spent, the circuit open or due for its trial, a read late while
+others still get their features) reads a monotonic ``Clock``, ``time.monotonic`` unless another
+is passed in (a test steps its own). A ``Deadline`` carries the clock its instant is on (the
+service stamps arrivals with ``time.monotonic``); the guard's clock times the breaker and how
+long no call has got its features. Waiting itself (the timeout around a read, the loop-lag
+sampler) stays on the event loop's real time.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request
@@ -49,6 +56,9 @@ from scoring_service.stages.outcomes import Scored
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds: ``time.monotonic`` in the service."""
 
 DEADLINE_HEADER = "X-Deadline-Ms"
 RESERVE_S = 0.002
@@ -81,14 +91,15 @@ CIRCUIT_OPEN = Gauge(
 
 @dataclass(frozen=True)
 class Deadline:
-    """When a request must have its answer (time.monotonic() seconds)."""
+    """When a request must have its answer (``clock`` seconds: time.monotonic() by default)."""
 
     expires_at: float
     budget_ms: int
+    clock: Clock = field(default=time.monotonic, compare=False, repr=False)
 
     def remaining(self) -> float:
         """Seconds left to do work, keeping back time to write the answer."""
-        return self.expires_at - time.monotonic() - RESERVE_S
+        return self.expires_at - self.clock() - RESERVE_S
 
 
 MAX_DEADLINE_MS = 600_000
@@ -127,15 +138,20 @@ async def get_batch_deadline(request: Request, x_deadline_ms: DeadlineHeader = N
 
 
 class CircuitBreaker:
-    """Closed -> open after N consecutive failures -> one trial after a pause -> closed."""
+    """Closed -> open after N consecutive failures -> one trial after a pause -> closed.
 
-    def __init__(self, failures: int, reset_s: float) -> None:
+    Open from the instant of the failure that opened it (or of a failed trial) until
+    ``reset_s`` later on ``clock``; from then the first call allowed is the trial (half-open).
+    """
+
+    def __init__(self, failures: int, reset_s: float, clock: Clock = time.monotonic) -> None:
         self.threshold = failures
         self.reset_s = reset_s
+        self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
         self.trial_out = False
-        self.last_success = time.monotonic()
+        self.last_success = clock()
 
     @property
     def is_open(self) -> bool:
@@ -146,7 +162,7 @@ class CircuitBreaker:
         """Whether a call may go to the store now."""
         if self.opened_at is None:
             return True
-        if self.trial_out or time.monotonic() - self.opened_at < self.reset_s:
+        if self.trial_out or self.clock() - self.opened_at < self.reset_s:
             return False
         self.trial_out = True  # half-open: exactly one trial at a time
         return True
@@ -155,7 +171,7 @@ class CircuitBreaker:
         """A call reached the store and got its answer."""
         if self.opened_at is not None:
             logger.info("online store answers again; circuit closed")
-        self.last_success = time.monotonic()
+        self.last_success = self.clock()
         self.failures = 0
         self.opened_at = None
         self.trial_out = False
@@ -167,7 +183,7 @@ class CircuitBreaker:
         if self.opened_at is not None or self.failures >= self.threshold:
             if self.opened_at is None:
                 logger.warning("online store failed %d times in a row; circuit open", self.failures)
-            self.opened_at = time.monotonic()
+            self.opened_at = self.clock()
             self.trial_out = False
             CIRCUIT_OPEN.set(1)
 
@@ -206,15 +222,22 @@ class LoopLag:
 
 
 class ScoringGuard:
-    """Admission, deadline and outage policy around ``scorer.score``."""
+    """Admission, deadline and outage policy around ``scorer.score``.
 
-    def __init__(self, settings: Settings) -> None:
+    ``clock`` times the circuit breaker and tells a hung store from a busy machine; each
+    deadline given to ``run`` is counted on its own clock.
+    """
+
+    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
         self.policy = settings.outage_policy
         self.fallback_score = settings.fallback_score
         self.retry_after = str(settings.retry_after_s)
         self.max_in_flight = settings.max_in_flight
         self.in_flight = 0
-        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_ms / 1000)
+        self.clock = clock
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_reset_ms / 1000, clock
+        )
         self.lag = LoopLag()
 
     def admit(self) -> bool:
@@ -329,7 +352,7 @@ class ScoringGuard:
     def _overran(self) -> None:
         """A call missed its deadline. That is a store failure only when no call has got its
         features for a while (a hung store); on a merely busy machine others still do."""
-        if time.monotonic() - self.breaker.last_success > self.breaker.reset_s:
+        if self.clock() - self.breaker.last_success > self.breaker.reset_s:
             self.breaker.failed()
         else:
             self.breaker.trial_out = False

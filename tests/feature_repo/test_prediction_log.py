@@ -1,7 +1,8 @@
 """The prediction-log format: its schema per domain, day partitions, and a lossless round trip.
 
 The service's writer (queue, journal, sampling) is tested in
-``tests/scoring_service/test_prediction_log.py``; here is the format both it and the monitor use.
+``tests/scoring_service/monitoring/test_prediction_log.py``; here is the format both it and the
+monitor use, with its pseudonyms, private files and retention.
 """
 
 from __future__ import annotations
@@ -169,3 +170,26 @@ def test_a_rewrite_replaces_its_file_and_half_written_files_are_skipped(tmp_path
     (tmp_path / "_journal").mkdir()
     (tmp_path / "_journal" / "open.parquet").write_bytes(b"not parquet")
     assert log.read(tmp_path).column(log.REQUEST_ID).to_pylist() == ["req-3"]
+
+
+def test_pseudonyms_are_keyed_stable_and_irreversible_without_the_key(tmp_path: Path) -> None:
+    key = log.pseudonym_key(tmp_path / "log")
+    assert log.pseudonym_key(tmp_path / "log") == key  # kept, not made again
+    assert len(key) == 32
+    assert (tmp_path / "log" / log.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "log").stat().st_mode & 0o777 == 0o700
+    one = log.pseudonym_key(tmp_path / "other")
+    assert one != key
+    assert log.pseudonymize("card_0000001", key) == log.pseudonymize("card_0000001", key)
+    assert log.pseudonymize("card_0000001", key) != log.pseudonymize("card_0000001", one)
+    assert log.pseudonymize("card_0000001", key) != log.pseudonymize("card_0000002", key)
+
+
+def test_expired_partitions_are_whole_days_past_the_retention(tmp_path: Path) -> None:
+    for day in ("2026-10-31", "2026-11-01", "2026-11-02", "2026-11-30"):
+        (tmp_path / f"date={day}").mkdir()
+    (tmp_path / "_journal").mkdir()
+    now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    expired = log.expired_partitions(tmp_path, 30, now)
+    assert [p.name for p in expired] == ["date=2026-10-31"]
+    assert log.expired_partitions(tmp_path / "none", 30, now) == []

@@ -17,12 +17,13 @@ from tests.infra.manifests import INFRA, ROOT
 LOCKS = INFRA / "locks"
 CHECKER = LOCKS / "lock.py"
 EXTRAS = {
-    "dev.txt": "dev,serve,train,spark,cpu",
+    "dev.txt": "dev,serve,train,spark,cpu,orchestrate",
     "serve-cpu.txt": "serve,cpu",
     "serve-gpu.txt": "serve,gpu",
     "serve-gpu-cuda.txt": "serve,gpu-cuda",
     "pipelines.txt": "none",
     "pipelines-spark.txt": "spark",
+    "orchestrate.txt": "orchestrate,train,cpu",
 }
 TRAINING_ONLY = ("lightgbm", "scikit-learn", "onnxmltools", "matplotlib", "onnx")
 STALE = "pyproject.toml's dependencies changed since infra/locks/{} was made: run `make lock`"
@@ -131,7 +132,8 @@ def test_a_changed_extra_makes_only_its_locks_stale(repo_copy: Path) -> None:
     pyproject.write_text(text.replace('"lightgbm>=4.5,<5",', '"lightgbm>=4.6,<5",'))
     result = check(repo_copy)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [STALE.format("dev.txt")]
+    # The locks that hold the train extra: development and the orchestrator's image.
+    assert result.stderr.splitlines() == [STALE.format("dev.txt"), STALE.format("orchestrate.txt")]
 
 
 def test_order_spacing_and_comments_do_not_count(repo_copy: Path) -> None:

@@ -3,6 +3,6 @@ of replicas), and the recent transactions the service tests score."""
 
 from tests.fixtures.nginx import nginx_for
 from tests.fixtures.postgres import postgres_server
-from tests.scoring_service.conftest import recent
+from tests.fixtures.service import recent
 
 __all__ = ["nginx_for", "postgres_server", "recent"]

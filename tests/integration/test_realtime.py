@@ -37,7 +37,7 @@ from scoring_service.deployments.packages import load_package
 from scoring_service.stages.features import FeastOnlineReader, StoreLayout
 from scoring_service.stages.on_demand import for_manifest
 from tests.conftest import StreamRig
-from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
+from tests.fixtures.service import API_HEADERS, as_request, settings_for
 
 pytestmark = [pytest.mark.clock, pytest.mark.redis]
 

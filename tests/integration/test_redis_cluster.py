@@ -24,10 +24,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,9 +50,10 @@ from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.stages.features import FeastOnlineReader, StoreLayout
 from tests.conftest import ROOT, RedisServer, copy_repo, feast_cli, free_port, materialize_end
 from tests.fixtures import processes
+from tests.fixtures.load import LATE_BOUND_S, OUTAGE_REASON, Load, Probe
 from tests.fixtures.redis_cluster import RedisClusterServers, redis_cluster, wait_for
-from tests.scoring_service import conftest as service_fixtures
-from tests.scoring_service.conftest import API_KEY, as_request
+from tests.fixtures.service import API_KEY, as_request
+from tests.fixtures.service import recent as recent
 from tests.scoring_service.redis.parity import (
     assert_matches_feast,
     expected_from_feast,
@@ -67,18 +67,13 @@ from tests.scoring_service.redis.parity import (
 pytestmark = pytest.mark.redis
 
 __all__ = ["recent", "redis_cluster"]  # fixtures used here, defined elsewhere
-recent = service_fixtures.recent
 
 YAML = "feature_store.redis_cluster.yaml"
 LITERAL_YAML = "feature_store.redis_cluster.test.yaml"
-OUTAGE_REASON = ["feature_store_unavailable"]
 LABELS = {"not_fraud", "suspicious", "highly_suspicious", "uncertain"}
 
 DEADLINE_MS = 250
 """The stream's deadline (X-Deadline-Ms)."""
-LATE_BOUND_S = 2.0
-"""How late after its deadline an answer may come: client, loopback and a busy shared two-core
-machine (scheduler and GC pauses) fit well inside it."""
 STORE_TIMEOUT_MS = 5_000
 """Above deadline + bound: an answer that waited for a store read instead of being cut at its
 deadline fails."""
@@ -301,98 +296,6 @@ def test_window_state_on_the_cluster(
 
 
 @dataclass
-class Answer:
-    started: float  # time.monotonic()
-    elapsed: float
-    status: int
-    data: dict | None
-
-    @property
-    def scored(self) -> bool:
-        return self.status == 200 and (self.data or {}).get("reasons") != OUTAGE_REASON
-
-
-@dataclass
-class Traffic:
-    """Threads posting transactions back to back (deadline DEADLINE_MS), recording answers."""
-
-    url: str
-    bodies: list[dict]
-    threads: int = 3
-    answers: list[Answer] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, offset: int) -> None:
-        headers = {"X-API-Key": API_KEY, "X-Deadline-Ms": str(DEADLINE_MS)}
-        # A client timeout far above the bound: a late answer is recorded with its latency.
-        with httpx.Client(base_url=self.url, headers=headers, timeout=60.0) as client:
-            i = offset
-            while not self._stop.is_set():
-                body = self.bodies[i % len(self.bodies)]
-                i += 1
-                started = time.monotonic()
-                try:
-                    response = client.post("/v1/transactions/score", json=body)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                elapsed = time.monotonic() - started
-                data = response.json() if response.content else None
-                if response.status_code == 503:
-                    data = {**(data or {}), "retry_after": response.headers.get("retry-after")}
-                self.answers.append(Answer(started, elapsed, response.status_code, data))
-                time.sleep(0.005)
-
-    def scored_since(self, moment: float) -> int:
-        return sum(1 for a in list(self.answers) if a.started >= moment and a.scored)
-
-    def __enter__(self) -> Traffic:
-        for n in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(n,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=10)
-
-
-@dataclass
-class Readiness:
-    """A thread asking /health/ready back to back: (started, ended, ready) per probe."""
-
-    url: str
-    probes: list[tuple[float, float, bool]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _worker: threading.Thread | None = None
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5.0) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    ok = client.get("/health/ready").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.probes.append((started, time.monotonic(), ok))
-                time.sleep(0.02)
-
-    def __enter__(self) -> Readiness:
-        self._worker = threading.Thread(target=self._run, daemon=True)
-        self._worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=10)
-
-
-@dataclass
 class Service:
     """A `python -m scoring_service serve` process."""
 
@@ -503,7 +406,8 @@ def test_master_killed_under_load(
     victim = owners[key_slot(key)]
     replica = redis_cluster.masters()[victim][0]
 
-    with Traffic(service.url, bodies) as traffic, Readiness(service.url) as readiness:
+    traffic = Load(service.url, bodies, threads=3, deadline_ms=DEADLINE_MS)
+    with traffic, Probe(service.url) as readiness:
         wait_for(lambda: traffic.scored_since(0.0) >= 30, "scored answers before the kill")
         kill_sent = time.monotonic()
         redis_cluster.kill(victim)

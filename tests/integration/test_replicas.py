@@ -28,8 +28,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.fixtures.nginx import CONFIG, LogEntry, Nginx, nginx_binary
-from tests.fixtures.service import Replica, launch_replica
-from tests.scoring_service.conftest import API_HEADERS, as_request
+from tests.fixtures.service import API_HEADERS, Replica, as_request, launch_replica
 
 pytestmark = [
     pytest.mark.nginx,

@@ -40,8 +40,7 @@ from tests.conftest import (
     materialize_end,
 )
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.service import Replica, launch_replica
-from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, as_request
+from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, Replica, as_request, launch_replica
 
 pytestmark = [
     pytest.mark.postgres,

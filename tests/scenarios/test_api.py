@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.scoring_service.conftest import as_request
+from tests.fixtures.service import as_request
 
 pytestmark = pytest.mark.clock
 

@@ -28,7 +28,7 @@ from scoring_service.api.app import create_app
 from scoring_service.api.domain_api import request_body
 from tests.conftest import RedisServer
 from tests.feature_repo.test_credit_repo import materialized_repo
-from tests.scoring_service.conftest import API_HEADERS, settings_for
+from tests.fixtures.service import API_HEADERS, settings_for
 
 # The first test builds the fraud session's store and model, and the credit store and model.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from feature_repo.reference import CURRENCIES
 from scoring_service.api.app import create_app
 from tests.conftest import free_port
-from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, FRAUD_API, settings_for
+from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, FRAUD_API, settings_for
 
 Transaction = FRAUD_API.request
 ScoreBatchRequest = FRAUD_API.batch_request

@@ -23,7 +23,7 @@ from feature_repo.domain import load_domain
 from models.train import train
 from scoring_service.api.app import create_app
 from tests.conftest import feast_cli
-from tests.scoring_service.conftest import API_HEADERS, settings_for
+from tests.fixtures.service import API_HEADERS, settings_for
 
 pytestmark = [pytest.mark.clock, pytest.mark.slow, pytest.mark.timeout(900)]
 

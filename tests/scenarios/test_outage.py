@@ -24,10 +24,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,12 @@ import redis
 from scoring_service.core.security import hash_key
 from tests.conftest import ROOT, RedisServer, free_port
 from tests.fixtures import processes
-from tests.scoring_service.conftest import API_KEY, as_request
+from tests.fixtures.load import LATE_BOUND_S, Answer, Load
+from tests.fixtures.service import API_KEY, as_request
 
 pytestmark = pytest.mark.redis
 
 DEADLINE_MS = 250
-# How late after its deadline an answer may arrive: client, loopback and a busy shared two-core
-# machine (scheduler and GC pauses) fit well inside it.
-LATE_BOUND_S = 2.0
 # A hung read lasts this long: above deadline + bound, so an answer that waited for it fails.
 STORE_TIMEOUT_MS = 5_000
 # Readiness comes back on its own this soon after the store does (no restart, no operator).
@@ -193,11 +190,11 @@ def wait_ready(url: str, expected: bool, within: float) -> float:
     return time.monotonic() - started
 
 
-def kind_of(answer: tuple[float, int, dict | None]) -> str:
+def kind_of(answer: Answer) -> str:
     """ "scored" for a model's answer, "busy" for 503 overloaded (a deadline missed because the
     service itself ran late: legitimate on a loaded machine), "outage" for anything else (the
     outage policy's answer, checked as such)."""
-    _, status, data = answer
+    status, data = answer.status, answer.data
     if status == 200 and data is not None and data.get("reasons") != ["feature_store_unavailable"]:
         return "scored"
     if status == 503 and data is not None and data.get("code") == "overloaded":
@@ -205,38 +202,11 @@ def kind_of(answer: tuple[float, int, dict | None]) -> str:
     return "outage"
 
 
-@dataclass
-class Stream:
-    """Threads posting transactions back to back, recording every answer."""
+class Stream(Load):
+    """Requests posted back to back with the stream's deadline, counted by kind of answer."""
 
-    url: str
-    bodies: list[dict]
-    threads: int = 3
-    answers: list[tuple[float, int, dict | None]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, offset: int) -> None:
-        headers = {"X-API-Key": API_KEY, "X-Deadline-Ms": str(DEADLINE_MS)}
-        # A client timeout far above the bound: a late answer is recorded with its latency.
-        with httpx.Client(base_url=self.url, headers=headers, timeout=60.0) as client:
-            i = offset
-            while not self._stop.is_set():
-                body = self.bodies[i % len(self.bodies)]
-                i += 1
-                started = time.perf_counter()
-                try:
-                    response = client.post("/v1/transactions/score", json=body)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                elapsed = time.perf_counter() - started
-                data = response.json() if response.content else None
-                if response.status_code == 503:
-                    data = {**(data or {}), "retry_after": response.headers.get("retry-after")}
-                self.answers.append((elapsed, response.status_code, data))
-                time.sleep(0.005)
+    def __init__(self, url: str, bodies: list[dict]) -> None:
+        super().__init__(url, bodies, threads=3, deadline_ms=DEADLINE_MS)
 
     def count(self, kind: str) -> int:
         """Answers so far of one kind (see ``kind_of``)."""
@@ -250,18 +220,6 @@ class Stream:
             if time.monotonic() > deadline:
                 pytest.fail(f"fewer than {more} {kind} answers within {within} s")
             time.sleep(0.01)
-
-    def __enter__(self) -> Stream:
-        for n in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(n,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=10)
 
 
 def scores(url: str, bodies: list[dict]) -> list[float]:
@@ -317,7 +275,7 @@ def test_store_outage_under_load(
     assert back_from_hang <= READY_WITHIN_S and back_from_death <= READY_WITHIN_S
     assert not stream.failures, stream.failures[:5]
     for answer in stream.answers:
-        elapsed, status, data = answer
+        elapsed, status, data = answer.elapsed, answer.status, answer.data
         # Cut at the deadline: never as late as a hung read (STORE_TIMEOUT_MS).
         assert elapsed <= DEADLINE_MS / 1000 + LATE_BOUND_S, (elapsed, status, data)
         assert data is not None

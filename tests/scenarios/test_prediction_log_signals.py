@@ -23,7 +23,6 @@ to a stop.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -34,8 +33,8 @@ import pytest
 from feature_repo import prediction_log as plog
 from feature_repo.domain import load_domain
 from scoring_service.monitoring.prediction_log import PredictionLog
-from tests.fixtures.service import Replica, launch_replica
-from tests.scoring_service.conftest import API_HEADERS, as_request
+from tests.fixtures.load import Load
+from tests.fixtures.service import Replica, as_request, launch_replica
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,42 +44,6 @@ TRAFFIC_S = 3.0
 # Offered but not appended when the process dies: the queue, and one batch the writer took.
 KILL_BOUND = 2 * KILL_QUEUE_SIZE + 1
 DROPPED = "scoring_prediction_log_dropped_total "
-
-
-class Traffic:
-    """Client threads scoring payments until the service stops answering."""
-
-    def __init__(self, url: str, bodies: list[dict]) -> None:
-        self.url = url
-        self.bodies = bodies
-        self.answered: list[str] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
-
-    def _run(self, offset: int) -> None:
-        with httpx.Client(base_url=self.url, headers=API_HEADERS, timeout=30.0) as client:
-            i = offset
-            while not self.stop.is_set():
-                body = {**self.bodies[i % len(self.bodies)], "transaction_id": f"tx_sig_{i}"}
-                i += CLIENTS
-                try:
-                    response = client.post("/v1/transactions/score", json=body)
-                except httpx.TransportError:
-                    return  # the service is gone
-                if response.status_code == 200:
-                    with self._lock:
-                        self.answered.append(response.headers["x-request-id"])
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def serve_with_log(
@@ -112,17 +75,35 @@ def dropped(replica: Replica) -> float:
     )
 
 
+def traffic(url: str, bodies: list[dict]) -> Load:
+    """Client threads scoring payments, each under its own transaction id, until the service
+    stops answering."""
+
+    def body_for(i: int) -> dict:
+        return {**bodies[i % len(bodies)], "transaction_id": f"tx_sig_{i}"}
+
+    return Load(
+        url,
+        bodies,
+        threads=CLIENTS,
+        timeout_s=30.0,
+        pause_s=0.0,
+        body_for=body_for,
+        stop_when_gone=True,
+    )
+
+
 def run_until(replica: Replica, bodies: list[dict], signum: signal.Signals) -> list[str]:
     """Score under traffic for a while, then signal the process mid-stream: the request ids
     answered before it stopped answering."""
-    with Traffic(replica.url, bodies) as traffic:
+    with traffic(replica.url, bodies) as load:
         deadline = time.monotonic() + TRAFFIC_S
-        while time.monotonic() < deadline or len(traffic.answered) < 20:
+        while time.monotonic() < deadline or len(load.answered_ids()) < 20:
             time.sleep(0.05)
         assert dropped(replica) == 0, "the log dropped answers for overload"
         replica.send(signum)
         replica.process.wait(timeout=60)
-    return traffic.answered
+    return load.answered_ids()
 
 
 def logged_ids(root: Path) -> set[str]:

@@ -1,9 +1,11 @@
-"""The score routes' serving path (``api/endpoints.py``) and the process around it.
+"""The score routes' serving path (``api/endpoints.py``) and the process around it, end to end.
 
 Answers are what the documented response models say, the batch route's columns give every
-transaction what a single call gives it, overload is refused before a byte of the body is read,
-the deadline counts from arrival, the garbage-collector policy is in force after start-up,
-logging never writes on the caller's thread, and with several workers the metrics are their sum.
+transaction what a single call gives it, the garbage-collector policy is in force after start-up,
+with several workers the metrics are their sum, and a deadline missed on a busy event loop is
+overload, not an outage. The endpoints' own order of work (overload refused before the body is
+read, the deadline counted from arrival) is in tests/scoring_service/api/test_endpoints.py,
+logging on a thread in tests/scoring_service/core/test_logs.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +29,15 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.routing import Route
 
 from scoring_service.api.app import create_app
 from scoring_service.core.errors import FeatureStoreUnavailable, Overloaded
-from scoring_service.core.security import ARRIVED_AT, hash_key
+from scoring_service.core.security import hash_key
 from scoring_service.core.settings import Settings
 from scoring_service.scoring.resilience import Deadline, ScoringGuard
 from tests.conftest import ROOT, free_port
 from tests.fixtures import processes
-from tests.scoring_service.conftest import (
+from tests.fixtures.service import (
     API_HEADERS,
     API_KEY,
     FRAUD_API,
@@ -107,80 +107,6 @@ def test_batch_columns_equal_single_calls(served: TestClient, recent: pd.DataFra
             assert (fresh["age_seconds"] is None) == (other["age_seconds"] is None)
 
 
-def _scope(path: str, key: str = API_KEY, method: str = "POST") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"x-api-key", key.encode()), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-
-
-def _call(app: Any, scope: dict[str, Any], body: bytes | None) -> tuple[int, dict[str, Any]]:
-    """One request straight through an ASGI app; ``body=None`` fails the test if it is read."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        assert body is not None, "the body was read"
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], json.loads(payload)
-
-
-def test_overload_is_refused_before_the_body_is_read(sqlite_repo: Path, model_root: Path) -> None:
-    app = create_app(settings_for(sqlite_repo, model_root, max_in_flight=1))
-    with TestClient(app):
-        guard = app.state.guard
-        assert guard.admit()  # the only slot is taken
-        try:
-            status, answer = _call(app, _scope(SCORE), body=None)
-        finally:
-            guard.release()
-        assert status == 503
-        assert (answer["code"], answer["stage"]) == ("overloaded", "service")
-        assert guard.in_flight == 0
-        # The key is checked first: an unknown caller learns nothing about the load.
-        assert guard.admit()
-        try:
-            status, answer = _call(app, _scope(SCORE, key="not-a-key"), body=None)
-        finally:
-            guard.release()
-        assert (status, answer["code"]) == (401, "unauthorized")
-
-
-def test_deadline_counts_from_arrival(
-    sqlite_repo: Path, model_root: Path, valid_body: dict
-) -> None:
-    """A call that waited past its deadline before it was handled is not scored at all."""
-    app = create_app(settings_for(sqlite_repo, model_root, deadline_ms=100))
-    with TestClient(app):
-        endpoint = next(r for r in app.routes if isinstance(r, Route) and r.path == SCORE).app
-        scorer = app.state.primary.scorer
-        rows_before = scorer.batcher.rows
-        scope = {**_scope(SCORE), "app": app, "path_params": {}}
-        scope[ARRIVED_AT] = time.monotonic() - 0.2
-        status, answer = _call(endpoint, scope, json.dumps(valid_body).encode())
-        assert (status, answer["code"]) == (503, "feature_store_unavailable")
-        assert scorer.batcher.rows == rows_before
-        assert app.state.guard.in_flight == 0
-        scope[ARRIVED_AT] = time.monotonic()
-        status, answer = _call(endpoint, scope, json.dumps(valid_body).encode())
-        assert status == 200, answer
-
-
 def test_garbage_collector_policy(served: TestClient) -> None:
     """After start-up the start-up heap is frozen and the thresholds are the settings'."""
     settings = served.app.state.settings  # type: ignore[attr-defined]
@@ -206,41 +132,6 @@ def test_canonical_ip_fast_path_agrees_with_ipaddress(text: str, pad: str) -> No
             canonical_ip(pad + text + pad)
         return
     assert canonical_ip(pad + text + pad) == expected
-
-
-LOGGING_CHILD = textwrap.dedent(
-    """
-    import logging, signal, threading
-    from scoring_service.core.logs import configure_logging, request_id_var
-
-    configure_logging("info")
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.handlers.QueueHandler), handler
-    writes = []
-    writer_emit = logging.StreamHandler.emit
-    def emit(self, record):
-        writes.append(threading.current_thread().name)
-        writer_emit(self, record)
-    logging.StreamHandler.emit = emit
-    request_id_var.set("req-42")
-    logging.getLogger("child").info("scored %d", 7)
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        logging.getLogger("child").exception("failed")
-    signal.raise_signal(signal.SIGTERM)  # as uvicorn does after a graceful shutdown
-    """
-)
-
-
-def test_logging_is_written_by_a_thread_and_flushed_at_sigterm() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", LOGGING_CHILD], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    assert result.returncode == -15, result.stderr
-    assert "INFO child [req-42] scored 7" in result.stderr
-    assert "ERROR child [req-42] failed" in result.stderr
-    assert "ValueError: boom" in result.stderr
 
 
 def _worker_counts(directory: Path) -> dict[str, float]:

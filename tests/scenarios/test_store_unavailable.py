@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from scoring_service.api.app import create_app
 from tests.conftest import free_port
-from tests.scoring_service.conftest import API_HEADERS, settings_for
+from tests.fixtures.service import API_HEADERS, settings_for
 
 
 def test_unreachable_redis(redis_repo, model_root, valid_body) -> None:

@@ -39,7 +39,7 @@ def test_same_scores_and_labels_as_the_service(
     from fastapi.testclient import TestClient
 
     from scoring_service.api.app import create_app
-    from tests.scoring_service.conftest import API_HEADERS, as_request, settings_for
+    from tests.fixtures.service import API_HEADERS, as_request, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="auto")
     with TestClient(create_app(settings), headers=API_HEADERS) as client:
@@ -102,7 +102,7 @@ def test_cli_scores_at_transaction_time_in_input_order(
 def test_cuda_refused_without_gpu(
     sample: pd.DataFrame, sqlite_repo: Path, model_root: Path, tmp_path: Path
 ) -> None:
-    from tests.scoring_service.test_device import cuda_unusable_reason
+    from tests.scoring_service.stages.test_predictor import cuda_unusable_reason
 
     if cuda_unusable_reason() is None:
         pytest.skip("CUDA is usable here")

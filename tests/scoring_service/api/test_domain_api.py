@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +18,11 @@ from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
 from scoring_service.api.domain_api import DomainApi
 from scoring_service.core.errors import InvalidRequest, validation_message
+from tests.conftest import ROOT
 from tests.feature_repo.test_domain import minimal
 
 pytestmark = pytest.mark.clock
 
-ROOT = Path(__file__).resolve().parents[2]
 FRAUD = DomainApi.build(load_domain(ROOT / "feature_repo" / "fraud"))
 CREDIT = DomainApi.build(load_domain(ROOT / "feature_repo" / "credit"))
 
@@ -210,19 +209,3 @@ def test_a_batch_parses_each_value_as_the_declaration_does_however_often_it_repe
             f"transactions.{i}.currency: 'XYZ' is not a supported ISO 4217 "
             "currency code (e.g. USD, EUR)"
         )
-
-
-@pytest.mark.parametrize("api", [FRAUD, CREDIT], ids=["fraud", "credit"])
-def test_a_batch_past_the_schemas_bound_is_batch_too_large(api: DomainApi) -> None:
-    """Past the batch schema's own bound (SCORING_MAX_BATCH_SIZE's highest value) the refusal
-    is 413 batch_too_large, as under the configured limit, not a malformed request."""
-    from scoring_service.api.domain_api import MAX_BATCH_ITEMS
-    from scoring_service.api.endpoints import json_body
-    from scoring_service.core.errors import BatchTooLarge
-
-    parse = json_body(api.batch_request, batch=True)
-    body = json.dumps({api.collection: [{}] * (MAX_BATCH_ITEMS + 1)}).encode()
-    with pytest.raises(BatchTooLarge, match=f"at most {MAX_BATCH_ITEMS} {api.collection}"):
-        parse({}, body)
-    with pytest.raises(InvalidRequest):  # within the bound, a bad object is still a 422
-        parse({}, json.dumps({api.collection: [{}]}).encode())

@@ -51,7 +51,7 @@ from scoring_service.core.security import hash_key
 from scoring_service.core.settings import Settings
 from tests.conftest import ROOT
 from tests.feature_repo.test_domain import minimal
-from tests.scoring_service.conftest import (
+from tests.fixtures.service import (
     ADMIN_HEADERS,
     ANALYST_HEADERS,
     API_HEADERS,

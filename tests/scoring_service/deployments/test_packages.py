@@ -23,7 +23,7 @@ from models.package import DIGEST_FILE, MANIFEST_FILE, seal_package, sha256_file
 from scoring_service.api.app import create_app
 from scoring_service.core.errors import ModelPackageInvalid
 from scoring_service.deployments.packages import load_package
-from tests.scoring_service.conftest import ADMIN_HEADERS, API_HEADERS, settings_for
+from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, settings_for
 
 NAME = "fraud_model"
 

@@ -18,7 +18,7 @@ from models.package import Manifest, read_manifest
 from scoring_service.api.app import create_app
 from scoring_service.monitoring.drift import DriftMonitor, ViewWatch
 from tests.drift_traffic import traffic
-from tests.scoring_service.conftest import API_HEADERS, settings_for
+from tests.fixtures.service import API_HEADERS, settings_for
 
 pytestmark = pytest.mark.clock
 

@@ -33,7 +33,7 @@ from models.package import read_manifest
 from models.train import train
 from scoring_service.api.app import create_app
 from tests.conftest import TEST_SEED, copy_repo, feast_cli, materialize_end
-from tests.scoring_service.conftest import (
+from tests.fixtures.service import (
     ADMIN_HEADERS,
     ANALYST_HEADERS,
     API_HEADERS,
@@ -229,7 +229,10 @@ def test_every_answer_is_logged_and_found_on_disk_after_a_restart(
     assert list(row[plog.FEATURE_NAMES]) == manifest.features
     assert len(row[plog.FEATURES]) == len(manifest.features)
     assert row[plog.DOMAIN] == "fraud" and row[plog.MODEL_VERSION] == "fraud_model/v1"
-    assert row[plog.LATENCY_MS] > 0 and row["card_id"] == bodies[0]["card_id"]
+    # Entity ids are kept as their keyed hash (the log's own key), never in plain text.
+    key = plog.pseudonym_key(tmp_path / "fraud")
+    assert row[plog.LATENCY_MS] > 0
+    assert row["card_id"] == plog.pseudonymize(bodies[0]["card_id"], key) != bodies[0]["card_id"]
     # A new process explains from the parquet log, its in-memory index being empty.
     with TestClient(create_app(settings)) as again:
         explanation = explain(again, bodies[0]["transaction_id"])

@@ -1,19 +1,24 @@
 """The prediction log's writer: nothing offered is lost on close, a full queue drops and counts,
 a killed writer's journal is recovered whole up to its last complete append, sampling is
-deterministic."""
+deterministic; entity ids are pseudonymized unless configured raw, files are the service user's
+only, and partitions past retention are deleted."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
+from feature_repo import clock
 from feature_repo import prediction_log as log_format
 from scoring_service.core import metrics
 from scoring_service.monitoring.prediction_log import JOURNAL_SUFFIX, LogEntry, PredictionLog
@@ -79,8 +84,8 @@ def test_a_killed_writer_loses_nothing_it_had_appended(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from tests.scoring_service.test_prediction_log import entry, KEYS
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
+        from tests.scoring_service.monitoring.test_prediction_log import entry, KEYS
         from scoring_service.monitoring.prediction_log import PredictionLog
         log = PredictionLog(__import__("pathlib").Path({str(tmp_path)!r}), KEYS, roll_seconds=3600)
         log.start()
@@ -100,3 +105,102 @@ def test_a_killed_writer_loses_nothing_it_had_appended(tmp_path: Path) -> None:
     assert recovered == 300
     assert log_format.read(tmp_path).num_rows == 300
     assert os.listdir(tmp_path / "_journal") == []
+
+
+# --- what the log keeps of people: pseudonymized ids, private files, retention ------------------
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+def test_entity_ids_are_written_as_their_keyed_hash(tmp_path: Path) -> None:
+    key = log_format.pseudonym_key(tmp_path)
+    log = PredictionLog(tmp_path, KEYS, roll_seconds=3600, id_key=key)
+    log.start()
+    log.offer([entry(i) for i in range(3)])
+    log.close()
+    rows = {r["request_id"]: r for r in log_format.read(tmp_path).to_pylist()}
+    hashed = rows["req-1"]["card_id"]
+    assert hashed == log_format.pseudonymize("card_1", key)
+    assert hashed != "card_1" and len(hashed) == 32
+    assert rows["req-1"]["ip_address"] is None  # absent stays absent
+    # The same id under the same key joins; under another key it does not.
+    assert log_format.pseudonymize("card_1", key) == hashed
+    assert log_format.pseudonymize("card_1", b"another key of 16+ bytes") != hashed
+    text = b"".join(p.read_bytes() for p in tmp_path.rglob("*.parquet"))
+    assert b"card_1" not in text and b"card_2" not in text
+
+
+def test_raw_ids_only_when_configured(tmp_path: Path) -> None:
+    from scoring_service.core.settings import Settings
+    from scoring_service.served import log_id_key
+
+    folder = tmp_path / "fraud"
+    default = log_id_key(folder, Settings(prediction_log_dir=tmp_path))
+    assert default is not None and default == log_format.pseudonym_key(folder)  # one key kept
+    assert log_id_key(folder, Settings(prediction_log_raw_ids=True)) is None
+    given = Settings(prediction_log_id_key="a shared key for every replica")
+    assert log_id_key(folder, given) == b"a shared key for every replica"
+    log = PredictionLog(folder, KEYS, roll_seconds=3600, id_key=None)
+    log.start()
+    log.offer([entry(7)])
+    log.close()
+    assert log_format.read(folder)["card_id"].to_pylist() == ["card_7"]
+
+
+def test_a_damaged_key_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / log_format.KEY_FILE).write_text("not hex")
+    with pytest.raises(ValueError, match="restore it, or delete it to start a new one"):
+        log_format.pseudonym_key(tmp_path)
+
+
+def test_files_and_folders_are_the_service_users_only(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = PredictionLog(root, KEYS, roll_seconds=3600, id_key=log_format.pseudonym_key(root))
+    log.start()
+    log.offer([entry(i) for i in range(5)])
+    # The journal while it is being written, then the parquet after the roll.
+    deadline = time.monotonic() + 60
+    while not list((root / "_journal").glob(f"*{JOURNAL_SUFFIX}")):
+        assert time.monotonic() < deadline, "the writer never opened a journal"
+        time.sleep(0.01)
+    journal = next((root / "_journal").glob(f"*{JOURNAL_SUFFIX}"))
+    assert journal.stat().st_mode & 0o777 == 0o600
+    log.close()
+    found = modes(root)
+    assert found[log_format.KEY_FILE] == 0o600
+    assert any(name.endswith(".parquet") for name in found)
+    for name, mode in found.items():
+        is_dir = (root / name).is_dir() if name != "." else True
+        assert mode == (0o700 if is_dir else 0o600), (name, oct(mode))
+
+
+def test_partitions_past_retention_are_deleted_by_the_writer(tmp_path: Path) -> None:
+    now = clock.now()
+    old = [entry(i) for i in range(3)]
+    recent = [entry(i) for i in range(3, 6)]
+    table = PredictionLog(tmp_path, KEYS)._table
+    for entries, days_ago, name in ((old, 40, "old"), (recent, 5, "recent")):
+        at = now - timedelta(days=days_ago)
+        moved = [dataclasses.replace(e, ts=at) for e in entries]
+        log_format.write(tmp_path, table(moved), name)
+    log = PredictionLog(tmp_path, KEYS, roll_seconds=0.05, retention_days=30)
+    log.start()  # deletes at start
+    days = sorted(p.name for p in tmp_path.glob("date=*"))
+    assert days == [f"date={log_format.day_of(now - timedelta(days=5))}"]
+    # ... and each time the journal rolls.
+    log_format.write(
+        tmp_path, table([dataclasses.replace(old[0], ts=now - timedelta(days=31))]), "late"
+    )
+    log.offer([dataclasses.replace(entry(9), ts=now)])
+    deadline = time.monotonic() + 60
+    while any(
+        p.name == f"date={log_format.day_of(now - timedelta(days=31))}"
+        for p in tmp_path.glob("date=*")
+    ):
+        assert time.monotonic() < deadline, "the writer kept a partition past retention"
+        time.sleep(0.02)
+    log.close()
+    kept = log_format.read(tmp_path)[log_format.REQUEST_ID].to_pylist()
+    assert sorted(kept) == sorted(["req-3", "req-4", "req-5", "req-9"])

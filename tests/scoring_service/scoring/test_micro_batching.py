@@ -1,29 +1,17 @@
 """Micro-batching: concurrent calls share one batch; each gets its own row, or the batch's error.
 
-Unit tests drive ``MicroBatcher`` with a recording processor on a real event loop; the last
-test scores concurrent transactions through the real scorer (model package, Redis fast reader)
-and checks that batching changes nothing in the answers.
+The tests drive ``MicroBatcher`` with a recording processor on a real event loop; the scorer's
+use of it, on a real store and model package, is in test_scorer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
-from feast import FeatureStore
 
-from scoring_service.core.errors import FeatureStoreUnavailable, NotReady
-from scoring_service.core.settings import StoreConnection
-from scoring_service.deployments.packages import load_package
-from scoring_service.redis.reader import RedisFeatureReader
+from scoring_service.core.errors import FeatureStoreUnavailable
 from scoring_service.scoring.micro_batching import BatcherClosed, MicroBatcher
-from scoring_service.scoring.scorer import Scorer, merge_mapped
-from scoring_service.stages.mapping import map_records
-from tests.scoring_service.conftest import FRAUD_API, as_request
-
-Transaction = FRAUD_API.request
 
 # Longest a test waits for something the batcher must do; only a broken batcher gets near it.
 WAIT_S = 30.0
@@ -193,81 +181,22 @@ def test_close_finishes_work_and_refuses_more() -> None:
     asyncio.run(main())
 
 
-def test_batched_scores_equal_scores_alone(redis_repo: Path, model_root: Path, recent) -> None:
-    """Through the real scorer: concurrent calls are batched, and every answer is the one the
-    same transaction gets when scored on its own."""
-    store = FeatureStore(
-        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
-    )
-    model = load_package(model_root / "fraud_model" / "v1", store)
-    transactions = [Transaction(**as_request(row)) for _, row in recent.tail(40).iterrows()]
-    mapped = [map_records([t], model.manifest) for t in transactions]
-
-    async def main() -> tuple[list, list, int]:
-        # Timeouts for a loaded machine: this test is about batching, not about deadlines.
-        connection = replace(StoreConnection.defaults(), timeout_s=30.0, connect_timeout_s=30.0)
-        reader = RedisFeatureReader.from_store(store, model.layout, connection)
-        scorer = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
-        try:
-            batched = await asyncio.gather(*(scorer.score(m) for m in mapped))
-            alone = [await scorer.score_now(m) for m in mapped]
-            return batched, alone, scorer.batcher.batches if scorer.batcher else 0
-        finally:
-            await scorer.aclose()
-            reader.close()
-
-    batched, alone, batches = asyncio.run(main())
-    assert batches < len(mapped)  # they were gathered
-    for (one,), (single,) in zip(batched, alone, strict=True):
-        assert one.score == single.score
-        assert one.label == single.label and one.reasons == single.reasons
-        assert {k: v.status for k, v in one.freshness.items()} == {
-            k: v.status for k, v in single.freshness.items()
-        }
+@pytest.mark.parametrize(
+    ("options", "fault"),
+    [
+        ({"max_size": 0, "max_wait_s": 1.0}, "max_size must be at least 1"),
+        ({"max_size": 4, "max_wait_s": -0.001}, "max_wait_s must not be negative"),
+    ],
+)
+def test_limits_are_validated(options: dict, fault: str) -> None:
+    with pytest.raises(ValueError, match=fault):
+        MicroBatcher(Recorder(), **options)
 
 
-def test_a_retired_scorer_answers_late_calls_a_stopping_one_refuses(
-    redis_repo: Path, model_root: Path, recent
-) -> None:
-    """After a deployment swap the old scorer's batcher is closed; a call that took the old
-    scorer before the swap but reaches it after is answered (alone), not refused. A scorer
-    closed because the service stops refuses such a call with not_ready."""
-    store = FeatureStore(
-        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
-    )
-    model = load_package(model_root / "fraud_model" / "v1", store)
-    (row,) = [as_request(r) for _, r in recent.tail(1).iterrows()]
-    mapped = map_records([Transaction(**row)], model.manifest)
+def test_counts_batches_and_rows() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(Recorder(), max_size=64, max_wait_s=1.0)
+        await asyncio.gather(*(batcher.submit(i, size=2) for i in range(5)))
+        assert (batcher.batches, batcher.rows, batcher.in_flight) == (1, 10, 0)
 
-    async def main() -> tuple[list, Exception | None]:
-        connection = replace(StoreConnection.defaults(), timeout_s=30.0, connect_timeout_s=30.0)
-        reader = RedisFeatureReader.from_store(store, model.layout, connection)
-        retired = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
-        stopped = Scorer(model, reader, batch_max_rows=16, batch_max_wait_s=0.05)
-        try:
-            await retired.retire()
-            await stopped.aclose()
-            late = await retired.score(mapped)
-            try:
-                await stopped.score(mapped)
-            except Exception as exc:  # the refusal is the result
-                return late, exc
-            return late, None
-        finally:
-            reader.close()
-
-    late, refusal = asyncio.run(main())
-    assert len(late) == 1 and late[0].score is not None
-    assert isinstance(refusal, NotReady)
-
-
-def test_merge_keeps_request_order(redis_repo: Path, model_root: Path, recent) -> None:
-    store = FeatureStore(
-        repo_path=str(redis_repo), fs_yaml_file=redis_repo / "feature_store.redis.yaml"
-    )
-    manifest = load_package(model_root / "fraud_model" / "v1", store).manifest
-    rows = [Transaction(**as_request(row)) for _, row in recent.tail(3).iterrows()]
-    merged = merge_mapped([map_records([r], manifest) for r in rows])
-    whole = map_records(rows, manifest)
-    assert merged.keys == whole.keys
-    assert (merged.request_values == whole.request_values).all()
+    asyncio.run(main())

@@ -2,7 +2,6 @@
 red flags (feature_repo/fraud/domain.yaml) and a second vocabulary."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ from feature_repo.domain import load_domain
 from models.package import LabelThresholds, UncertainPolicy
 from scoring_service.stages.features import MISSING, NOT_REQUESTED, PRESENT, STALE
 from scoring_service.stages.labels import LabelPolicy
+from tests.conftest import FEATURE_REPO
 
 FEATURES = ["ip_distinct_cards_24h", "card_amount_mean_30d", "amount"]
-FRAUD = load_domain(Path(__file__).resolve().parents[2] / "feature_repo" / "fraud")
+FRAUD = load_domain(FEATURE_REPO)
 LABELS = ["not_fraud", "suspicious", "highly_suspicious"]
 
 

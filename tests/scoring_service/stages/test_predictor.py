@@ -142,7 +142,7 @@ def test_auto_serves_the_cpu_graph_without_gpu(sqlite_repo, model_root) -> None:
     from fastapi.testclient import TestClient
 
     from scoring_service.api.app import create_app
-    from tests.scoring_service.conftest import API_HEADERS, settings_for
+    from tests.fixtures.service import API_HEADERS, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="auto")
     with TestClient(create_app(settings), headers=API_HEADERS) as client:
@@ -163,7 +163,7 @@ def test_cuda_refuses_to_start_without_gpu(sqlite_repo, model_root, caplog) -> N
 
     from scoring_service.api.app import create_app
     from scoring_service.core.errors import ModelPackageInvalid
-    from tests.scoring_service.conftest import API_HEADERS, settings_for
+    from tests.fixtures.service import API_HEADERS, settings_for
 
     settings = settings_for(sqlite_repo, model_root, device="cuda")
     app = create_app(settings)
@@ -212,7 +212,7 @@ def test_app_on_cuda(cuda: None, sqlite_repo, model_root) -> None:
     from fastapi.testclient import TestClient
 
     from scoring_service.api.app import create_app
-    from tests.scoring_service.conftest import API_HEADERS, settings_for
+    from tests.fixtures.service import API_HEADERS, settings_for
 
     for device in ("cuda", "auto"):
         settings = settings_for(sqlite_repo, model_root, device=device, gpu_min_batch=32)

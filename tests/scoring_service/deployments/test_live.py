@@ -1,6 +1,7 @@
 """Many models behind one answer, on real packages and a real feature store: loading checks,
-sticky variants over one feature read, fallbacks (required views, a failing session, the store
-down), ensembles equal to their rule, shadows that never change the answer."""
+sticky variants over one feature read (pinned by golden values), fallbacks (required views, a
+failing session, the store down), ensembles equal to their rule, shadows that never change the
+answer."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from scoring_service.deployments.live import (
     RollingAgreement,
     ShadowRunner,
 )
-from scoring_service.deployments.spec import DeploymentInvalid, parse_deployment
+from scoring_service.deployments.spec import DeploymentInvalid, assign, bucket, parse_deployment
 from scoring_service.stages.features import FeastOnlineReader
 from scoring_service.stages.mapping import map_records
 
@@ -30,7 +31,7 @@ NAME = "fraud_model"
 
 @pytest.fixture(scope="module")
 def packages(deployment_packages: Path) -> Path:
-    """v1, v1b and rt (tests/scoring_service/conftest.py)."""
+    """v1, v1b, v2 and rt (tests/fixtures/service.py)."""
     return deployment_packages
 
 
@@ -73,6 +74,102 @@ def requests(recent: pd.DataFrame) -> pd.DataFrame:
 
 def read(dep: LiveDeployment, store, mapped):
     return FeastOnlineReader(store, dep.layout).read(mapped.keys)
+
+
+# --- sticky assignment: golden values ----------------------------------------------------------
+#
+# Which variant a card gets is a promise to the people running an experiment: a card keeps its
+# variant across calls, restarts and upgrades of the service, as long as the deployment's salt
+# and weights stay. Shares, repeatability and salt dependence (tests/scoring_service/deployments/
+# test_spec.py) hold for any hash of salt and value, in any order; these values, computed once
+# from blake2b-64 of ``salt \0 value`` and written down, hold only for the one in service. A
+# change that fails them moves customers between variants: it needs a new salt, said out loud.
+
+GOLDEN: list[tuple[str, object, tuple[float, ...], float, int]] = [
+    # (salt, value, weights, bucket, variant index)
+    ("2026-11", "card_0000001", (0.8, 0.15, 0.05), 0.04370074134820137, 0),
+    ("2026-11", "card_0000002", (0.8, 0.15, 0.05), 0.3074787777850699, 0),
+    ("2026-11", "card_0004242", (0.8, 0.15, 0.05), 0.21460173355868922, 0),
+    ("2026-11", "card_0099999", (0.8, 0.15, 0.05), 0.8641342022095818, 1),
+    ("2026-11", "card_0123456", (0.8, 0.15, 0.05), 0.8779562301008056, 1),
+    ("2026-12", "card_0000001", (0.8, 0.15, 0.05), 0.4107935470672633, 0),
+    ("2026-12", "card_0004242", (0.8, 0.15, 0.05), 0.9772488423483635, 2),
+    ("test-salt", "card_0000001", (0.5, 0.5), 0.48410760541716974, 0),
+    ("test-salt", "card_0000017", (0.5, 0.5), 0.6187839880872894, 1),
+    ("test-salt", "card_0000318", (0.5, 0.5), 0.9554490894806995, 1),
+    ("test-salt", "card_0007777", (0.5, 0.5), 0.22580604151859832, 0),
+    ("other-salt", "card_0000001", (0.5, 0.5), 0.27586983131517495, 0),
+    ("s", "card_0000001", (0.5, 0.5), 0.08205879068936926, 0),
+    ("s", "card_0000002", (0.9, 0.1), 0.8579101210020345, 0),
+    ("s", "card_0031415", (0.9, 0.1), 0.9979991534091883, 1),
+    ("s", "card_0271828", (0.25, 0.25, 0.25, 0.25), 0.5110783467241269, 2),
+    ("", "card_0000001", (0.25, 0.25, 0.25, 0.25), 0.9835517263767204, 3),
+    ("a", "12345", (0.25, 0.25, 0.25, 0.25), 0.6281043340021026, 2),
+    ("a", 12345, (0.25, 0.25, 0.25, 0.25), 0.6281043340021026, 2),  # hashed as its text
+    ("b", "customer-42", (0.6, 0.3, 0.1), 0.028108703608277805, 0),
+    ("b", "ünïcode-kárta", (0.6, 0.3, 0.1), 0.4466603074615115, 0),  # UTF-8
+    ("card", "_0000001", (0.5, 0.5), 0.26581106358688805, 0),  # not ("", "card_0000001")
+]
+
+# The cards of the test deployment below (salt "s", champion and copy half and half).
+GOLDEN_CARDS = {
+    "card_0000001": "champion",
+    "card_0000002": "copy",
+    "card_0000003": "champion",
+    "card_0000005": "copy",
+    "card_0000008": "copy",
+    "card_0000013": "champion",
+    "card_0000021": "champion",
+    "card_0000034": "champion",
+    "card_0000055": "copy",
+    "card_0000089": "champion",
+}
+
+
+@pytest.mark.parametrize(
+    ("salt", "value", "weights", "expected_bucket", "expected_variant"),
+    GOLDEN,
+    ids=[f"{salt or 'nosalt'}-{value}" for salt, value, *_ in GOLDEN],
+)
+def test_the_sticky_hash_is_pinned(
+    salt: str,
+    value: object,
+    weights: tuple[float, ...],
+    expected_bucket: float,
+    expected_variant: int,
+) -> None:
+    assert bucket([value], salt).tolist() == [expected_bucket]
+    assert assign([value], weights, salt).tolist() == [expected_variant]
+
+
+def test_a_batch_assigns_as_its_rows_one_by_one() -> None:
+    """The golden values of one salt and weights in one call, in reverse order and with a
+    missing value among them (which goes to the champion): the same variants."""
+    groups: dict[tuple[str, tuple[float, ...]], list[tuple[object, float, int]]] = {}
+    for salt, value, weights, expected_bucket, expected_variant in GOLDEN:
+        groups.setdefault((salt, weights), []).append((value, expected_bucket, expected_variant))
+    for (salt, weights), rows in groups.items():
+        values = [value for value, _, _ in reversed(rows)]
+        assert bucket(values, salt).tolist() == [b for _, b, _ in reversed(rows)]
+        chosen = assign([*values, None], weights, salt).tolist()
+        assert chosen == [*(v for _, _, v in reversed(rows)), 0]
+
+
+def test_a_live_deployment_keeps_each_cards_variant(packages, store, requests) -> None:
+    """Through the live deployment: each card answered by its pinned variant, whichever rows
+    it comes with."""
+    dep = live(packages, store, deployment())
+    cards = list(GOLDEN_CARDS)
+    frame = requests.head(len(cards)).copy()
+    frame["card_id"] = cards
+    for rows in (frame, frame.iloc[::-1]):
+        mapped = mapped_for(dep, rows)
+        answered = dep.answer(read(dep, store, mapped), mapped, len(rows))
+        assert answered is not None
+        assert dict(zip(rows["card_id"], answered.variants, strict=True)) == GOLDEN_CARDS
+
+
+# --- one read, many models ----------------------------------------------------------------------
 
 
 def test_one_read_serves_every_model_and_variants_are_sticky(packages, store, requests) -> None:

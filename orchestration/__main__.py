@@ -1,0 +1,3 @@
+from orchestration.cli import app
+
+app(prog_name="python -m orchestration")
