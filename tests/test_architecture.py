@@ -69,6 +69,14 @@ def test_the_contracts_are_kept(tree: Path) -> None:
         ("models/train.py", "import dagster", "Nothing below the orchestration"),
         ("scoring_service/cli.py", "import orchestration.cli", "Nothing below the orchestration"),
         ("orchestration/assets.py", "import scoring_service.cli", "does not import the scoring"),
+        # Inside the service, each subpackage imports only those below it.
+        ("scoring_service/core/errors.py", "import scoring_service.api.app", "Service subpackages"),
+        (
+            "scoring_service/stages/labels.py",
+            "import scoring_service.deployments.live",
+            "Service subpackages",
+        ),
+        ("scoring_service/served.py", "import scoring_service.api.deps", "Service subpackages"),
     ],
 )
 def test_a_forbidden_import_breaks_the_lint(
