@@ -7,6 +7,11 @@ plain Feast CLI (``feast apply``), exactly as their command lines do. Files stay
 platform keeps them (the Feast repository's ``data/``, ``models/packages``); what only the
 orchestration writes (training sets, evaluations, the decision log) lives under
 ``PlatformResource.work_dir``.
+
+Why one module of this length: the asset graph is read as one picture (the UI draws it from
+these definitions); each asset is a short adapter over a public function, and splitting them
+across files would scatter the lineage a reader follows from raw events to an evaluated
+candidate.
 """
 
 import json
