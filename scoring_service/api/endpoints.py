@@ -151,21 +151,6 @@ def path_parameter(name: str, convert: Callable[[str], T]) -> Parser[T]:
     return parse
 
 
-def constrained(name: str, annotation: Any) -> Callable[[str], str]:
-    """A converter checking a path value against a constrained type (pydantic), errors named
-    after the parameter."""
-    adapter = TypeAdapter(annotation)
-
-    def convert(value: str) -> str:
-        try:
-            return adapter.validate_python(value)  # type: ignore[no-any-return]
-        except ValidationError as exc:
-            errors = [{**e, "loc": (name, *e["loc"])} for e in exc.errors()]
-            raise InvalidRequest(validation_message(errors)) from None
-
-    return convert
-
-
 class ScoreEndpoint(Generic[T]):
     """One score route as a raw ASGI app (see the module docstring for the order of work)."""
 

@@ -16,7 +16,15 @@ import yaml
 
 from tests.fixtures import service
 from tests.fixtures.load import Load
-from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, Replica, as_request, launch_replica
+from tests.fixtures.service import (
+    ADMIN_HEADERS,
+    API_HEADERS,
+    SHADOW_DEPLOYMENT,
+    SPLIT_DEPLOYMENT,
+    Replica,
+    as_request,
+    launch_replica,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +33,8 @@ pytestmark = pytest.mark.slow
 # not carry.
 deployment_packages = service.deployment_packages
 
-A = {
-    "name": "half and half",
-    "sticky_field": "card_id",
-    "salt": "test-salt",
-    "champion": {"name": "champion", "package": "fraud_model/v1", "weight": 0.5},
-    "challengers": [{"name": "copy", "package": "fraud_model/v1b", "weight": 0.5}],
-    "fallback": [{"name": "request-only", "package": "fraud_model/rt"}],
-}
-B = {
-    "name": "copy alone, rt in shadow",
-    "sticky_field": "card_id",
-    "salt": "other-salt",
-    "champion": {"name": "champion", "package": "fraud_model/v1b", "weight": 1.0},
-    "shadows": [{"name": "rt-shadow", "package": "fraud_model/rt"}],
-}
+A = SPLIT_DEPLOYMENT
+B = SHADOW_DEPLOYMENT
 CALLERS = 16
 CALL_TIMEOUT_S = 30.0  # per request of the load; its threads are joined within it on the way out
 

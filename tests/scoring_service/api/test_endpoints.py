@@ -25,12 +25,11 @@ from starlette.routing import Route
 
 from feature_repo.domain import load_domain
 from scoring_service.api.app import create_app
-from scoring_service.api.domain_api import DomainApi
+from scoring_service.api.domain_api import DomainApi, path_value
 from scoring_service.api.endpoints import (
     ScoreCall,
     ScoreEndpoint,
     _FastRoutes,
-    constrained,
     json_body,
     path_parameter,
     read_body,
@@ -187,7 +186,7 @@ def test_json_body_refuses_naming_the_field(valid_body: dict) -> None:
 
 
 def test_path_values_are_checked_and_named_after_their_parameter() -> None:
-    card = constrained("card_id", Annotated[str, StringConstraints(pattern=r"^card_\d+$")])
+    card = path_value("card_id", Annotated[str, StringConstraints(pattern=r"^card_\d+$")])
     parse = path_parameter("card_id", card)
     assert parse({"path_params": {"card_id": "card_7"}}, b"") == "card_7"
     with pytest.raises(InvalidRequest) as refused:

@@ -20,23 +20,17 @@ from fastapi.testclient import TestClient
 
 from models.package import MANIFEST_FILE, seal_package
 from scoring_service.api.app import create_app
-from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, as_request, settings_for
+from tests.fixtures.service import (
+    ADMIN_HEADERS,
+    API_HEADERS,
+    SHADOW_DEPLOYMENT,
+    SPLIT_DEPLOYMENT,
+    as_request,
+    settings_for,
+)
 
-A = {
-    "name": "half and half",
-    "sticky_field": "card_id",
-    "salt": "test-salt",
-    "champion": {"name": "champion", "package": "fraud_model/v1", "weight": 0.5},
-    "challengers": [{"name": "copy", "package": "fraud_model/v1b", "weight": 0.5}],
-    "fallback": [{"name": "request-only", "package": "fraud_model/rt"}],
-}
-B = {
-    "name": "copy alone, rt in shadow",
-    "sticky_field": "card_id",
-    "salt": "other-salt",
-    "champion": {"name": "champion", "package": "fraud_model/v1b", "weight": 1.0},
-    "shadows": [{"name": "rt-shadow", "package": "fraud_model/rt"}],
-}
+A = SPLIT_DEPLOYMENT
+B = SHADOW_DEPLOYMENT
 
 REFUSALS = [
     ({**A, "champion": {"name": "champion", "package": "fraud_model/v9", "weight": 0.5}},
