@@ -14,6 +14,14 @@ ifdef PLATFORM_CLOCK_AT
 export PLATFORM_CLOCK_OFFSET_S := $(shell echo $$(( $$(date -u -d '$(PLATFORM_CLOCK_AT)' +%s) - $$(date -u +%s) )))
 endif
 
+# END=<ISO instant>: where the generated history ends, and up to where it is aggregated,
+# materialized and skew-checked (default: each step's own now). `make run` fixes one END for
+# all its steps, so an hour boundary passing during the run changes nothing: no snapshot of an
+# hour that has not ended is published, and the check compares at the materialization's end.
+END ?=
+END_OPT = $(if $(END),--end $(END))
+RUN_END := $(shell date -u -d "@$$(( $$(date -u +%s) + $(or $(PLATFORM_CLOCK_OFFSET_S),0) ))" +%Y-%m-%dT%H:%M:00)
+
 ROWS ?= 100000
 SEED ?= 7
 DAYS ?= 35
@@ -121,11 +129,11 @@ redis-down: ## Stop the local redis-server started by redis-up
 
 generate: $(STAMP) ## Synthetic transactions -> data/transactions.parquet
 	$(PY) -m feature_pipelines generate --rows $(ROWS) --seed $(SEED) --days $(DAYS) \
-		--out data/transactions.parquet
+		--out data/transactions.parquet $(END_OPT)
 
 aggregate: $(STAMP) ## Hourly entity features -> feature_repo/fraud/data/*.parquet
 	$(PY) -m feature_pipelines aggregate --transactions data/transactions.parquet \
-		--out-dir feature_repo/fraud/data
+		--out-dir feature_repo/fraud/data $(END_OPT)
 
 replay: $(STAMP) ## Streaming window features of the history (the consumer's code) -> feature_repo/fraud/data
 	$(PY) -m feature_pipelines replay --transactions data/transactions.parquet \
@@ -142,7 +150,7 @@ materialize: $(STAMP) ## Incremental materialization into the online store
 # `make data` rewrites the history relative to a new "now"; incremental loading would keep rows
 # of the old history online. This empties each view's online rows and reloads its TTL window.
 rematerialize: $(STAMP) ## Rebuild the online store from the offline history (after make data rewrote it)
-	$(PY) -m feature_pipelines materialize --rebuild --repo feature_repo/fraud $(YAML_OPT)
+	$(PY) -m feature_pipelines materialize --rebuild --repo feature_repo/fraud $(YAML_OPT) $(END_OPT)
 
 dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
 	$(PY) -m models dataset --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
@@ -173,7 +181,8 @@ produce: $(STAMP) redis-up ## Append the latest 1,000 transactions to the stream
 
 SKEW_SERVICE ?= fraud_model_v2
 skew-check: $(STAMP) ## Online vs offline point-in-time feature vectors now; fails on skew
-	$(PY) -m feature_pipelines skew-check --feature-service $(SKEW_SERVICE) $(YAML_OPT)
+	$(PY) -m feature_pipelines skew-check --feature-service $(SKEW_SERVICE) $(YAML_OPT) \
+		$(if $(END),--at $(END))
 
 # Secure by default: the service does not start without API keys. Locally, serve and run make
 # key files in data/ once (mode 0600) and pass their sha256 digests; export
@@ -188,6 +197,7 @@ serve: $(STAMP) ## Run the scoring service on HOST:PORT (key in data/dev_api_key
 	$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
 		$(PY) -m scoring_service serve
 
+run: END = $(RUN_END)
 run: setup data apply rematerialize train $(filter-out fraud,$(DOMAIN)) skew-check ## Whole path on a fresh machine, online store checked against the history, then serve and score (DOMAIN=credit: both domains, a loan application)
 	@$(KEY_ENV) SCORING_DOMAINS=$(SERVED_DOMAINS) SCORING_HOST=$(HOST) SCORING_PORT=$(PORT) \
 		$(PY) -m scoring_service serve & \
