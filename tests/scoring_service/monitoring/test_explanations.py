@@ -45,6 +45,7 @@ pytestmark = [pytest.mark.clock, pytest.mark.slow, pytest.mark.timeout(900)]
 
 PLANTED_CARD = "card_planted_burst"
 BURST = 12  # small payments in the last 24 hours: a tester's run of card checks
+PLANTED_FEATURES = ("card_small_txn_count_24h", "card_txn_count_24h")
 WORLD_ROWS = 60_000  # about 20 card-testing episodes (the session's 20,000 rows hold 7)
 
 
@@ -93,7 +94,15 @@ def recent(world: tuple[Path, Path, pd.DataFrame]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def planted(private_repo: Path, recent: pd.DataFrame, service: TestClient) -> dict:
+def planted(planted_pair: tuple[dict, dict]) -> dict:
+    """The payment with the card-testing burst."""
+    return planted_pair[1]
+
+
+@pytest.fixture(scope="module")
+def planted_pair(
+    private_repo: Path, recent: pd.DataFrame, service: TestClient
+) -> tuple[dict, dict]:
     """An ordinary payment (its IP address and merchant without fraud in 30 days; of those, the
     one the model finds least risky, so no other input already pushes its score up) with a card
     whose online row shows a card-testing burst."""
@@ -132,7 +141,8 @@ def planted(private_repo: Path, recent: pd.DataFrame, service: TestClient) -> di
         [{"card_id": PLANTED_CARD, "event_timestamp": now, "created_timestamp": now, **row}]
     )
     store.write_to_online_store("card_features", frame)
-    return {**body, "card_id": PLANTED_CARD, "transaction_id": "tx_planted_burst"}
+    before = {**body, "transaction_id": "tx_before_burst"}  # the same card without the burst
+    return before, {**body, "card_id": PLANTED_CARD, "transaction_id": "tx_planted_burst"}
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +168,10 @@ def explain(client: TestClient, transaction_id: str, top: int = 5) -> dict:
 
 
 def test_a_card_testing_burst_is_explained_by_its_small_payments(
-    service: TestClient, planted: dict, model_root: Path
+    service: TestClient, planted_pair: tuple[dict, dict], model_root: Path
 ) -> None:
+    before_burst, planted = planted_pair
+    assert service.post("/v1/transactions/score", json=before_burst).status_code == 200
     answer = service.post("/v1/transactions/score", json=planted)
     assert answer.status_code == 200, answer.text
     features = read_manifest(model_root / "fraud_model" / "v1").features
@@ -176,12 +188,22 @@ def test_a_card_testing_burst_is_explained_by_its_small_payments(
     # ... which is the served score's log-odds (the ONNX graph answers in float32).
     score = explanation["score"]
     assert explanation["raw_score"] == pytest.approx(math.log(score / (1 - score)), abs=1e-3)
-    # The top reason: the input that pushes the score up the most (the list is ordered by size,
-    # and an ordinary payment's inputs also pull it down).
-    top = max(contributions, key=lambda c: c["contribution"])
-    assert top["feature"] == "card_small_txn_count_24h", contributions[:5]
-    assert top["value"] == BURST and top["contribution"] > 0
-    assert top["text"] == f"{BURST} small payments (card testing) with the card in the last 24 h"
+    # The burst explains the change: against the same payment before it, the small payments
+    # moved the score up, and more than any input the burst did not plant (which inputs push an
+    # ordinary payment up depends on the generated data, so the test compares the two answers).
+    earlier = {
+        c["feature"]: c["contribution"]
+        for c in explain(service, "tx_before_burst", top=len(features))["contributions"]
+    }
+    moved = {c["feature"]: c["contribution"] - earlier[c["feature"]] for c in contributions}
+    burst = next(c for c in contributions if c["feature"] == "card_small_txn_count_24h")
+    assert burst["value"] == BURST and burst["contribution"] > 0
+    assert moved["card_small_txn_count_24h"] > 0
+    unplanted = {f: m for f, m in moved.items() if f not in PLANTED_FEATURES}
+    assert moved["card_small_txn_count_24h"] > max(unplanted.values()), sorted(
+        moved.items(), key=lambda kv: -kv[1]
+    )[:5]
+    assert burst["text"] == f"{BURST} small payments (card testing) with the card in the last 24 h"
     assert explanation["feature_freshness"]["card_id"]["status"] == "present"
     assert "card_testing_pattern" in explanation["reasons"] or explanation["label"] in (
         "not_fraud",
