@@ -20,13 +20,8 @@ rejoins as a replica, so the cluster is whole again after each.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -43,16 +38,14 @@ from feature_pipelines.fraud.events import events_from_frame
 from feature_pipelines.fraud.windows import CATALOGUE
 from feature_pipelines.streaming.state import WindowState, state_key
 from feature_repo import clock
-from scoring_service.core.security import hash_key
 from scoring_service.redis.cluster import RedisClusterClient
 from scoring_service.redis.codec import ViewCodec
 from scoring_service.redis.reader import RedisFeatureReader
 from scoring_service.stages.features import FeastOnlineReader, StoreLayout
-from tests.conftest import ROOT, RedisServer, copy_repo, feast_cli, free_port, materialize_end
-from tests.fixtures import processes
+from tests.conftest import RedisServer, copy_repo, feast_cli, materialize_end
 from tests.fixtures.load import LATE_BOUND_S, OUTAGE_REASON, Load, Probe
 from tests.fixtures.redis_cluster import RedisClusterServers, redis_cluster, wait_for
-from tests.fixtures.service import API_KEY, as_request
+from tests.fixtures.service import API_KEY, Replica, as_request, launch_replica
 from tests.fixtures.service import recent as recent
 from tests.scoring_service.redis.parity import (
     assert_matches_feast,
@@ -295,58 +288,18 @@ def test_window_state_on_the_cluster(
 # --- a master killed under load ----------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    """A `python -m scoring_service serve` process."""
-
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health/ready", timeout=5.0).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        processes.stop(self.process, signal.SIGTERM, timeout=30)
-
-
-def start_service(repo: Path, model_root: Path, tmp: Path, policy: str) -> Service:
-    """The service on the cluster, on a free port; returns once it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "SCORING_FEATURE_REPO": str(repo),
-        "SCORING_FEATURE_STORE_YAML": str(repo / LITERAL_YAML),
-        "SCORING_MODEL_ROOT": str(model_root),
-        "SCORING_API_KEY_HASHES": hash_key(API_KEY),
-        "SCORING_PORT": str(port),
-        # Generous by default; the stream asks for DEADLINE_MS with X-Deadline-Ms.
-        "SCORING_DEADLINE_MS": "10000",
-        "SCORING_STORE_TIMEOUT_MS": str(STORE_TIMEOUT_MS),
-        "SCORING_OUTAGE_POLICY": policy,
-    }
-    log = tmp / f"service-{port}.log"
-    with log.open("wb") as out:
-        process = processes.start(
-            [sys.executable, "-m", "scoring_service", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(process, f"http://127.0.0.1:{port}", log)
-    started = time.monotonic()
-    while not service.ready():
-        if process.poll() is not None or time.monotonic() - started > START_S:
-            service.stop()
-            pytest.fail(f"service did not get ready:\n{service.logs()}")
-        time.sleep(0.1)
+def start_service(repo: Path, model_root: Path, tmp: Path, policy: str) -> Replica:
+    """The service on the cluster, on a free port; returns once it is ready. Generous deadlines
+    by default; the stream asks for DEADLINE_MS with X-Deadline-Ms."""
+    service = launch_replica(
+        repo,
+        repo / LITERAL_YAML,
+        model_root,
+        tmp,
+        store_timeout_ms=str(STORE_TIMEOUT_MS),
+        outage_policy=policy,
+    )
+    service.wait_ready(START_S)
     return service
 
 
@@ -362,7 +315,7 @@ def scores(url: str, bodies: list[dict]) -> list[float]:
     return out
 
 
-def wait_ready(service: Service, within: float) -> float:
+def wait_ready(service: Replica, within: float) -> float:
     """Seconds until the service says it is ready; fails after ``within`` seconds."""
     return wait_for(service.ready, "readiness", within)
 
@@ -370,12 +323,12 @@ def wait_ready(service: Service, within: float) -> float:
 @pytest.fixture(scope="module")
 def cluster_services(
     cluster_repo: Path, model_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], Service]]:
+) -> Iterator[Callable[[str], Replica]]:
     """One service per outage policy on the cluster, started on first use."""
     tmp = tmp_path_factory.mktemp("cluster_services")
-    started: dict[str, Service] = {}
+    started: dict[str, Replica] = {}
 
-    def get(policy: str) -> Service:
+    def get(policy: str) -> Replica:
         if policy not in started:
             started[policy] = start_service(cluster_repo, model_root, tmp, policy)
         return started[policy]
@@ -390,7 +343,7 @@ def cluster_services(
 def test_master_killed_under_load(
     policy: str,
     redis_cluster: RedisClusterServers,
-    cluster_services: Callable[[str], Service],
+    cluster_services: Callable[[str], Replica],
     store: FeatureStore,
     layout: StoreLayout,
     recent: pd.DataFrame,

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +31,9 @@ import pandas as pd
 import pytest
 import redis
 
-from scoring_service.core.security import hash_key
-from tests.conftest import ROOT, RedisServer, free_port
-from tests.fixtures import processes
+from tests.conftest import RedisServer, free_port
 from tests.fixtures.load import LATE_BOUND_S, Answer, Load
-from tests.fixtures.service import API_KEY, as_request
+from tests.fixtures.service import API_KEY, Replica, as_request, launch_replica
 
 pytestmark = pytest.mark.redis
 
@@ -81,52 +75,13 @@ def outage_redis(
         server.stop()
 
 
-@dataclass
-class Service:
-    """A `python -m scoring_service serve` process."""
-
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        processes.stop(self.process, signal.SIGTERM, timeout=20)
-
-
-def start_service(repo: Path, yaml: Path, model_root: Path, tmp: Path, **settings: str) -> Service:
-    """Start the service on a free port and wait until it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "SCORING_FEATURE_REPO": str(repo),
-        "SCORING_FEATURE_STORE_YAML": str(yaml),
-        "SCORING_MODEL_ROOT": str(model_root),
-        "SCORING_API_KEY_HASHES": hash_key(API_KEY),
-        "SCORING_PORT": str(port),
-        # Generous by default; the request stream asks for DEADLINE_MS with X-Deadline-Ms.
-        "SCORING_DEADLINE_MS": "10000",
-        "SCORING_STORE_TIMEOUT_MS": str(STORE_TIMEOUT_MS),
-        **{f"SCORING_{k.upper()}": v for k, v in settings.items()},
-    }
-    log = tmp / f"service-{port}.log"
-    with log.open("wb") as out:
-        process = processes.start(
-            [sys.executable, "-m", "scoring_service", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 120
-    while not ready(service.url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            service.stop()
-            pytest.fail(f"service did not get ready:\n{service.logs()}")
-        time.sleep(0.1)
+def start_service(repo: Path, yaml: Path, model_root: Path, tmp: Path, **settings: str) -> Replica:
+    """Start the service on a free port and wait until it is ready. Generous deadlines by
+    default; the request stream asks for DEADLINE_MS with X-Deadline-Ms."""
+    service = launch_replica(
+        repo, yaml, model_root, tmp, store_timeout_ms=str(STORE_TIMEOUT_MS), **settings
+    )
+    service.wait_ready(120)
     return service
 
 
@@ -136,14 +91,14 @@ def services(
     redis_repo: Path,
     model_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[str], Service]]:
+) -> Iterator[Callable[[str], Replica]]:
     """One service per outage policy, started on first use and shared by this module's tests
     (the SIGTERM test, last, ends the degrade one)."""
     _, yaml = outage_redis
     tmp = tmp_path_factory.mktemp("services")
-    started: dict[str, Service] = {}
+    started: dict[str, Replica] = {}
 
-    def get(policy: str) -> Service:
+    def get(policy: str) -> Replica:
         if policy not in started:
             started[policy] = start_service(redis_repo, yaml, model_root, tmp, outage_policy=policy)
         return started[policy]
@@ -242,7 +197,7 @@ def scores(url: str, bodies: list[dict]) -> list[float]:
 def test_store_outage_under_load(
     policy: str,
     outage_redis: tuple[RedisServer, Path],
-    services: Callable[[str], Service],
+    services: Callable[[str], Replica],
     recent: pd.DataFrame,
 ) -> None:
     server, _ = outage_redis
@@ -295,7 +250,7 @@ def test_store_outage_under_load(
 
 
 def test_sigterm_finishes_in_flight_requests(
-    services: Callable[[str], Service], valid_body: dict
+    services: Callable[[str], Replica], valid_body: dict
 ) -> None:
     """SIGTERM: stop accepting, finish the request in flight, close resources, exit."""
     service = services("degrade")
