@@ -32,8 +32,14 @@ def tracked() -> list[str]:
 
 def ignored(path: str) -> bool:
     """Generated outputs (data/, model packages, results) are git-ignored build outputs."""
-    return (
-        subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, check=False).returncode == 0
+    # A folder pattern (`models/packages/`) matches only a name that ends with a slash when
+    # the folder is absent, as it is in a clean clone.
+    forms = {path, path.rstrip("/") + "/"}
+    return any(
+        subprocess.run(["git", "check-ignore", "-q", "--no-index", form], cwd=ROOT, check=False)
+        .returncode
+        == 0
+        for form in forms
     )
 
 
