@@ -39,6 +39,7 @@ from orchestration.resources import PlatformResource
 FEATURES = "features"
 TRAINING = "training"
 MONITORING = "monitoring"
+ROLLOUT = "rollout"
 TRAINING_SET_DIR = "training_set"
 TRAINING_FILE = "training.parquet"
 EVALUATION_FILE = "evaluation.parquet"
@@ -59,7 +60,7 @@ def _run(context: AssetExecutionContext, platform: PlatformResource) -> tuple[De
     log.record_run_once(
         run,
         message=f"run of {dagster_run.job_name} ({run.trigger}; started by {run.started_by})",
-        evidence={"assets": selection, "champion": platform.champion or None},
+        evidence={"assets": selection, "champion": platform.live_champion or None},
     )
     return log, run
 
@@ -314,7 +315,7 @@ def candidate_package(context: AssetExecutionContext, platform: PlatformResource
         gates,
         stage="package",
         candidate=name,
-        champion=platform.champion or None,
+        champion=platform.live_champion or None,
         last_stage=False,
     )
     _write_json(
@@ -381,12 +382,12 @@ def candidate_evaluation(context: AssetExecutionContext, platform: PlatformResou
         gates,
         stage="evaluation",
         candidate=candidate["package"],
-        champion=platform.champion or None,
+        champion=platform.live_champion or None,
         last_stage=True,
     )
     _write_json(
         platform.work / EVALUATION_RECORD,
-        {"candidate": candidate["package"], "champion": platform.champion or None, **found},
+        {"candidate": candidate["package"], "champion": platform.live_champion or None, **found},
     )
     shown = {k: v for k, v in found.items() if isinstance(v, int | float | str)}
     yield MaterializeResult(metadata={**shown, **_decisions(records, log)})
@@ -404,9 +405,75 @@ def _champion(platform: PlatformResource):  # type: ignore[no-untyped-def]
         return path, read_manifest(path)
     except (OSError, ValueError) as exc:
         raise Failure(
-            f"champion {platform.champion} has no readable package under {platform.model_root}: "
-            f"{exc}"
+            f"champion {platform.live_champion} has no readable package under "
+            f"{platform.model_root}: {exc}"
         ) from exc
+
+
+# --- rollout --------------------------------------------------------------------------------
+
+
+@asset(
+    group_name=ROLLOUT,
+    deps=[candidate_evaluation],
+    description="A candidate that passed every gate, through the live service's admin API: "
+    "shadow, canary steps held on live guardrails, then champion; a failed guardrail puts the "
+    "previous deployment back at once and fails the run (the alert).",
+)
+def candidate_rollout(
+    context: AssetExecutionContext, platform: PlatformResource
+) -> MaterializeResult:
+    import os
+
+    from orchestration.rollout import Rollout, RolloutStopped, ServiceClient
+
+    log, run = _run(context, platform)
+    candidate = _read_json(platform.work / CANDIDATE_RECORD, "candidate_package")["package"]
+    champion = platform.live_champion or None
+    if not platform.service_url:
+        record = log.record(
+            run,
+            "rollout",
+            "not started",
+            passed=None,
+            candidate=candidate,
+            champion=champion,
+            message="ready for rollout; no live service configured (ORCHESTRATION_SERVICE_URL): "
+            "the champion keeps answering",
+        )
+        return MaterializeResult(metadata={"rolled_out": False, **_decisions([record], log)})
+    key = os.environ.get(platform.admin_key_env, "")
+    if not key:
+        raise Failure(
+            f"{platform.admin_key_env} is not set: the rollout needs the service's admin API key"
+        )
+    domain = _domain(platform).name
+    rollout = Rollout(
+        client=ServiceClient(platform.service_url, key),
+        candidate=candidate,
+        domain=domain,
+        rules=platform.rollout,
+        log=log,
+        run=run,
+    )
+    try:
+        final = rollout.run_all()
+    except RolloutStopped as stop:
+        raise Failure(
+            description=f"rollout of {candidate} stopped and rolled back: {stop}",
+            metadata=_decisions(rollout.records, log),
+        ) from stop
+    _write_json(
+        platform.promotion_record,
+        {"package": candidate, "previous": champion, "promoted_at": clock.now().isoformat()},
+    )
+    return MaterializeResult(
+        metadata={
+            "rolled_out": True,
+            "deployment": MetadataValue.json(final),
+            **_decisions(rollout.records, log),
+        }
+    )
 
 
 # --- monitoring -----------------------------------------------------------------------------
@@ -463,7 +530,7 @@ def model_monitoring(
         "monitor",
         "model_monitoring",
         passed=not found,
-        champion=platform.champion or None,
+        champion=platform.live_champion or None,
         message=f"{len(found)} retraining trigger(s)" + (f": {found[0]}" if found else ""),
         metrics=figures,
         evidence={"triggers": found, "alerts": alerts, "notes": notes, "view_age_hours": ages},
@@ -487,5 +554,6 @@ ASSETS = [
     training_set,
     candidate_package,
     candidate_evaluation,
+    candidate_rollout,
     model_monitoring,
 ]

@@ -25,8 +25,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from feature_repo import clock
 
-Kind = Literal["run", "gate", "verdict", "promotion", "rollback", "monitor", "trigger"]
-KINDS: tuple[str, ...] = ("run", "gate", "verdict", "promotion", "rollback", "monitor", "trigger")
+Kind = Literal["run", "gate", "verdict", "rollout", "promotion", "rollback", "monitor", "trigger"]
+KINDS: tuple[str, ...] = (
+    "run",
+    "gate",
+    "verdict",
+    "rollout",
+    "promotion",
+    "rollback",
+    "monitor",
+    "trigger",
+)
 
 # Run tags the orchestration sets on the runs it requests (sensors) and reads back here.
 TRIGGER_TAG = "platform/trigger"

@@ -13,6 +13,7 @@ from orchestration.assets import (
     batch_features,
     candidate_evaluation,
     candidate_package,
+    candidate_rollout,
     feature_definitions,
     model_monitoring,
     online_store,
@@ -47,9 +48,12 @@ monitoring_job = define_asset_job(
 
 retraining_job = define_asset_job(
     "retraining_job",
-    selection=AssetSelection.assets(training_set, candidate_package, candidate_evaluation),
+    selection=AssetSelection.assets(
+        training_set, candidate_package, candidate_evaluation, candidate_rollout
+    ),
     description="A candidate trained on the labels matured so far, stopped at the first gate "
-    "it fails; every gate and the verdict go to the decision log.",
+    "it fails, then rolled out through the live service (shadow, canary, promotion) or rolled "
+    "back; every gate, step and verdict goes to the decision log.",
     tags=_TAGS,
 )
 

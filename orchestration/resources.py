@@ -74,6 +74,53 @@ class TriggerRules(Config):
     )
 
 
+class RolloutRules(Config):
+    """How a candidate that passed the gates reaches live traffic (orchestration.rollout)."""
+
+    canary_weights: list[float] = Field(
+        default=[0.05, 0.25, 0.5, 1.0],
+        description="The candidate's traffic share at each canary step, rising.",
+    )
+    shadow_min_rows: int = Field(
+        default=500, ge=1, description="Rows the candidate scores in shadow before it is judged."
+    )
+    step_min_rows: int = Field(
+        default=200,
+        ge=1,
+        description="Rows the candidate answers in a canary step before it is judged.",
+    )
+    max_hold_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A stage that does not see its rows in this time stops the rollout.",
+    )
+    poll_seconds: float = Field(default=5.0, gt=0, description="Between reads of the metrics.")
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="Shadow label agreement with the answers, at least."
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, description="Service errors per scoring request in a step, at most."
+    )
+    max_deadline_miss_rate: float = Field(
+        default=0.01, ge=0, description="Feature reads past their deadline per request, at most."
+    )
+    max_model_time_ratio: float = Field(
+        default=4.0,
+        gt=0,
+        description="Candidate's median model time per call / the champion's (measured alone "
+        "in the shadow stage), at most.",
+    )
+    model_time_floor_ms: float = Field(
+        default=1.0, ge=0, description="Median model time always allowed, whatever the ratio."
+    )
+    max_request_p99_ms: float = Field(
+        default=50.0, gt=0, description="p99 of the domain's scoring requests in a step, at most."
+    )
+    max_score_psi: float = Field(
+        default=0.25, ge=0, description="PSI of a step's candidate scores against its shadow's."
+    )
+
+
 class PlatformResource(ConfigurableResource):
     """The platform's paths, the champion, training settings and the declared rules."""
 
@@ -108,8 +155,18 @@ class PlatformResource(ConfigurableResource):
     monitor_dir: str = Field(default="data/monitor", description="monitor.json and monitor.html.")
     training_rounds: int = Field(default=400, ge=1, description="Maximum boosting rounds.")
     seed: int = Field(default=7, description="Training seed.")
+    service_url: str = Field(
+        default="",
+        description="The live scoring service (one process) the rollout drives through its "
+        "admin API; empty: a candidate that passes stops at 'ready for rollout'.",
+    )
+    admin_key_env: str = Field(
+        default="ORCHESTRATION_ADMIN_KEY",
+        description="Variable holding the service's admin API key (never stored in config).",
+    )
     gates: GateRules = Field(default_factory=GateRules)
     triggers: TriggerRules = Field(default_factory=TriggerRules)
+    rollout: RolloutRules = Field(default_factory=RolloutRules)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformResource:
@@ -118,7 +175,7 @@ class PlatformResource(ConfigurableResource):
         values: dict[str, object] = {}
         for name, field in cls.model_fields.items():
             raw = env.get(f"{ENV_PREFIX}{name.upper()}")
-            if raw is None or field.annotation in (GateRules, TriggerRules):
+            if raw is None or field.annotation in (GateRules, TriggerRules, RolloutRules):
                 continue
             values[name] = int(raw) if field.annotation is int else raw
         return cls(**values)  # type: ignore[arg-type]
@@ -145,6 +202,23 @@ class PlatformResource(ConfigurableResource):
         return self.work / "decisions.jsonl"
 
     @property
+    def promotion_record(self) -> Path:
+        """Written by a rollout that promoted its candidate: the champion from then on."""
+        return self.work / "champion.json"
+
+    @property
+    def live_champion(self) -> str:
+        """The champion now: the last promoted candidate, else the configured ``champion``."""
+        if self.promotion_record.is_file():
+            import json
+
+            promoted = json.loads(self.promotion_record.read_text()).get("package")
+            if isinstance(promoted, str) and promoted:
+                return promoted
+        return self.champion
+
+    @property
     def champion_path(self) -> Path | None:
         """The champion's package folder, None when there is none yet."""
-        return self.path(self.model_root) / self.champion if self.champion else None
+        champion = self.live_champion
+        return self.path(self.model_root) / champion if champion else None

@@ -56,7 +56,7 @@ def retrain_on_decay(
         "trigger",
         "retraining",
         passed=None,
-        champion=platform.champion or None,
+        champion=platform.live_champion or None,
         message=f"retraining requested by monitoring run {asset_event.run_id}",
         evidence={"triggers": found, "monitoring_run": asset_event.run_id},
     )

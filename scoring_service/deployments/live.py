@@ -576,7 +576,9 @@ class ShadowRunner:
         if not len(rows):
             return
         for shadow in self.deployment.shadows:
+            started = time.perf_counter()
             scores, matrix = shadow.scores(batch, mapped, rows)
+            metrics.VARIANT_SECONDS.labels(shadow.name).observe(time.perf_counter() - started)
             statuses = {key: batch.status[key][rows] for key in batch.status}
             labels, _ = shadow.policy.decide_many(scores, matrix, statuses)
             answered_labels = np.asarray(answered.labels, dtype=object)[rows]
@@ -587,6 +589,11 @@ class ShadowRunner:
             metrics.SHADOW_LABEL_AGREEMENT.labels(shadow.name, shadow.model_version).set(agree)
             metrics.SHADOW_SCORE_DIFF.labels(shadow.name, shadow.model_version).set(diff)
             metrics.VARIANT_REQUESTS.labels(shadow.name, shadow.model_version).inc(len(rows))
+            # The shadow's score distribution: a rollout's baseline for its canary steps.
+            sample = metrics.VARIANT_SCORES.labels(shadow.name, shadow.model_version)
+            for score in scores[:64].tolist():
+                if score == score:  # not NaN
+                    sample.observe(score)
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -109,6 +109,9 @@ def test_the_run_and_every_gate_are_in_the_decision_log(
     assert gates[checks.PACKAGE_SEALED].evidence["digest"]
     (verdict,) = [r for r in records if r.kind == "verdict"]
     assert verdict.passed and verdict.candidate == candidate
+    # No live service configured: the rollout says so and changes nothing.
+    (rollout,) = [r for r in records if r.kind == "rollout"]
+    assert rollout.subject == "not started" and "ORCHESTRATION_SERVICE_URL" in rollout.message
     # Labels as matured at training time: the window's rows had matured, later ones are left out.
     summary = json.loads(
         (platform_root / "data/orchestration/training_set/training_set.json").read_text()
