@@ -358,23 +358,30 @@ def candidate_evaluation(context: AssetExecutionContext, platform: PlatformResou
     events = pd.read_parquet(folder / EVALUATION_FILE)
     store = _store(platform)
     path = Path(candidate["path"])
-    candidate_scores = score_package(path, read_manifest(path), store, events, spec)
+    rules = platform.gates
+    candidate_scores = score_package(
+        path, read_manifest(path), store, events, spec, rules.segment_field
+    )
     champion = _champion(platform)
     champion_scores = (
-        score_package(champion[0], champion[1], store, events, spec) if champion else None
+        score_package(champion[0], champion[1], store, events, spec, rules.segment_field)
+        if champion
+        else None
     )
     found = figures(
         candidate_scores,
         champion_scores,
         champion[1] if champion else None,
         spec.business_id,
-        platform.gates.calibration_bins,
+        rules.calibration_bins,
+        rules.min_segment_positives,
     )
-    rules = platform.gates
     gates = [
         checks.pr_auc_gate(found, rules, window),
         checks.recall_gate(found, rules, window),
         checks.calibration_gate(found, rules, window),
+        checks.segment_gate(found, rules, window),
+        checks.predict_time_gate(found, rules),
     ]
     records = checks.record(
         log,

@@ -31,6 +31,8 @@ PACKAGE_SEALED = "package_sealed"
 PR_AUC = "pr_auc_vs_champion"
 RECALL_AT_ALERT_RATE = "recall_at_champion_alert_rate"
 CALIBRATION = "calibration_error"
+SEGMENTS = "no_segment_worse"
+PREDICT_TIME = "predict_time_per_row"
 
 DESCRIPTIONS = {
     ONNX_PARITY: "The package's own parity record: ONNX graphs vs LightGBM within its tolerance.",
@@ -43,9 +45,13 @@ DESCRIPTIONS = {
     RECALL_AT_ALERT_RATE: "Candidate recall at the champion's alert rate not lower than the "
     "champion's (less the declared tolerance).",
     CALIBRATION: "Expected calibration error of the candidate on the window within the bound.",
+    SEGMENTS: "In every segment with enough positives, candidate recall at the champion's "
+    "alert count not below the champion's by more than the segment tolerance.",
+    PREDICT_TIME: "Candidate model time per row (CPU graph, micro-batches) within the budget "
+    "and within a ratio of the champion's.",
 }
 PACKAGE_GATES = (ONNX_PARITY, FEATURES_MATCH_LIVE, PACKAGE_SEALED)
-EVALUATION_GATES = (PR_AUC, RECALL_AT_ALERT_RATE, CALIBRATION)
+EVALUATION_GATES = (PR_AUC, RECALL_AT_ALERT_RATE, CALIBRATION, SEGMENTS, PREDICT_TIME)
 
 
 @dataclass
@@ -247,6 +253,82 @@ def calibration_gate(figures: dict[str, Any], rules: GateRules, window: dict[str
         passed,
         f"expected calibration error {error:.4f} {'<=' if passed else '>'} "
         f"{rules.max_calibration_error:g}",
+        metrics,
+        evidence,
+    )
+
+
+def segment_gate(figures: dict[str, Any], rules: GateRules, window: dict[str, Any]) -> Gate:
+    """No segment (``segment_field``) whose recall falls beyond its tolerance."""
+    table = figures.get("segments")
+    evidence = {
+        **_window_evidence(figures, window),
+        "segment_field": rules.segment_field,
+        "min_segment_positives": rules.min_segment_positives,
+        "max_segment_recall_drop": rules.max_segment_recall_drop,
+        "segments": table or [],
+    }
+    problem = _window_problem(figures, rules)
+    if problem:
+        return Gate(SEGMENTS, False, problem, {}, evidence)
+    if table is None:
+        why = (
+            "no champion yet: nothing to compare with"
+            if "champion_pr_auc" not in figures
+            else f"the events have no {rules.segment_field!r} column or the champion alerts on "
+            "nothing: no segment to compare"
+        )
+        return Gate(SEGMENTS, True, why, {}, evidence)
+    worse = [
+        row
+        for row in table
+        if row["candidate_recall"] < row["champion_recall"] - rules.max_segment_recall_drop
+    ]
+    drops = [row["champion_recall"] - row["candidate_recall"] for row in table]
+    metrics = {"segments_compared": len(table), "largest_recall_drop": max(drops, default=0.0)}
+    if worse:
+        named = ", ".join(
+            f"{r['segment']} {r['candidate_recall']:.3f} < {r['champion_recall']:.3f}"
+            for r in worse
+        )
+        return Gate(
+            SEGMENTS,
+            False,
+            f"recall worse beyond {rules.max_segment_recall_drop:g} in {len(worse)} of "
+            f"{len(table)} segments of {rules.segment_field}: {named}",
+            metrics,
+            evidence,
+        )
+    return Gate(
+        SEGMENTS,
+        True,
+        f"no segment of {rules.segment_field} worse beyond {rules.max_segment_recall_drop:g} "
+        f"({len(table)} with >= {rules.min_segment_positives} positives compared)",
+        metrics,
+        evidence,
+    )
+
+
+def predict_time_gate(figures: dict[str, Any], rules: GateRules) -> Gate:
+    """Model time per row within the budget and within a ratio of the champion's."""
+    candidate = figures["candidate_predict_us_per_row"]
+    champion = figures.get("champion_predict_us_per_row")
+    metrics = {"candidate_us_per_row": candidate, "champion_us_per_row": champion}
+    evidence = {
+        "max_predict_us_per_row": rules.max_predict_us_per_row,
+        "max_predict_time_ratio": rules.max_predict_time_ratio,
+        "measured": "fastest of 5 passes over up to 2,048 window rows in batches of 32",
+    }
+    allowed = rules.max_predict_us_per_row
+    if champion is not None and not math.isnan(champion):
+        allowed = min(allowed, max(rules.max_predict_time_ratio * champion, 1.0))
+    passed = not math.isnan(candidate) and candidate <= allowed
+    return Gate(
+        PREDICT_TIME,
+        passed,
+        f"candidate {candidate:.1f} us per row {'<=' if passed else '>'} {allowed:.1f} us "
+        f"(budget {rules.max_predict_us_per_row:g} us; {rules.max_predict_time_ratio:g}x the "
+        f"champion's {champion if champion is None else round(champion, 1)} us)",
         metrics,
         evidence,
     )

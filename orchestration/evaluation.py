@@ -12,6 +12,7 @@ it. Both packages are scored the way they serve: features through their own Feat
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -79,24 +80,85 @@ def matured_split(
     )
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A package's answers on the window, and its model time per row there."""
+
+    frame: pd.DataFrame  # business id, y, score and the segment column when the events have it
+    seconds_per_row: float
+
+
 def score_package(
-    path: Path, manifest: Manifest, store: FeatureStore, events: pd.DataFrame, spec: DomainSpec
-) -> pd.DataFrame:
-    """(business id, label, score) of each event, as the package would have answered it."""
+    path: Path,
+    manifest: Manifest,
+    store: FeatureStore,
+    events: pd.DataFrame,
+    spec: DomainSpec,
+    segment_field: str = "",
+) -> Scored:
+    """(business id, label, score) of each event, as the package would have answered it, and
+    how long its CPU graph takes per row in micro-batches as the service sends them."""
     layout = feature_layout(store, manifest.feature_service)
     entity_df = entity_dataframe(events, spec, request_fields=layout.request_fields)
     frame = retrieve_training_set(store, manifest.feature_service, entity_df, spec)
     graph = (Path(path) / manifest.graphs["cpu"].file).read_bytes()
-    scores = export.onnx_probability(
-        export.session(graph), feature_matrix(frame, manifest.features)
-    )
-    return pd.DataFrame(
+    session = export.session(graph)
+    matrix = feature_matrix(frame, manifest.features)
+    scores = export.onnx_probability(session, matrix)
+    out = pd.DataFrame(
         {
             spec.business_id: frame[spec.business_id].astype(str).to_numpy(),
             "y": frame[spec.label_column].to_numpy(dtype=np.int8),
             "score": scores,
         }
     )
+    if segment_field and segment_field in events.columns:
+        segments = events.drop_duplicates(spec.business_id).set_index(
+            events.drop_duplicates(spec.business_id)[spec.business_id].astype(str)
+        )[segment_field]
+        out["segment"] = out[spec.business_id].map(segments).astype(str).to_numpy()
+    return Scored(out, predict_seconds_per_row(session, matrix))
+
+
+def predict_seconds_per_row(
+    session: Any, matrix: np.ndarray, batch: int = 32, repeats: int = 5, rows: int = 2048
+) -> float:
+    """Model time per row over ``rows`` rows in batches of ``batch``: the fastest of
+    ``repeats`` passes (the least disturbed by other work on the machine)."""
+    sample = matrix[:rows]
+    if not len(sample):
+        return math.nan
+    name = session.get_inputs()[0].name
+    session.run(None, {name: sample[:batch]})  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(0, len(sample), batch):
+            session.run(None, {name: sample[i : i + batch]})
+        best = min(best, time.perf_counter() - started)
+    return best / len(sample)
+
+
+def segment_recalls(
+    rows: pd.DataFrame, cutoff_candidate: float, cutoff_champion: float, min_positives: int
+) -> list[dict[str, Any]]:
+    """Per segment with at least ``min_positives`` positives: both recalls at their cutoffs."""
+    table = []
+    for segment, part in rows.groupby("segment", sort=True):
+        positives = int(part["y"].sum())
+        if positives < min_positives:
+            continue
+        fraud = part[part["y"] == 1]
+        table.append(
+            {
+                "segment": str(segment),
+                "rows": len(part),
+                "positives": positives,
+                "candidate_recall": float((fraud["score"] >= cutoff_candidate).mean()),
+                "champion_recall": float((fraud["score_champion"] >= cutoff_champion).mean()),
+            }
+        )
+    return table
 
 
 def pr_auc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -145,13 +207,16 @@ def alert_cutoff(manifest: Manifest) -> tuple[str, float]:
 
 
 def figures(
-    candidate: pd.DataFrame,
-    champion: pd.DataFrame | None,
+    candidate_scored: Scored,
+    champion_scored: Scored | None,
     champion_manifest: Manifest | None,
     business_id: str,
     bins: int,
+    min_segment_positives: int = 20,
 ) -> dict[str, Any]:
     """Everything the evaluation gates read, on the rows both packages scored."""
+    candidate = candidate_scored.frame
+    champion = champion_scored.frame if champion_scored is not None else None
     rows = candidate
     if champion is not None:
         rows = candidate.merge(
@@ -170,8 +235,9 @@ def figures(
         "candidate_pr_auc": pr_auc(y, scores),
         "candidate_calibration_error": ece,
         "calibration_bins": table,
+        "candidate_predict_us_per_row": candidate_scored.seconds_per_row * 1e6,
     }
-    if champion is None or champion_manifest is None:
+    if champion is None or champion_manifest is None or champion_scored is None:
         return out
     champion_scores = rows["score_champion"].to_numpy(dtype=np.float64)
     label, cutoff = alert_cutoff(champion_manifest)
@@ -186,6 +252,12 @@ def figures(
             "champion_recall_at_alert_rate": recall_at_count(y, champion_scores, alerts),
             "candidate_recall_at_alert_rate": recall_at_count(y, scores, alerts),
             "champion_calibration_error": calibration_error(y, champion_scores, bins)[0],
+            "champion_predict_us_per_row": champion_scored.seconds_per_row * 1e6,
         }
     )
+    if "segment" in rows.columns and alerts > 0:
+        # The candidate's cutoff giving the champion's number of alerts on the window.
+        ranked = np.sort(scores)[::-1]
+        cutoff_candidate = float(ranked[min(alerts, len(ranked)) - 1])
+        out["segments"] = segment_recalls(rows, cutoff_candidate, cutoff, min_segment_positives)
     return out

@@ -45,6 +45,25 @@ class GateRules(Config):
     min_window_positives: int = Field(
         default=10, ge=1, description="Matured positives the window needs."
     )
+    segment_field: str = Field(
+        default="merchant_category",
+        description="Event column whose values are the segments no candidate may do worse in.",
+    )
+    min_segment_positives: int = Field(
+        default=20, ge=1, description="Matured positives a segment needs to be compared."
+    )
+    max_segment_recall_drop: float = Field(
+        default=0.1,
+        ge=0,
+        description="In a segment, candidate recall at the champion's alert count may be this "
+        "far below the champion's.",
+    )
+    max_predict_us_per_row: float = Field(
+        default=200.0, gt=0, description="Candidate model time per row (CPU graph), at most."
+    )
+    max_predict_time_ratio: float = Field(
+        default=3.0, gt=0, description="Candidate model time per row / the champion's, at most."
+    )
 
 
 class TriggerRules(Config):
