@@ -40,6 +40,7 @@ FEATURES = "features"
 TRAINING = "training"
 MONITORING = "monitoring"
 ROLLOUT = "rollout"
+BATCH = "batch"
 TRAINING_SET_DIR = "training_set"
 TRAINING_FILE = "training.parquet"
 EVALUATION_FILE = "evaluation.parquet"
@@ -483,6 +484,90 @@ def candidate_rollout(
     )
 
 
+# --- batch scoring --------------------------------------------------------------------------
+
+
+@asset(
+    group_name=BATCH,
+    deps=[online_store],
+    description="Nightly: the objects of the last day scored offline by the champion, features "
+    "as of the run (`python -m scoring_service batch-score`), into a dated table.",
+)
+def nightly_scores(context: AssetExecutionContext, platform: PlatformResource) -> MaterializeResult:
+    log, run = _run(context, platform)
+    spec = _domain(platform)
+    now = clock.now()
+    champion = platform.live_champion
+    if not champion:
+        raise Failure("no champion to score with (ORCHESTRATION_CHAMPION is empty)")
+    name, version = champion.split("/", 1)
+    events = pd.read_parquet(platform.path(platform.transactions))
+    times = pd.to_datetime(events[spec.timestamp_field], utc=True)
+    since = pd.Timestamp(now) - pd.Timedelta(days=platform.batch_scoring_days)
+    active = events[(times >= since) & (times <= pd.Timestamp(now))]
+    day = now.strftime("%Y-%m-%d")
+    target = platform.path(platform.batch_scores_dir) / f"date={day}" / "scores.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    objects = target.parent / "objects.parquet"
+    active.drop(columns=[spec.label_column, "label_available_at"], errors="ignore").to_parquet(
+        objects, index=False
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "scoring_service",
+        "batch-score",
+        "--input",
+        str(objects),
+        "--out",
+        str(target),
+        "--repo",
+        str(platform.repo),
+        "--model-root",
+        str(platform.path(platform.model_root)),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--as-of",
+        now.isoformat(),
+        "--device",
+        "cpu",
+    ]
+    if platform.store_yaml is not None:
+        command += ["--yaml", str(platform.store_yaml)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    objects.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise Failure(
+            f"batch scoring of {len(active)} objects with {champion} failed "
+            f"(exit {done.returncode}): {(done.stderr or done.stdout)[-2000:]}"
+        )
+    scores = pd.read_parquet(target)
+    labels = scores["label"].value_counts().to_dict() if "label" in scores else {}
+    record = log.record(
+        run,
+        "scoring",
+        "nightly_scores",
+        passed=True,
+        champion=champion,
+        message=f"{len(scores)} objects of the last {platform.batch_scoring_days:g} day(s) scored "
+        f"by {champion} into {target}",
+        metrics={"objects": len(scores), "labels": labels},
+        evidence={"table": str(target), "as_of": now.isoformat()},
+    )
+    return MaterializeResult(
+        metadata={
+            "objects": len(scores),
+            "labels": MetadataValue.json(labels),
+            "table": MetadataValue.path(str(target)),
+            "seconds": round(time.perf_counter() - started, 2),
+            **_decisions([record], log),
+        }
+    )
+
+
 # --- monitoring -----------------------------------------------------------------------------
 
 
@@ -562,5 +647,6 @@ ASSETS = [
     candidate_package,
     candidate_evaluation,
     candidate_rollout,
+    nightly_scores,
     model_monitoring,
 ]

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from feature_repo import clock
 
-Kind = Literal["run", "gate", "verdict", "rollout", "promotion", "rollback", "monitor", "trigger"]
+Kind = Literal[
+    "run", "gate", "verdict", "rollout", "promotion", "rollback", "monitor", "trigger", "scoring"
+]
 KINDS: tuple[str, ...] = (
     "run",
     "gate",
@@ -35,6 +37,7 @@ KINDS: tuple[str, ...] = (
     "rollback",
     "monitor",
     "trigger",
+    "scoring",
 )
 
 # Run tags the orchestration sets on the runs it requests (sensors) and reads back here.

@@ -16,6 +16,7 @@ from orchestration.assets import (
     candidate_rollout,
     feature_definitions,
     model_monitoring,
+    nightly_scores,
     online_store,
     raw_events,
     training_set,
@@ -57,4 +58,18 @@ retraining_job = define_asset_job(
     tags=_TAGS,
 )
 
-JOBS = [batch_features_job, feature_definitions_job, monitoring_job, retraining_job]
+batch_scoring_job = define_asset_job(
+    "batch_scoring_job",
+    selection=AssetSelection.assets(nightly_scores),
+    description="Nightly: the last day's objects scored offline by the champion into a dated "
+    "table (the batch-prediction strategy).",
+    tags=_TAGS,
+)
+
+JOBS = [
+    batch_features_job,
+    feature_definitions_job,
+    monitoring_job,
+    retraining_job,
+    batch_scoring_job,
+]

@@ -172,6 +172,13 @@ class PlatformResource(ConfigurableResource):
         "(SCORING_PREDICTION_LOG_DIR/<domain>).",
     )
     monitor_dir: str = Field(default="data/monitor", description="monitor.json and monitor.html.")
+    batch_scores_dir: str = Field(
+        default="data/batch_scores/fraud",
+        description="Nightly scores, one table per day: date=YYYY-MM-DD/scores.parquet.",
+    )
+    batch_scoring_days: float = Field(
+        default=1.0, gt=0, description="Nightly scoring covers the objects of the last N days."
+    )
     training_rounds: int = Field(default=400, ge=1, description="Maximum boosting rounds.")
     seed: int = Field(default=7, description="Training seed.")
     service_url: str = Field(
@@ -196,7 +203,13 @@ class PlatformResource(ConfigurableResource):
             raw = env.get(f"{ENV_PREFIX}{name.upper()}")
             if raw is None or field.annotation in (GateRules, TriggerRules, RolloutRules):
                 continue
-            values[name] = int(raw) if field.annotation is int else raw
+            values[name] = (
+                int(raw)
+                if field.annotation is int
+                else float(raw)
+                if field.annotation is float
+                else raw
+            )
         return cls(**values)  # type: ignore[arg-type]
 
     def path(self, value: str) -> Path:

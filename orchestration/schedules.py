@@ -1,4 +1,5 @@
-"""What runs when: batch features hourly, monitoring daily, retraining weekly (UTC).
+"""What runs when: batch features hourly, monitoring daily, batch scoring nightly, retraining
+weekly (UTC).
 
 Schedules start stopped on a development machine (`make orchestrate`: turn them on in the UI);
 ``ORCHESTRATION_SCHEDULES=running`` starts them running, as the Kubernetes deployment does.
@@ -10,7 +11,12 @@ import os
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-from orchestration.jobs import batch_features_job, monitoring_job, retraining_job
+from orchestration.jobs import (
+    batch_features_job,
+    batch_scoring_job,
+    monitoring_job,
+    retraining_job,
+)
 
 STATUS_ENV = "ORCHESTRATION_SCHEDULES"
 
@@ -51,4 +57,14 @@ weekly_retraining = ScheduleDefinition(
     description="Retrain on the labels matured so far; the gates decide.",
 )
 
-SCHEDULES = [hourly_batch_features, daily_monitoring, weekly_retraining]
+nightly_batch_scoring = ScheduleDefinition(
+    name="nightly_batch_scoring",
+    job=batch_scoring_job,
+    # After the night's last hourly aggregation: features as of 02:15 cover the whole day.
+    cron_schedule="15 2 * * *",
+    execution_timezone="UTC",
+    default_status=default_status(),
+    description="Score the last day's objects offline with the champion into a dated table.",
+)
+
+SCHEDULES = [hourly_batch_features, daily_monitoring, weekly_retraining, nightly_batch_scoring]

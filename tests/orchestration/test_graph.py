@@ -112,6 +112,11 @@ def test_the_run_and_every_gate_are_in_the_decision_log(
     # No live service configured: the rollout says so and changes nothing.
     (rollout,) = [r for r in records if r.kind == "rollout"]
     assert rollout.subject == "not started" and "ORCHESTRATION_SERVICE_URL" in rollout.message
+    # Nightly batch scoring: the last day's payments scored by the champion into a dated table.
+    (nightly,) = [r for r in records if r.kind == "scoring"]
+    table = pd.read_parquet(nightly.evidence["table"])
+    assert nightly.metrics["objects"] == len(table) > 0 and nightly.champion == CHAMPION
+    assert table["score"].between(0, 1).all() and "date=" in nightly.evidence["table"]
     # Labels as matured at training time: the window's rows had matured, later ones are left out.
     summary = json.loads(
         (platform_root / "data/orchestration/training_set/training_set.json").read_text()
