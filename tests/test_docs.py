@@ -36,8 +36,9 @@ def ignored(path: str) -> bool:
     # the folder is absent, as it is in a clean clone.
     forms = {path, path.rstrip("/") + "/"}
     return any(
-        subprocess.run(["git", "check-ignore", "-q", "--no-index", form], cwd=ROOT, check=False)
-        .returncode
+        subprocess.run(
+            ["git", "check-ignore", "-q", "--no-index", form], cwd=ROOT, check=False
+        ).returncode
         == 0
         for form in forms
     )
