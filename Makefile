@@ -55,7 +55,7 @@ SERVED_DOMAINS := feature_repo/fraud$(if $(filter-out fraud,$(DOMAIN)),$(COMMA)f
 .PHONY: help setup setup-gpu system-deps redis-up redis-down data generate aggregate apply \
 	materialize train dataset serve run credit test lint format bench clean soak bench-predict \
 	replay stream produce skew-check train-compare bench-freshness lint-imports \
-	check-serve-install lock lock-check rematerialize test-clock orchestrate
+	check-serve-install lock lock-check rematerialize test-clock orchestrate bench-admission bench-family
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -127,9 +127,12 @@ redis-up: system-deps ## Start a local redis-server on REDIS_PORT (STORE=redis u
 redis-down: ## Stop the local redis-server started by redis-up
 	-@test -f data/redis.pid && kill $$(cat data/redis.pid) && rm -f data/redis.pid
 
+# NEW_PATTERN_FROM_DAY=<day>: the new fraud pattern (account_takeover) from that day of the range.
+NEW_PATTERN_FROM_DAY ?=
 generate: $(STAMP) ## Synthetic transactions -> data/transactions.parquet
 	$(PY) -m feature_pipelines generate --rows $(ROWS) --seed $(SEED) --days $(DAYS) \
-		--out data/transactions.parquet $(END_OPT)
+		--out data/transactions.parquet $(END_OPT) \
+		$(if $(NEW_PATTERN_FROM_DAY),--new-pattern-from-day $(NEW_PATTERN_FROM_DAY))
 
 aggregate: $(STAMP) ## Hourly entity features -> feature_repo/fraud/data/*.parquet
 	$(PY) -m feature_pipelines aggregate --transactions data/transactions.parquet \
@@ -156,9 +159,12 @@ dataset: $(STAMP) ## Point-in-time training set -> data/training_set.parquet
 	$(PY) -m models dataset --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
 		$(YAML_OPT)
 
+# The summary (holdout figures of the model, a decision tree and the rules baseline) is kept in
+# data/training_summary.txt: `make run` shows it again once the service answers.
 train: $(STAMP) ## Train, export ONNX, check parity, publish models/packages/fraud_model/<v>
-	$(PY) -m models train --domain feature_repo/fraud --feature-service $(FEATURE_SERVICE) \
-		$(YAML_OPT)
+	@mkdir -p data
+	set -o pipefail; $(PY) -m models train --domain feature_repo/fraud \
+		--feature-service $(FEATURE_SERVICE) $(YAML_OPT) | tee data/training_summary.txt
 
 train-compare: $(STAMP) ## Train v1 and v2 on one time split, holdout metrics side by side
 	$(PY) -m models train --domain feature_repo/fraud \
@@ -204,6 +210,8 @@ run: setup data apply rematerialize train $(filter-out fraud,$(DOMAIN)) skew-che
 	SERVER=$$!; trap 'kill $$SERVER 2>/dev/null' INT TERM EXIT; \
 	$(PY) -m scoring_service score-sample --url http://$(HOST):$(PORT) \
 		--domain feature_repo/$(DOMAIN) --api-key-file $(DEV_API_KEY) || exit 1; \
+	echo; echo "Generated world ($(ROWS) rows, seed $(SEED), $(DAYS) days), its holdout:"; \
+	cat data/training_summary.txt; \
 	echo; echo "Service listening on http://$(HOST):$(PORT) (docs at /docs); Ctrl-C stops it."; \
 	wait $$SERVER
 
@@ -238,12 +246,29 @@ soak: $(STAMP) system-deps $(if $(filter redis,$(STORE)),redis-up) ## Soak: 10 m
 bench: setup ## Score path vs feast serve, trivial FastAPI and Feast's SDK (wrk, own Redis) -> bench/results/latest.json
 	$(PY) -m bench.run --out bench/results
 
+BENCH_ADMISSION_SECONDS ?= 5
+bench-admission: setup ## Only the admission rows, briefly: capacity, open loop 0.5x-5x, closed c=256, noisy key -> bench/results/admission.json
+	$(PY) -m bench.run --out bench/results --only admission --rows 20000 --entities 20000 --duration $(BENCH_ADMISSION_SECONDS)
+
+BENCH_FAMILY_SECONDS ?= 8
+bench-family: setup ## Only the family row, briefly: 200 members under a budget of 50, Zipf mix, vs one model -> bench/results/family.json
+	$(PY) -m bench.run --out bench/results --only family --rows 20000 --entities 20000 --duration $(BENCH_FAMILY_SECONDS)
+
 bench-predict: $(STAMP) ## Predict throughput by batch size: CPU graphs, and CUDA when present -> bench/results/predict_devices.json
 	$(PY) bench/predict_devices.py --out bench/results/predict_devices.json
 
 FRESHNESS_EVENTS ?= 1000
 bench-freshness: $(STAMP) system-deps ## Event appended -> changed score, p50/p99 (own Redis, v2) -> bench/results/freshness.json
 	$(PY) bench/freshness.py --events $(FRESHNESS_EVENTS) --out bench/results/freshness.json
+
+.PHONY: stream-chaos bench-stream
+BENCH_STREAM_SECONDS ?= 8
+bench-stream: setup ## Only the stream-scoring rows, briefly: events/s at saturation, p50/p99 at half rate, vs the service at c=16 -> bench/results/stream.json
+	$(PY) -m bench.run --out bench/results --only stream --rows 20000 --entities 20000 --duration $(BENCH_STREAM_SECONDS)
+
+STREAM_CHAOS_EVENTS ?= 100000
+stream-chaos: setup ## Stream scoring under kill -9 (3 kills and restarts, then 2 members, one killed) with 100,000 events: each decided exactly once
+	STREAM_CHAOS_EVENTS=$(STREAM_CHAOS_EVENTS) $(PY) -m pytest -q -p no:cacheprovider -o timeout=3600 tests/scoring_service/stream_scoring/test_runner.py
 
 lint: $(STAMP) ## The locks' freshness, ruff (lint + format check), mypy and the import-linter layer contracts
 	$(MAKE) --no-print-directory lock-check

@@ -16,7 +16,16 @@ realistic feature set (``bench/dataset.py``):
     and a bare ASGI app answering a fixed JSON body (the HTTP stack's ceiling), both served
     with the service's uvicorn settings (``bench/trivial_app.py``);
 (d) ``score-batch`` with 10,000 transactions versus reading the same rows with Feast's SDK,
-    one ``get_online_features`` call per row and one call for all rows.
+    one ``get_online_features`` call per row and one call for all rows;
+(e) admission under overload: the service's capacity (wrk, c=16), then open-loop arrivals
+    (``bench/openloop.py``) at 0.5x, 1x, 2x and 5x of it asking for the production deadline,
+    the closed-loop c=256 row, and one key flooding at ten times its quota beside another key
+    (``--only admission`` runs these rows alone: ``make bench-admission``);
+(f) a model family of 200 members under a memory budget holding 50, a Zipf segment mix, versus
+    the single-model deployment (``bench/family.py``; ``--only family`` runs it alone);
+(g) stream scoring: one ``stream-score`` process's events/s at saturation and its
+    event-to-decision p50/p99 at half that rate, against (a)'s c=16 (``bench/stream.py``;
+    ``--only stream`` runs it with one c=16 run of the service).
 
 HTTP load comes from ``wrk`` (closed loop, ``bench/wrk/post.lua``). The run prints one table and
 writes it as JSON to ``bench/results/latest.json`` and ``bench/results/<UTC time>.json``, with
@@ -57,6 +66,8 @@ from typing import Any
 import httpx
 
 from bench.dataset import BenchWorld, build_world
+from bench.family import TARGETS as FAMILY_TARGETS
+from bench.stream import TARGETS as STREAM_TARGETS
 
 logger = logging.getLogger("bench")
 
@@ -87,6 +98,20 @@ TARGETS = {
     "rss_mb_per_worker_2_workers": ("<=", 300.0),
     "ready_s": ("<=", 10.0),
     "throughput_with_shadow_vs_without": (">=", 0.7),
+    # (e) admission under overload (issue targets; ratios of the same run)
+    "open_loop_2x_goodput_vs_capacity": (">=", 0.9),
+    "open_loop_5x_goodput_vs_capacity": (">=", 0.9),
+    "open_loop_2x_p99_ok_ms": ("<=", float(OVERLOAD_DEADLINE_MS)),
+    "open_loop_5x_p99_ok_ms": ("<=", float(OVERLOAD_DEADLINE_MS)),
+    "open_loop_2x_p99_refused_ms": ("<=", 5.0),
+    "open_loop_5x_p99_refused_ms": ("<=", 5.0),
+    "closed_c256_goodput_vs_c16": (">=", 0.8),
+    "closed_c256_p99_ms": ("<=", 2.0 * OVERLOAD_DEADLINE_MS),
+    "closed_c256_other_answers": ("<=", 0.0),
+    "noisy_key_calm_refusals": ("<=", 0.0),
+    "noisy_key_calm_p99_ms": ("<=", float(OVERLOAD_DEADLINE_MS)),
+    **FAMILY_TARGETS,
+    **STREAM_TARGETS,
 }
 
 # (a3): the one-model deployment, and the same with a shadow that scores every request (the same
@@ -283,6 +308,166 @@ def overload_scenario(name: str, base: str, bodies: Path, duration: float, key: 
     return {"name": name, "concurrency": OVERLOAD_CONNECTIONS, **stats}
 
 
+# --- (e) admission under overload: open-loop rows, the closed-loop c=256 row, a noisy key ----
+
+OPEN_LOOP_FACTORS = (0.5, 1.0, 2.0, 5.0)
+NOISY_KEY = "bench-noisy-key"
+NOISY_RATE = 50.0  # the noisy key's quota, calls a second; it sends ten times that
+CALM_RATE = 50.0  # the calm key's calls a second beside it
+
+
+def open_loop(base: str, streams: list[dict], seconds: float) -> dict[str, dict]:
+    """``bench/openloop.py`` in its own process; each stream's summary by name."""
+    cmd = [sys.executable, "-m", "bench.openloop", "--url", base, "--seconds", f"{seconds:g}"]
+    for stream in streams:
+        cmd += ["--stream", json.dumps(stream)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"open-loop generator failed:\n{done.stderr[-2000:]}")
+    return {s["stream"]: s for s in json.loads(done.stdout)["streams"]}
+
+
+def refusal_counts(base: str) -> dict[str, float]:
+    """Where the service's refusals came from so far (its metrics): at admission (the class
+    limit, or a key's quota), as 503 overloaded in all (admission plus deadlines missed on a
+    saturated loop), and the learned limit now."""
+    counts = {"refused_at_admission": 0.0, "overloaded_all": 0.0, "limit": 0.0}
+    for line in httpx.get(base + "/metrics", timeout=30.0).text.splitlines():
+        if line.startswith("scoring_admission_refused_total{"):
+            counts["refused_at_admission"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("scoring_errors_total{") and 'code="overloaded"' in line:
+            counts["overloaded_all"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("scoring_admission_limit "):
+            counts["limit"] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def open_loop_row(name: str, got: dict) -> dict:
+    """An open-loop stream's summary as a scenario row (concurrency 0: open loop; rps is the
+    goodput, p50/p99 of the scored answers)."""
+    nan = float("nan")
+    return {
+        "name": name,
+        "concurrency": 0,
+        "rps": got["goodput"],
+        "p50_ms": nan if got["p50_ok_ms"] is None else got["p50_ok_ms"],
+        "p99_ms": nan if got["p99_ok_ms"] is None else got["p99_ok_ms"],
+        "p99_refused_ms": got["p99_refused_ms"],
+        "offered_rps": got["rate"],
+        "sent": got["sent"],
+        "answers": got["answers"],
+        "codes": got["codes"],
+        "errors": sum(got["errors"].values()),
+        "transport_errors": got["errors"],
+        "send_lag_p99_ms": got["send_lag_p99_ms"],
+    }
+
+
+def admission_scenarios(
+    env: dict[str, str], bodies: Path, logs: Path, duration: float
+) -> tuple[list[dict], dict[str, float]]:
+    """(e): the service's capacity (wrk, c=16), open-loop arrivals at 0.5x to 5x of it asking
+    for the production deadline, the closed-loop c=256 row, and one key flooding at ten times
+    its quota beside another key. Rows, and the ratios the targets read."""
+    from scoring_service.core.security import hash_key
+
+    label = "service POST /v1/transactions/score"
+    headers = {"X-API-Key": API_KEY, "X-Deadline-Ms": str(OVERLOAD_DEADLINE_MS)}
+    rows: list[dict] = []
+    ratios: dict[str, float] = {}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+    with running("service_admission", cmd, env, logs) as service:
+        service.wait_ready(base + "/health/ready")
+        (capacity_row,) = http_scenarios(
+            f"{label} (capacity)", base, SCORE_PATH, bodies, duration, API_KEY, connections=(16,)
+        )
+        rows.append(capacity_row)
+        capacity = capacity_row["rps"]
+        for factor in OPEN_LOOP_FACTORS:
+            rate = round(capacity * factor, 1)
+            stream = {"name": "score", "path": SCORE_PATH, "rate": rate, "bodies": str(bodies)}
+            before = refusal_counts(base)
+            got = open_loop(base, [{**stream, "headers": headers}], duration)["score"]
+            after = refusal_counts(base)
+            name = f"{label}, open loop {factor:g}x capacity, X-Deadline-Ms {OVERLOAD_DEADLINE_MS}"
+            row = open_loop_row(name, got)
+            row["refused_at_admission"] = (
+                after["refused_at_admission"] - before["refused_at_admission"]
+            )
+            row["overloaded_all"] = after["overloaded_all"] - before["overloaded_all"]
+            row["limit_after"] = after["limit"]
+            rows.append(row)
+            logger.info("open loop %gx: %s", factor, row)
+            key = f"open_loop_{factor:g}x".replace(".", "_")
+            ratios[f"{key}_goodput_vs_capacity"] = got["goodput"] / capacity
+            if got["p99_ok_ms"] is not None:
+                ratios[f"{key}_p99_ok_ms"] = got["p99_ok_ms"]
+            if got["p99_refused_ms"] is not None:
+                ratios[f"{key}_p99_refused_ms"] = got["p99_refused_ms"]
+        closed = overload_scenario(
+            f"{label}, X-Deadline-Ms {OVERLOAD_DEADLINE_MS} (overload, admission run)",
+            base,
+            bodies,
+            duration,
+            API_KEY,
+        )
+        rows.append(closed)
+        answers = closed.get("statuses", {})
+        ratios["closed_c256_goodput_vs_c16"] = closed["rps"] / capacity
+        ratios["closed_c256_p99_ms"] = closed["p99_ms"]
+        ratios["closed_c256_other_answers"] = sum(
+            n for k, n in answers.items() if k not in ("200", "503:overloaded")
+        )
+
+    # One key flooding at ten times its quota, another key beside it.
+    noisy_env = {
+        **env,
+        "SCORING_API_KEY_HASHES": f"{hash_key(API_KEY)},{hash_key(NOISY_KEY)}",
+        "SCORING_KEY_QUOTAS": f"{hash_key(NOISY_KEY)}={NOISY_RATE:g}/0.25",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+    with running("service_noisy_key", cmd, noisy_env, logs) as service:
+        service.wait_ready(base + "/health/ready")
+        got = open_loop(
+            base,
+            [
+                {
+                    "name": "noisy",
+                    "path": SCORE_PATH,
+                    "rate": 10 * NOISY_RATE,
+                    "bodies": str(bodies),
+                    "headers": {**headers, "X-API-Key": NOISY_KEY},
+                },
+                {
+                    "name": "calm",
+                    "path": SCORE_PATH,
+                    "rate": CALM_RATE,
+                    "bodies": str(bodies),
+                    "headers": headers,
+                },
+            ],
+            duration,
+        )
+    for name in ("noisy", "calm"):
+        stream = got[name]
+        rows.append(
+            open_loop_row(
+                f"{label}, noisy key at 10x its quota of {NOISY_RATE:g}/s: {name} key", stream
+            )
+        )
+    calm = got["calm"]
+    ratios["noisy_key_calm_refusals"] = sum(
+        n for status, n in calm["answers"].items() if status != "200"
+    ) + sum(calm["errors"].values())
+    ratios["noisy_key_calm_p99_ms"] = calm["p99_ok_ms"] if calm["p99_ok_ms"] is not None else -1
+    ratios["noisy_key_noisy_429s"] = got["noisy"]["answers"].get("429", 0)
+    return rows, ratios
+
+
 def write_lines(path: Path, documents: list[dict]) -> Path:
     """One compact JSON document per line, for wrk."""
     path.write_text("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in documents))
@@ -477,6 +662,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument(
+        "--only",
+        choices=["admission", "family", "stream"],
+        help="run only these rows: admission = capacity, open loop at 0.5x-5x, closed loop "
+        "c=256 and the noisy key (results in <out>/admission.json); family = 200 family members "
+        "under a budget of 50 versus the single model (results in <out>/family.json); stream = "
+        "stream scoring at saturation and at half rate versus the service at c=16 (results in "
+        "<out>/stream.json)",
+    )
+    parser.add_argument(
+        "--stream-events", type=int, default=20_000, help="events of the stream saturation run"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for tool in ("wrk", "redis-server"):
@@ -511,6 +708,21 @@ def main() -> None:
                 "SCORING_BATCH_DEADLINE_MS": "120000",
                 "SCORING_MODEL_NAME": "fraud_model",  # the package build_world trains
             }
+
+            if args.only == "admission":
+                admission_rows, admission_ratios = admission_scenarios(
+                    env, bodies, logs, args.duration
+                )
+                write_admission(args, started_at, load_start, admission_rows, admission_ratios)
+                return
+            if args.only == "stream":
+                stream_rows, stream_ratios = run_stream(env, redis_url, world, bodies, logs, args)
+                write_only(args, "stream", started_at, load_start, stream_rows, stream_ratios)
+                return
+            if args.only == "family":
+                family_rows, family_ratios, family = run_family(env, world, tmp, logs, args)
+                write_only(args, "family", started_at, load_start, family_rows, family_ratios)
+                return
 
             # (a) the service, 1 worker: c=1, c=16, overload at c=256, and (d) its batch call
             port = free_port()
@@ -603,6 +815,10 @@ def main() -> None:
                     if name == "champion + shadow":
                         shadow_counts = shadow_metrics(base_d)
 
+            # (f) a model family of 200 members under a budget of 50, versus the single model
+            family_rows, family_ratios, family = run_family(env, world, tmp, logs, args)
+            scenarios += family_rows
+
             # (b) feast serve, feature lookup only, same entities and features
             port = free_port()
             feast_base = f"http://127.0.0.1:{port}"
@@ -641,6 +857,14 @@ def main() -> None:
                                 f"{name} (overload)", anchor_base, bodies, args.duration, None
                             )
                         )
+
+            # (e) admission under overload: open loop, closed loop c=256, a noisy key
+            admission_rows, admission_ratios = admission_scenarios(env, bodies, logs, args.duration)
+            scenarios += admission_rows
+
+            # (g) stream scoring against the service's c=16 (measured again in this phase)
+            stream_rows, stream_ratios = run_stream(env, redis_url, world, bodies, logs, args)
+            scenarios += stream_rows
 
             # (d) Feast's SDK reading the same 10,000 rows
             rows = [{k: v[0] for k, v in b["entities"].items()} for b in world.feast_bodies]
@@ -698,6 +922,9 @@ def main() -> None:
         ratios["granian_overload_p99_ms"] = find(
             f"{label}, granian (overload)", OVERLOAD_CONNECTIONS
         )["p99_ms"]
+    ratios.update(admission_ratios)
+    ratios.update(family_ratios)
+    ratios.update(stream_ratios)
     ratios = {k: round(v, 3) for k, v in ratios.items()}
     load_end = os.getloadavg()
     results = {
@@ -738,6 +965,7 @@ def main() -> None:
             if name in ratios
         },
         "shadow": shadow_counts,
+        "family": family,
         "notes": notes,
     }
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
@@ -747,6 +975,109 @@ def main() -> None:
     print()
     print(table(results))
     print(f"\nresults: {args.out / 'latest.json'} (and {stamp}.json)")
+
+
+def run_family(
+    env: dict[str, str], world: BenchWorld, tmp: Path, logs: Path, args: argparse.Namespace
+) -> tuple[list[dict], dict[str, float], dict[str, Any]]:
+    """(f): the family row (``bench/family.py``) with this module's helpers."""
+    from bench import family
+
+    return family.family_rows(sys.modules[__name__], env, world, tmp, logs, args.duration)
+
+
+def run_stream(
+    env: dict[str, str],
+    redis_url: str,
+    world: BenchWorld,
+    bodies: Path,
+    logs: Path,
+    args: argparse.Namespace,
+) -> tuple[list[dict], dict[str, float]]:
+    """(g): the service at c=16, then one stream-scoring process (``bench/stream.py``), one after
+    the other on the same Redis and bodies; the ratio of the two."""
+    from bench import stream
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+    label = "service POST /v1/transactions/score (stream phase)"
+    with running("service_stream_phase", cmd, env, logs) as service:
+        service.wait_ready(base + "/health/ready")
+        http = http_scenarios(
+            label, base, SCORE_PATH, bodies, args.duration, API_KEY, connections=(16,)
+        )
+    rows, ratios = stream.stream_rows(
+        sys.modules[__name__],
+        env,
+        redis_url,
+        world.bodies,
+        logs,
+        args.duration,
+        events=args.stream_events,
+    )
+    ratios["stream_vs_http_c16"] = ratios["stream_events_per_s"] / http[0]["rps"]
+    # the online learner's learn and predict rates, on the bench model's feature list
+    import numpy as np
+
+    from models.package import package_dir, read_manifest
+
+    names = read_manifest(package_dir(world.model_root, "fraud_model", "v1")).features
+    matrix = np.random.default_rng(7).normal(size=(5_000, len(names)))
+    learner, learner_ratios = stream.learner_rows(list(names), matrix, logs)
+    ratios.update(learner_ratios)
+    return http + rows + learner, ratios
+
+
+def write_only(
+    args: argparse.Namespace,
+    name: str,
+    started_at: datetime,
+    load_start: tuple[float, float, float],
+    rows: list[dict],
+    ratios: dict[str, float],
+) -> None:
+    """``--only <name>``: its rows and ratios to <out>/<name>.json (and a stamped copy)."""
+    args.only_name = name
+    write_admission(args, started_at, load_start, rows, ratios)
+
+
+def write_admission(
+    args: argparse.Namespace,
+    started_at: datetime,
+    load_start: tuple[float, float, float],
+    rows: list[dict],
+    ratios: dict[str, float],
+) -> None:
+    """``--only admission``: its rows and ratios to <out>/admission.json (and a stamped copy),
+    with the machine's load before and after."""
+    ratios = {k: round(v, 3) for k, v in ratios.items()}
+    results = {
+        "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+        "started_at": started_at.isoformat(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "duration_s": args.duration,
+        "scenarios": rows,
+        "ratios": ratios,
+        "targets": {
+            name: {"rule": f"{rule[0]} {rule[1]:g}", "met": check(ratios[name], rule)}
+            for name, rule in TARGETS.items()
+            if name in ratios
+        },
+    }
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(results, indent=2) + "\n"
+    name = getattr(args, "only_name", "admission")
+    (args.out / f"{name}.json").write_text(text)
+    (args.out / f"{name}-{stamp}.json").write_text(text)
+    print()
+    print(table(results))
+    print(f"\nresults: {args.out / f'{name}.json'}")
 
 
 def batch_scenario(name: str, seconds: list[float]) -> dict:

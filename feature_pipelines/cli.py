@@ -78,10 +78,32 @@ def generate_command(
     out: Annotated[Path, typer.Option(help="Output parquet file.")] = Path(
         "data/transactions.parquet"
     ),
+    new_pattern_from_day: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="From this day of the range (0 = its first day) on, add the new fraud pattern "
+            "(fraud_pattern 'account_takeover') that the batch features barely see.",
+        ),
+    ] = None,
 ) -> None:
     """Generate synthetic payment transactions with labelled fraud patterns."""
     started = time.perf_counter()
-    frame = generate_transactions(rows, seed=seed, days=days, end=_parse_end(end))
+    if new_pattern_from_day is not None and new_pattern_from_day >= days:
+        raise typer.BadParameter(
+            f"day {new_pattern_from_day} is past the range: its days run from 0 to {days - 1}",
+            param_hint="--new-pattern-from-day",
+        )
+    try:
+        frame = generate_transactions(
+            rows,
+            seed=seed,
+            days=days,
+            end=_parse_end(end),
+            new_pattern_from_day=new_pattern_from_day,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     write_transactions(frame, out)
     fraud_rate = float(frame[schema.IS_FRAUD].mean())
     typer.echo(

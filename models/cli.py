@@ -133,17 +133,64 @@ def train(
     rounds: Annotated[int, typer.Option(help="Maximum boosting rounds.")] = 400,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     yaml: YamlOption = None,
+    family_by: Annotated[
+        str | None,
+        typer.Option(
+            help="Train a model family: the global model as its default member, and one "
+            "member per value of this request field (e.g. card_country) with enough rows, "
+            "published only where it beats the global model on the segment's holdout.",
+        ),
+    ] = None,
+    min_rows: Annotated[
+        int, typer.Option(help="Family: training rows a segment needs for a member.")
+    ] = 100,
+    member_rounds: Annotated[
+        int, typer.Option(help="Family: most trees a member adds to the global model's.")
+    ] = 60,
 ) -> None:
     """Train LightGBM on the point-in-time training set and publish an ONNX model package.
 
     Prints the holdout ROC-AUC and PR-AUC of the model, of a decision tree on the same inputs
-    and split, and of the domain's rules baseline; the package's manifest records them.
+    and split, and of the domain's rules baseline; the package's manifest records them. With
+    --family-by, trains a model family in one run and prints every segment's figures.
     """
     from models.train import compare_summary
     from models.train import train as run_training
 
     spec, repo = _domain(domain, repo)
     services = feature_service or [spec.feature_service]
+    if family_by is not None:
+        from models.family import train_family
+
+        if len(services) > 1:
+            raise typer.BadParameter(
+                "a family is trained from one FeatureService", param_hint="--feature-service"
+            )
+        if family_by not in spec.request_fields:
+            raise typer.BadParameter(
+                f"{family_by!r} is not a request field of the {spec.name} domain (fields: "
+                f"{', '.join(spec.request_fields)}); a family's member is chosen by one",
+                param_hint="--family-by",
+            )
+        family = train_family(
+            repo_path=repo,
+            events_path=events,
+            output_root=output,
+            segment_field=family_by,
+            feature_service=services[0],
+            model_name=name,
+            version=version,
+            yaml_path=yaml,
+            num_boost_round=rounds,
+            member_rounds=member_rounds,
+            min_rows=min_rows,
+            seed=seed,
+            domain=spec,
+        )
+        typer.echo(family.default.summary())
+        typer.echo("")
+        typer.echo(family.summary())
+        return
     if version is not None and len(services) > 1:
         raise typer.BadParameter(
             "--version names one package; leave it out when training several services",

@@ -17,7 +17,7 @@ import onnxmltools
 import onnxruntime as ort
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from models.lightgbm_dump import split_thresholds
+from models.lightgbm_dump import tree_split_thresholds
 from models.standard_graph import compile_booster
 from models.thresholds import float32_floor
 
@@ -62,25 +62,30 @@ def _round_thresholds_down(model: onnx.ModelProto, booster: lgb.Booster) -> None
     thresholds rounded to the nearest float32; when that rounds up onto an input value, the
     input goes left in ONNX and right in LightGBM. Rounding down (``models.thresholds``, as the
     standard-operator graph does) makes the comparisons agree for every float32 input.
+    Thresholds are matched within their tree: trees boosted on other data (a model family's
+    members continue the global model's trees) may hold thresholds on either side of one float32.
     """
-    lookup: dict[tuple[int, float], np.float32] = {}
-    for feature, thresholds in split_thresholds(booster).items():
-        doubles = np.asarray(thresholds, dtype=np.float64)
-        with np.errstate(over="ignore"):  # 1e300 ("above every value") rounds to inf
-            nearest = doubles.astype(np.float32)
-        for near, down in zip(nearest.tolist(), float32_floor(doubles), strict=True):
-            key = (feature, float(near))
-            if key in lookup and lookup[key] != down:
-                raise ParityError(
-                    f"feature {feature}: two thresholds share float32 {key[1]!r} but round "
-                    "down differently; the TreeEnsemble graph cannot be exact"
-                )
-            lookup[key] = down
+    lookup: dict[tuple[int, int, float], np.float32] = {}
+    for tree, per_feature in enumerate(tree_split_thresholds(booster)):
+        for feature, thresholds in per_feature.items():
+            doubles = np.asarray(thresholds, dtype=np.float64)
+            with np.errstate(over="ignore"):  # 1e300 ("above every value") rounds to inf
+                nearest = doubles.astype(np.float32)
+            for near, down in zip(nearest.tolist(), float32_floor(doubles), strict=True):
+                key = (tree, feature, float(near))
+                if key in lookup and lookup[key] != down:
+                    raise ParityError(
+                        f"tree {tree}, feature {feature}: two thresholds share float32 "
+                        f"{key[2]!r} but round down differently; the TreeEnsemble graph "
+                        "cannot be exact"
+                    )
+                lookup[key] = down
     for node in model.graph.node:
         if node.op_type not in ("TreeEnsembleClassifier", "TreeEnsembleRegressor"):
             continue
         attrs = {a.name: a for a in node.attribute}
         features = list(attrs["nodes_featureids"].ints)
+        trees = list(attrs["nodes_treeids"].ints)
         modes = list(attrs["nodes_modes"].strings)
         values = attrs["nodes_values"].floats
         for i, (feature, mode) in enumerate(zip(features, modes, strict=True)):
@@ -88,10 +93,11 @@ def _round_thresholds_down(model: onnx.ModelProto, booster: lgb.Booster) -> None
                 continue
             if mode != b"BRANCH_LEQ":
                 raise ParityError(f"unexpected split mode {mode!r} in the converted graph")
-            key = (feature, float(np.float32(values[i])))
+            key = (trees[i], feature, float(np.float32(values[i])))
             if key not in lookup:
                 raise ParityError(
-                    f"threshold {values[i]!r} of feature {feature} is not in the booster"
+                    f"threshold {values[i]!r} of feature {feature} is not in tree {trees[i]} "
+                    "of the booster"
                 )
             values[i] = float(lookup[key])
 

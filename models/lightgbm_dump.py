@@ -201,3 +201,19 @@ def split_thresholds(booster: lightgbm.Booster) -> dict[int, list[float]]:
     for tree in booster.dump_model()["tree_info"]:
         walk(tree["tree_structure"])
     return out
+
+
+def tree_split_thresholds(booster: lightgbm.Booster) -> list[dict[int, list[float]]]:
+    """``split_thresholds`` of each tree, in the order ``dump_model()`` lists the trees."""
+    out: list[dict[int, list[float]]] = []
+
+    def walk(node: dict, into: dict[int, list[float]]) -> None:
+        if "split_feature" in node:
+            into.setdefault(int(node["split_feature"]), []).append(float(node["threshold"]))
+            walk(node["left_child"], into)
+            walk(node["right_child"], into)
+
+    for tree in booster.dump_model()["tree_info"]:
+        out.append({})
+        walk(tree["tree_structure"], out[-1])
+    return out

@@ -2,6 +2,7 @@
 
 ``serve`` runs the service; ``score-sample`` scores a recent negative and positive object through
 a running one; ``batch-score`` scores a parquet of objects offline with the served package;
+``stream-score`` scores a stream's events as a consumer-group member (decisions to a stream);
 ``hash-key`` prints an API key's sha256 (the form the key settings take); ``dev-key`` makes a
 local development key.
 """
@@ -51,7 +52,13 @@ def serve(
     from scoring_service.core.process import prepare_metrics_dir, remove_metrics_dir
 
     configure_logging(settings.log_level)
-    metrics_dir = prepare_metrics_dir(count)  # before any worker imports prometheus_client
+    metrics_dir = prepare_metrics_dir(count)  # before anything imports the service's metrics
+    # Imported only now: the protocol's admission imports the metrics, whose counters need
+    # the multiprocess directory when there are several workers.
+    from scoring_service.api.server import BoundedHttpToolsProtocol
+
+    # Slow clients bounded: header and body time limits, a cap on open connections.
+    BoundedHttpToolsProtocol.configure(settings)
     if count > 1:
         target: object = "scoring_service.api.app:create_app_from_env"
     else:
@@ -69,7 +76,8 @@ def serve(
             log_config=log_config(settings.log_level),
             access_log=False,
             loop="uvloop",
-            http="httptools",
+            http=BoundedHttpToolsProtocol,
+            timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=10,
         )
     finally:
@@ -218,6 +226,93 @@ def batch_score_command(
         progress=lambda step: typer.echo(step.line(), err=True),
     )
     typer.echo(result.summary())
+
+
+@app.command("stream-score")
+def stream_score_command(
+    stream: Annotated[str, typer.Option(help="Input stream of events.")],
+    decisions: Annotated[str, typer.Option(help="Output stream the decisions are appended to.")],
+    redis: Annotated[
+        str, typer.Option(help="Redis of the streams (URL or host:port).", envvar="STREAM_REDIS")
+    ] = "127.0.0.1:6379",
+    group: Annotated[str, typer.Option(help="Consumer group.")] = "stream-scoring",
+    consumer: Annotated[
+        str,
+        typer.Option(
+            help="Member name; a restart under the same name resumes its pending entries.",
+            envvar="STREAM_CONSUMER",
+        ),
+    ] = "scorer-1",
+    batch_size: Annotated[int, typer.Option(min=1, help="Most entries per batch.")] = 256,
+    max_in_flight: Annotated[
+        int, typer.Option(min=1, help="Most entries read and not yet acknowledged.")
+    ] = 2_048,
+    block_ms: Annotated[int, typer.Option(min=1, help="Longest wait for new entries (ms).")] = 100,
+    claim_idle_seconds: Annotated[
+        float, typer.Option(min=0.0, help="Take over other members' entries idle this long.")
+    ] = 30.0,
+    dedup_days: Annotated[
+        float, typer.Option(min=0.001, help="How long a decided business id is remembered.")
+    ] = 7.0,
+    windows: Annotated[
+        str | None,
+        typer.Option(
+            help="Window catalogue (module:attribute) whose state absorbs each event, e.g. "
+            "feature_pipelines.fraud.windows:CATALOGUE (default: none)."
+        ),
+    ] = None,
+    state_prefix: Annotated[str, typer.Option(help="Key prefix of the window state.")] = "fraud:rt",
+    metrics_port: Annotated[
+        int, typer.Option(min=0, help="Port of the Prometheus metrics (0: none).")
+    ] = 0,
+    max_events: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many entries (default: never).")
+    ] = None,
+    idle_exit_seconds: Annotated[
+        float | None, typer.Option(min=0.0, help="Stop after the stream is idle this long.")
+    ] = None,
+) -> None:
+    """Score a stream's events as one consumer-group member; decisions to an output stream.
+
+    The domain, model and deployment come from the SCORING_* settings, as for ``serve``. Each
+    decision is written once per business id; SIGTERM stops after the batch in hand.
+    """
+    import asyncio
+
+    from scoring_service.core.logs import configure_logging
+    from scoring_service.core.settings import Settings
+    from scoring_service.stream_scoring.process import serve_stream
+    from scoring_service.stream_scoring.runner import StreamOptions
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        options = StreamOptions(
+            stream=stream,
+            decisions=decisions,
+            group=group,
+            consumer=consumer,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            max_in_flight=max_in_flight,
+            claim_idle_ms=int(claim_idle_seconds * 1000),
+            dedup_ttl_seconds=max(1, int(dedup_days * 86_400)),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-in-flight") from exc
+    stats = asyncio.run(
+        serve_stream(
+            settings,
+            options,
+            connection=redis,
+            windows=windows,
+            state_prefix=state_prefix,
+            metrics_port=metrics_port,
+            max_events=max_events,
+            idle_exit_seconds=idle_exit_seconds,
+        )
+    )
+    typer.echo(f"stopped: {stats.summary()}")
 
 
 @app.command("hash-key")

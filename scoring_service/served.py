@@ -242,6 +242,7 @@ async def open_domain(domain: ServedDomain, settings: Settings) -> None:
             str(settings.model_root),
             store,
             request_fields=list(declared.request_fields) if declared is not None else None,
+            model_memory_mb=settings.model_memory_mb,
             **load_options(settings),
         )
 

@@ -1,24 +1,43 @@
-"""Synthetic payment transactions with learnable fraud structure.
+"""Synthetic payment transactions with learnable, but not trivially separable, fraud.
 
 The generator builds a small world first (cards with a home country and home IPs, merchants with
-a country, a category and Zipf-like popularity, shared Wi-Fi/NAT IPs) and then draws
-transactions from it, fully vectorized with numpy so that millions of rows take seconds.
+a country, a category and Zipf-like popularity, shared Wi-Fi/NAT IPs, commercial VPN exits) and
+then draws transactions from it, fully vectorized with numpy so that millions of rows take
+seconds.
 
 Legitimate traffic follows a diurnal pattern in the card's local time, mostly comes from the
-card's home IPs at domestic merchants, sometimes through shared Wi-Fi or VPN exits (legit IPs
-seen with many cards), and occasionally from abroad while the cardholder travels. Fraud (about
-2% of rows) comes in four patterns that share structure across entities, so that fraud late in
-the range is predictable from entity history earlier in the range:
+card's home IPs at domestic merchants, and overlaps fraud the way real traffic does: shared
+Wi-Fi and VPN exits (IPs seen with many cards, some used by fraudsters too), trips abroad (some
+to countries fraud comes from) with bigger purchases there, big-ticket purchases at resellable
+categories, tiny payments (transit, app stores), cards issued during the range (no history), and
+holders who move abroad for good (their card's country stays, their IPs and shops change).
+
+Fraud (about 2% of rows) comes in four patterns that share structure across entities, so that
+much fraud late in the range is predictable from entity history earlier in the range:
 
 - ``ring``: a few ring IPs, usually abroad, are reused for weeks across many stolen cards,
-  with medium-high amounts at resellable categories;
+  with medium-high amounts at resellable categories; some groups pay through one-off
+  residential proxies in the card's own country instead;
 - ``card_testing``: a stolen card gets a burst of 5-25 tiny amounts (0.50-3.00) within 1-2
   hours at a few merchants (mostly digital goods) from a small pool of tester IPs, followed by
   a few large purchases;
-- ``stolen_card``: a card is used from new IPs in another country with high amounts over 1-3
-  days after compromise, while its legitimate use goes on;
+- ``stolen_card``: a card is used with high amounts over 1-3 days after compromise, mostly
+  from new IPs in another country, some from domestic proxies or shared VPN exits, while its
+  legitimate use goes on;
 - ``risky_merchant``: about 3% of merchants (never the most popular ones) carry a clearly
-  elevated fraud rate for the whole range.
+  elevated fraud rate, half of them for the whole range and half only for 10-25 days of it.
+
+Labels are noisy as chargebacks are: ``is_fraud`` is the reported label, ``fraud_pattern``
+the truth. About 10% of fraud is never reported (label 0), and about 0.2% of legitimate rows
+are disputed by their own cardholder (``friendly_fraud``, label 1), more often at categories
+easy to dispute.
+
+``new_pattern_from_day`` adds, from that day of the range on, ``account_takeover``: a
+taken-over card pays 3-6 everyday amounts at domestic everyday merchants within minutes, from
+its own home IP. The hourly batch features and the request fields barely see it; the card's
+minute-scale streaming windows do. Its rows replace legitimate rows after that day, drawn by a
+generator of their own, so the same seed gives the same world before the day with or without
+it (a drift study compares the two).
 
 Every transaction gets ``label_available_at``: the time its label becomes known (chargeback or
 maturity), 2-15 days after the event for fraud and legitimate rows alike. Amounts are drawn on
@@ -110,6 +129,36 @@ _FRAUD_SHARE = {"ring": 0.0055, "card_testing": 0.0050, "stolen_card": 0.0050,
 _PATTERN_CODE = {p: i for i, p in enumerate(schema.FRAUD_PATTERNS)}
 
 _RISKY_MERCHANT_SHARE = 0.03
+
+# Legitimate behaviour that overlaps fraud (shares of cards or of legitimate rows).
+_TRAVELER_SHARE = 0.15  # cards with one trip abroad in the range
+_TRIP_TO_FRAUD_ORIGIN = 0.4  # trips to a country fraud also comes from
+_MOVER_SHARE = 0.03  # cards whose holder moves abroad: new home IP and shops, same issuer
+_NEW_CARD_SHARE = 0.12  # cards issued during the range: no history before their first use
+_VPN_CARD_SHARE = 0.08
+_SHARED_IP_ROW_SHARE = 0.06  # public Wi-Fi / carrier NAT
+_BIG_PURCHASE_SHARE = 0.03  # legitimate big-ticket purchases at resellable categories
+_MICRO_PAYMENT_SHARE = 0.02  # parking, transit, app-store top-ups: tiny legitimate amounts
+
+# Fraud that hides: share of ring groups and stolen-card episodes paying through a fresh
+# residential proxy in the card's own country, and of stolen-card episodes through VPN exits
+# legitimate cardholders use too.
+_DOMESTIC_PROXY_SHARE = 0.3
+_STOLEN_VIA_VPN_SHARE = 0.2
+# Risky merchants: this share is risky only for a window of the range (merchants change risk).
+_RISKY_WINDOWED_SHARE = 0.5
+
+# Label noise: fraud never reported (the label stays 0) and legitimate purchases charged back
+# (friendly fraud), which leans towards categories that are easy to dispute.
+_UNREPORTED_FRAUD_SHARE = 0.10
+_FRIENDLY_FRAUD_SHARE = 0.002
+_FRIENDLY_BOOST = {"digital_goods": 4.0, "gaming": 4.0, "subscriptions": 3.0, "electronics": 2.0,
+                   "fashion": 1.5}  # fmt: skip
+
+# The new pattern (``new_pattern_from_day``): its share of all rows from that day on.
+_NEW_PATTERN_SHARE = 0.01
+_NEW_PATTERN_STREAM = 19  # its own random stream: the rest of the world does not change
+_EVERYDAY_CATEGORIES = ("grocery", "restaurants", "pharmacy", "fuel", "fashion")
 _V6_SHARE = 0.05
 _V4_FIRST_OCTETS = (23, 31, 37, 41, 45, 49, 52, 58, 62, 66, 71, 77, 81, 85, 91, 95, 101, 103,
                     109, 113, 121, 131, 139, 151, 176)  # fmt: skip
@@ -194,6 +243,10 @@ class _World:
     shared_ips_by_country: list[np.ndarray]  # public Wi-Fi / carrier NAT IPs per country
     vpn_ips: np.ndarray  # commercial VPN exits: many unrelated cards, mostly abroad
     card_uses_vpn: np.ndarray
+    card_issued_ms: np.ndarray  # first possible use; the range start for established cards
+    card_moves_ms: np.ndarray  # when the holder moves abroad; past the range end if never
+    card_new_country: np.ndarray  # where a moving holder lives afterwards
+    card_new_home_ip: np.ndarray  # their home IP there (-1 if they never move)
 
 
 @dataclass
@@ -211,7 +264,9 @@ class _Rows:
         return len(self.t_ms)
 
 
-def _build_world(rng: np.random.Generator, n_rows: int, ips: _IpPool) -> _World:
+def _build_world(
+    rng: np.random.Generator, n_rows: int, ips: _IpPool, start_ms: int, end_ms: int
+) -> _World:
     n_cards = max(50, round(n_rows / 12))
     n_merchants = max(60, round(n_rows / 250))
     n_countries = len(schema.COUNTRIES)
@@ -258,7 +313,23 @@ def _build_world(rng: np.random.Generator, n_rows: int, ips: _IpPool) -> _World:
     n_shared = np.maximum(1, np.round(_COUNTRY_P * n_cards / 150).astype(np.int64))
     shared = [ips.new(np.full(n, c)) for c, n in enumerate(n_shared)]
     vpn_ips = ips.new(rng.choice(n_countries, size=max(3, n_cards // 400), p=_VPN_P))
-    card_uses_vpn = rng.random(n_cards) < 0.04
+    card_uses_vpn = rng.random(n_cards) < _VPN_CARD_SHARE
+
+    # New cards are issued during the range (never in its last day); movers keep their issuer
+    # (card country) but live, shop and connect abroad from some point on.
+    period = end_ms - start_ms
+    issued = np.full(n_cards, start_ms, dtype=np.int64)
+    new_card = rng.random(n_cards) < _NEW_CARD_SHARE
+    issued[new_card] += (rng.random(int(new_card.sum())) * max(period - _DAY, 1)).astype(np.int64)
+    moves = np.full(n_cards, end_ms + _DAY, dtype=np.int64)
+    mover = rng.random(n_cards) < _MOVER_SHARE
+    moves[mover] = start_ms + (rng.random(int(mover.sum())) * period).astype(np.int64)
+    new_country = rng.choice(n_countries, size=n_cards, p=_COUNTRY_P)
+    new_country = np.where(
+        new_country == card_country, (new_country + 1) % n_countries, new_country
+    )
+    new_home_ip = np.full(n_cards, -1, dtype=np.int64)
+    new_home_ip[mover] = ips.new(new_country[mover])
 
     logger.debug("world: %d cards, %d merchants (%d risky)", n_cards, n_merchants, n_risky)
     return _World(
@@ -274,6 +345,10 @@ def _build_world(rng: np.random.Generator, n_rows: int, ips: _IpPool) -> _World:
         shared_ips_by_country=shared,
         vpn_ips=vpn_ips,
         card_uses_vpn=card_uses_vpn,
+        card_issued_ms=issued,
+        card_moves_ms=moves,
+        card_new_country=new_country,
+        card_new_home_ip=new_home_ip,
     )
 
 
@@ -339,6 +414,7 @@ def _legit_rows(
     n_cards = len(world.card_country)
     card = rng.choice(n_cards, size=n, p=world.card_activity)
     home = world.card_country[card]
+    end_ms = start_ms + days * _DAY
 
     # Local time of day from the diurnal curve, wrapped into the range whole days at a time
     # so that the time of day is preserved.
@@ -349,12 +425,28 @@ def _legit_rows(
     raw = day0 + rng.integers(0, days, size=n) * _DAY + local_ms - _UTC_OFFSET_MS[home]
     offset = (raw - start_ms) % period
     t_ms = start_ms + np.where(offset == 0, period, offset)
+    # A card issued during the range is used only from then on: its rows before that move
+    # forward a whole number of days (same local time), spread over the days left. Cards are
+    # issued at least a day before the end, so the first such day is never past it.
+    early = t_ms < world.card_issued_ms[card]
+    first = t_ms[early] + -(-(world.card_issued_ms[card[early]] - t_ms[early]) // _DAY) * _DAY
+    days_left = (end_ms - first) // _DAY
+    t_ms[early] = first + (rng.random(len(first)) * (days_left + 1)).astype(np.int64) * _DAY
 
-    # About 8% of cards travel once: 2-10 days abroad, mostly paying from a hotel/roaming IP.
-    traveler = rng.random(n_cards) < 0.08
+    # A holder who moved abroad lives there: home IP and domestic shops of the new country.
+    relocated = t_ms >= world.card_moves_ms[card]
+    living = np.where(relocated, world.card_new_country[card], home)
+
+    # Travellers go abroad once for 2-10 days (some to countries fraud also comes from), mostly
+    # paying from a hotel or roaming IP, and buy bigger there.
+    traveler = rng.random(n_cards) < _TRAVELER_SHARE
     trip_start = start_ms + (rng.random(n_cards) * period).astype(np.int64)
     trip_end = trip_start + rng.integers(2 * _DAY, 10 * _DAY, size=n_cards)
-    trip_country = rng.choice(len(schema.COUNTRIES), size=n_cards, p=_COUNTRY_P)
+    trip_country = np.where(
+        rng.random(n_cards) < _TRIP_TO_FRAUD_ORIGIN,
+        rng.choice(len(schema.COUNTRIES), size=n_cards, p=_FRAUD_ORIGIN_P),
+        rng.choice(len(schema.COUNTRIES), size=n_cards, p=_COUNTRY_P),
+    )
     trip_country = np.where(
         trip_country == world.card_country, (trip_country + 1) % len(_COUNTRIES), trip_country
     )
@@ -362,7 +454,7 @@ def _legit_rows(
     trip_ip[traveler] = ips.new(trip_country[traveler])
     on_trip = traveler[card] & (t_ms >= trip_start[card]) & (t_ms < trip_end[card])
     on_trip &= rng.random(n) < 0.85
-    shop_country = np.where(on_trip, trip_country[card], home)
+    shop_country = np.where(on_trip, trip_country[card], living)
 
     # Mostly domestic merchants; some cross-border online shopping.
     merchant = _merchants_in_country(rng, world, shop_country)
@@ -370,20 +462,33 @@ def _legit_rows(
     merchant[cross_border] = rng.choice(
         len(world.merchant_country), size=int(cross_border.sum()), p=world.merchant_popularity
     )
+    # Big-ticket purchases (a laptop, jewellery, a flight) at the categories fraud cashes out at,
+    # more often on a trip.
+    big = rng.random(n) < np.where(on_trip, 4 * _BIG_PURCHASE_SHARE, _BIG_PURCHASE_SHARE)
+    merchant[big] = rng.choice(
+        len(world.merchant_country),
+        size=int(big.sum()),
+        p=_merchant_sampler_p(world, _CASH_OUT_BOOST, 1.0),
+    )
 
     second = rng.random(n) < 0.3
     ip = world.card_home_ips[card, second.astype(np.int64)]
-    shared = (rng.random(n) < 0.04) & ~on_trip
-    for c in np.unique(home[shared]):
-        rows = np.flatnonzero(shared & (home == c))
+    shared = (rng.random(n) < _SHARED_IP_ROW_SHARE) & ~on_trip
+    for c in np.unique(living[shared]):
+        rows = np.flatnonzero(shared & (living == c))
         pool = world.shared_ips_by_country[c]
         ip[rows] = pool[rng.integers(0, len(pool), size=len(rows))]
+    at_new_home = relocated & ~shared
+    ip[at_new_home] = world.card_new_home_ip[card[at_new_home]]
     ip[on_trip] = trip_ip[card[on_trip]]
     # VPN users pay through a random exit half of the time: legit IPs shared by many cards.
     vpn = world.card_uses_vpn[card] & (rng.random(n) < 0.5) & ~on_trip
     ip[vpn] = world.vpn_ips[rng.integers(0, len(world.vpn_ips), size=int(vpn.sum()))]
 
     amount = _category_amounts(rng, world.merchant_category[merchant])
+    amount[big] = _category_amounts(rng, world.merchant_category[merchant[big]], mu_shift=0.5)
+    micro = (rng.random(n) < _MICRO_PAYMENT_SHARE) & ~big
+    amount[micro] = rng.uniform(0.5, 4.0, size=int(micro.sum()))
     return _Rows(t_ms, card, merchant, ip, amount, _PATTERN_CODE[schema.FRAUD_PATTERN_NONE])
 
 
@@ -413,6 +518,10 @@ def _ring_rows(
     card = rng.choice(
         len(world.card_country), size=n_groups, replace=n_groups > len(world.card_country)
     )
+
+    # Some groups pay through a fresh residential proxy in the card's own country instead.
+    proxied = rng.random(n_groups) < _DOMESTIC_PROXY_SHARE
+    group_ip[proxied] = ips.new(world.card_country[card[proxied]])
 
     offsets = _offsets_within(rng, sizes, np.full(n_groups, 36 * _HOUR))
     t_ms = np.repeat(group_start, sizes) + offsets
@@ -504,6 +613,14 @@ def _stolen_card_rows(
     use_proxy = (rng.random(n_ep) < 0.3) & (proxy_country[pick] != home)
     fresh[use_proxy, 0] = proxies[pick[use_proxy]]
     fresh[use_proxy, 1] = proxies[pick[use_proxy]]
+    # Others hide: a fresh residential proxy in the card's own country, or the commercial VPN
+    # exits legitimate cardholders use too.
+    domestic = (rng.random(n_ep) < _DOMESTIC_PROXY_SHARE) & ~use_proxy
+    fresh[domestic] = ips.new(np.repeat(home[domestic], 2)).reshape(-1, 2)
+    via_vpn = (rng.random(n_ep) < _STOLEN_VIA_VPN_SHARE) & ~use_proxy & ~domestic
+    fresh[via_vpn] = world.vpn_ips[
+        rng.integers(0, len(world.vpn_ips), size=(int(via_vpn.sum()), 2))
+    ]
     n_ips = rng.integers(1, 3, size=n_ep)
 
     ep = np.repeat(np.arange(n_ep), sizes)
@@ -522,9 +639,20 @@ def _risky_merchant_rows(
     rng: np.random.Generator, world: _World, ips: _IpPool, budget: int, start_ms: int, end_ms: int
 ) -> _Rows:
     n = max(1, budget)
-    merchant = world.risky_merchants[rng.integers(0, len(world.risky_merchants), size=n)]
+    # Some risky merchants are risky for the whole range, the others only for 10-25 days of it
+    # (a breach, a fraudulent operator): their history does not always tell.
+    n_risky = len(world.risky_merchants)
+    period = end_ms - start_ms - 1
+    span = np.where(
+        rng.random(n_risky) < _RISKY_WINDOWED_SHARE,
+        np.minimum(rng.integers(10 * _DAY, 25 * _DAY + 1, size=n_risky), period),
+        period,
+    )
+    window_start = start_ms + 1 + (rng.random(n_risky) * (period - span)).astype(np.int64)
+    which = rng.integers(0, n_risky, size=n)
+    merchant = world.risky_merchants[which]
     card = rng.choice(len(world.card_country), size=n, p=world.card_activity)
-    t_ms = start_ms + 1 + (rng.random(n) * (end_ms - start_ms - 1)).astype(np.int64)
+    t_ms = window_start[which] + (rng.random(n) * span[which]).astype(np.int64)
     # Half of it is first-party-looking (the card's own home IP), half from abroad.
     ip = world.card_home_ips[card, 0].copy()
     foreign = rng.random(n) < 0.55
@@ -533,10 +661,91 @@ def _risky_merchant_rows(
     return _Rows(t_ms, card, merchant, ip, amount, _PATTERN_CODE["risky_merchant"])
 
 
+def _account_takeover_rows(
+    rng: np.random.Generator, world: _World, budget: int, from_ms: int, end_ms: int
+) -> _Rows:
+    """The new pattern: a taken-over card (its wallet or its holder's device) pays 3-6
+    everyday-sized amounts at domestic everyday merchants within about ten minutes, from the
+    card's own home IP. Nothing in the hourly batch features or the request stands out: only
+    minute-scale windows of the card (streaming features) see the burst."""
+    sizes = _episode_sizes(rng, budget, 3, 6)
+    n_ep = len(sizes)
+    card = rng.choice(len(world.card_country), size=n_ep, replace=n_ep > len(world.card_country))
+    span = rng.integers(3 * 60 * _SECOND, 12 * 60 * _SECOND + 1, size=n_ep)
+    t0 = from_ms + (rng.random(n_ep) * np.maximum(end_ms - from_ms - span, 1)).astype(np.int64)
+    t0 = np.maximum(t0, world.card_issued_ms[card])
+    ep = np.repeat(np.arange(n_ep), sizes)
+    t_ms = np.repeat(t0, sizes) + _offsets_within(rng, sizes, span)
+    relocated = t_ms >= world.card_moves_ms[card[ep]]
+    country = np.where(relocated, world.card_new_country[card[ep]], world.card_country[card[ep]])
+    ip = np.where(relocated, world.card_new_home_ip[card[ep]], world.card_home_ips[card[ep], 0])
+    # Everyday merchants of the country the card is used in, by popularity.
+    merchant = _merchants_in_country(rng, world, country)
+    everyday = np.isin(
+        world.merchant_category[merchant], [_CATEGORY_INDEX[c] for c in _EVERYDAY_CATEGORIES]
+    )
+    retry = ~everyday
+    merchant[retry] = _merchants_in_country(rng, world, country[retry])
+    amount = rng.lognormal(3.3, 0.45, size=len(ep))
+    return _Rows(t_ms, card[ep], merchant, ip, amount, _PATTERN_CODE[schema.FRAUD_PATTERN_NEW])
+
+
+def _add_new_pattern(
+    rng: np.random.Generator,
+    world: _World,
+    from_ms: int,
+    end_ms: int,
+    budget: int,
+    columns: tuple[np.ndarray, ...],
+) -> None:
+    """Put ``account_takeover`` rows in the place of legitimate rows after ``from_ms``.
+
+    A generator of its own draws them and the rows they replace, and ``columns`` (time, card,
+    merchant, ip, amount, pattern, label delay, reported label) change in place only there:
+    the same seed gives the same world, identical before ``from_ms``, with or without it.
+    """
+    t_ms, card, merchant, ip, amount, pattern, delay, reported = columns
+    rows = _account_takeover_rows(rng, world, max(3, budget), from_ms, end_ms)
+    n = len(rows)
+    free = np.flatnonzero((pattern == _PATTERN_CODE[schema.FRAUD_PATTERN_NONE]) & (t_ms > from_ms))
+    if n > len(free):
+        raise ValueError("too few rows after new_pattern_from_day to hold the new pattern")
+    at = rng.choice(free, size=n, replace=False)
+    t_ms[at] = np.clip(rows.t_ms, from_ms + 1, end_ms)
+    card[at], merchant[at], ip[at] = rows.card, rows.merchant, rows.ip
+    amount[at] = np.maximum(np.round(rows.amount, 2), 0.01)
+    pattern[at] = rows.pattern
+    delay[at] = _label_delays(rng, n)
+    reported[at] = rng.random(n) >= _UNREPORTED_FRAUD_SHARE
+
+
 def _label_delays(rng: np.random.Generator, n: int) -> np.ndarray:
     """Maturity delay in ms: 2-15 days, skewed towards the first week."""
     delay = 2 * _DAY + (rng.beta(1.5, 4.0, size=n) * 13 * _DAY).astype(np.int64)
     return np.clip(delay, 2 * _DAY, 15 * _DAY)
+
+
+def _reported_labels(
+    rng: np.random.Generator, pattern: np.ndarray, category: np.ndarray
+) -> np.ndarray:
+    """The label a chargeback process reports; turns some legit rows into ``friendly_fraud``.
+
+    Some fraud of every pattern is never reported (its label stays 0), and some legitimate
+    purchases are disputed by their own cardholder (label 1, pattern ``friendly_fraud``), more
+    often at categories easy to dispute. ``pattern`` is changed in place.
+    """
+    none = _PATTERN_CODE[schema.FRAUD_PATTERN_NONE]
+    fraud = pattern != none
+    reported = fraud & (rng.random(len(pattern)) >= _UNREPORTED_FRAUD_SHARE)
+    factor = np.ones(len(_CATEGORIES))
+    for name, value in _FRIENDLY_BOOST.items():
+        factor[_CATEGORY_INDEX[name]] = value
+    weight = factor[category]
+    legit = ~fraud
+    p = _FRIENDLY_FRAUD_SHARE * weight / weight[legit].mean() if legit.any() else weight * 0
+    friendly = legit & (rng.random(len(pattern)) < p)
+    pattern[friendly] = _PATTERN_CODE[schema.FRAUD_PATTERN_FRIENDLY]
+    return reported | friendly
 
 
 def _format_ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
@@ -571,7 +780,11 @@ def write_transactions(frame: pd.DataFrame, path: Path) -> None:
 
 
 def generate_transactions(
-    n_rows: int, seed: int = 7, days: int = 35, end: datetime | None = None
+    n_rows: int,
+    seed: int = 7,
+    days: int = 35,
+    end: datetime | None = None,
+    new_pattern_from_day: int | None = None,
 ) -> pd.DataFrame:
     """Generate ``n_rows`` synthetic transactions with timestamps in ``(end - days, end]``.
 
@@ -580,18 +793,25 @@ def generate_transactions(
     thousand rows up; tiny frames still get every pattern, so their fraud rate is higher.
     Columns and dtypes follow ``schema.TRANSACTION_COLUMNS`` / ``schema.TRANSACTION_DTYPES``;
     rows are sorted by ``event_timestamp`` and ``transaction_id`` follows that order.
+    ``new_pattern_from_day`` (0 to ``days - 1``, counted from the range's start) adds the
+    ``account_takeover`` pattern from that day on; rows before it do not change.
     """
     if n_rows < 1:
         raise ValueError("n_rows must be positive")
     if days < 1:
         raise ValueError("days must be at least 1")
+    if new_pattern_from_day is not None and not 0 <= new_pattern_from_day < days:
+        raise ValueError(
+            f"new_pattern_from_day={new_pattern_from_day} must be a day of the range, "
+            f"0 to {days - 1} (days from its start)"
+        )
     end_utc = _to_utc(end)
     end_ms = (end_utc - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     start_ms = end_ms - days * _DAY
 
     rng = np.random.default_rng(seed)
     ips = _IpPool(rng)
-    world = _build_world(rng, n_rows, ips)
+    world = _build_world(rng, n_rows, ips, start_ms, end_ms)
 
     fraud_builders = {
         "ring": _ring_rows,
@@ -620,9 +840,21 @@ def generate_transactions(
     pattern = np.concatenate([np.full(len(p), p.pattern, dtype=np.int8) for p in parts])
     delay = _label_delays(rng, len(t_ms))
 
+    reported = _reported_labels(rng, pattern, world.merchant_category[merchant])
+    if new_pattern_from_day is not None:
+        _add_new_pattern(
+            np.random.default_rng([seed, _NEW_PATTERN_STREAM]),
+            world,
+            start_ms + new_pattern_from_day * _DAY,
+            end_ms,
+            round(_NEW_PATTERN_SHARE * n_rows * (days - new_pattern_from_day) / days),
+            (t_ms, card, merchant, ip, amount, pattern, delay, reported),
+        )
+
     order = np.argsort(t_ms, kind="stable")
     t_ms, card, merchant, ip = t_ms[order], card[order], merchant[order], ip[order]
     amount, pattern, delay = amount[order], pattern[order], delay[order]
+    reported = reported[order]
 
     card_country = world.card_country[card]
     # Ids are rendered once per entity; rows share the string objects.
@@ -645,7 +877,7 @@ def generate_transactions(
             schema.IP_COUNTRY: _COUNTRIES[ip_country[ip]],
             schema.MERCHANT_COUNTRY: _COUNTRIES[world.merchant_country[merchant]],
             schema.MERCHANT_CATEGORY: _CATEGORIES[world.merchant_category[merchant]],
-            schema.IS_FRAUD: (pattern != _PATTERN_CODE[schema.FRAUD_PATTERN_NONE]).astype(np.int8),
+            schema.IS_FRAUD: reported.astype(np.int8),
             schema.FRAUD_PATTERN: np.array(schema.FRAUD_PATTERNS, dtype=object)[pattern],
             schema.LABEL_AVAILABLE_AT: pd.to_datetime(
                 event_ns + delay * 1_000_000, unit="ns", utc=True
@@ -653,9 +885,9 @@ def generate_transactions(
         }
     )
     logger.info(
-        "generated %d transactions (%.2f%% fraud) from %s to %s",
+        "generated %d transactions (%.2f%% labelled fraud) from %s to %s",
         n_rows,
-        100.0 * n_fraud / n_rows,
+        100.0 * reported.mean(),
         end_utc - timedelta(days=days),
         end_utc,
     )

@@ -75,12 +75,21 @@ TRANSACTION_DTYPES: Final = MappingProxyType(
 LABEL_COLUMNS: Final[list[str]] = [IS_FRAUD, FRAUD_PATTERN, LABEL_AVAILABLE_AT]
 
 FRAUD_PATTERN_NONE: Final = "none"
+#: A legitimate purchase its cardholder disputed: labelled fraud (a chargeback) without being fraud.
+FRAUD_PATTERN_FRIENDLY: Final = "friendly_fraud"
+#: The pattern the generator introduces only from ``--new-pattern-from-day`` on (drift studies).
+FRAUD_PATTERN_NEW: Final = "account_takeover"
+#: What generated each row (the truth). ``is_fraud`` is the reported label: some fraud of every
+#: pattern is never reported (``is_fraud`` 0) and ``friendly_fraud`` rows are legitimate rows
+#: charged back (``is_fraud`` 1).
 FRAUD_PATTERNS: Final[tuple[str, ...]] = (
     FRAUD_PATTERN_NONE,
     "ring",
     "card_testing",
     "stolen_card",
     "risky_merchant",
+    FRAUD_PATTERN_FRIENDLY,
+    FRAUD_PATTERN_NEW,
 )
 
 MERCHANT_CATEGORIES: Final[tuple[str, ...]] = (

@@ -39,7 +39,7 @@ LOCK_DIR = Path("infra/locks")
 # File -> the extras it adds to the core dependencies. The first one constrains the others.
 LOCKS: dict[str, tuple[str, ...]] = {
     # `make setup` and CI: everything.
-    "dev.txt": ("dev", "serve", "train", "spark", "cpu", "orchestrate"),
+    "dev.txt": ("dev", "serve", "train", "spark", "cpu", "orchestrate", "online"),
     # The scoring service image (infra/Dockerfile, build argument ORT=cpu|gpu|gpu-cuda).
     "serve-cpu.txt": ("serve", "cpu"),
     "serve-gpu.txt": ("serve", "gpu"),

@@ -16,9 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from scoring_service.api.admission import Admission, AdmissionMiddleware, Classifier
 from scoring_service.api.domain_api import DomainApi
 from scoring_service.api.endpoints import ScoringApp
 from scoring_service.api.routes import admin, explanations, health, score
+from scoring_service.api.server import BoundedHttpToolsProtocol
 from scoring_service.core.errors import (
     UNEXPECTED_MESSAGE,
     ConfigurationInvalid,
@@ -134,6 +136,14 @@ def create_app(
     app.state.primary = primary
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.guard = ScoringGuard(settings)
+    # Innermost: admission refuses from the headers alone, before the body is read; its
+    # refusals carry the request id (api/admission.py).
+    app.state.admission = admission(settings)
+    classify = Classifier(domains)
+    app.add_middleware(AdmissionMiddleware, admission=app.state.admission, classify=classify)
+    # The server's protocol refuses at the limit before a request becomes an ASGI call
+    # (api/server.py); the app served last in a process is the one it guards.
+    BoundedHttpToolsProtocol.gate = (app.state.admission, classify)
     # Added before RequestIdMiddleware, so it runs inside it and its 413s carry the request id.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
@@ -154,6 +164,14 @@ def create_app(
         return Response(metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def admission(settings: Settings) -> Admission:
+    """The process's admission state; ConfigurationInvalid for malformed key quotas."""
+    try:
+        return Admission(settings)
+    except ValueError as exc:
+        raise ConfigurationInvalid(f"SCORING_KEY_QUOTAS: {exc}") from None
 
 
 def _check_routes_differ(domains: list[ServedDomain]) -> None:
@@ -202,8 +220,11 @@ def describe(domains: list[ServedDomain]) -> str:
 
 def create_app_from_env() -> FastAPI:
     """``create_app`` with settings from SCORING_* variables: the factory each worker process
-    of ``python -m scoring_service serve`` loads."""
-    return create_app(Settings())
+    of ``python -m scoring_service serve`` loads (its server protocol takes the settings'
+    connection limits too)."""
+    settings = Settings()
+    BoundedHttpToolsProtocol.configure(settings)
+    return create_app(settings)
 
 
 def document(app: FastAPI, *routers: APIRouter) -> None:

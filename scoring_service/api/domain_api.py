@@ -68,6 +68,23 @@ class FeatureContribution(BaseModel):
         description="TreeSHAP contribution to the raw score (log-odds); positive raises the risk."
     )
     text: str = Field(description="The input and its value in business words.")
+    package: str | None = Field(
+        default=None,
+        description="The package whose input this is, when the answer was not the logged "
+        "model_version's alone (an ensemble's members).",
+    )
+    weight: float | None = Field(
+        default=None, description="That package's share of the answer (contribution included)."
+    )
+
+
+class ExplainedBy(BaseModel):
+    """One package that decided a logged answer, and its share of it."""
+
+    package: str = Field(description="`name/version` of the package.")
+    weight: float = Field(description="Its share of the answer (1 for a single package).")
+    raw_score: float = Field(description="Its raw score (log-odds) for its logged input.")
+    expected_value: float = Field(description="Its raw score with nothing known.")
 
 
 def _bound(value: float | None, integer: bool) -> float | int | None:
@@ -433,6 +450,13 @@ class DomainApi:
                 Field(
                     description="The raw score with nothing known; it plus every input's "
                     "contribution equals raw_score."
+                ),
+            ),
+            explained_by=(
+                list[ExplainedBy],
+                Field(
+                    description="The packages that decided the answer, with their shares: one "
+                    "package, or an ensemble's members (raw_score is their weighted sum)."
                 ),
             ),
             contributions=(

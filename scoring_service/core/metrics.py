@@ -126,3 +126,38 @@ DEPLOYMENT_INFO = Gauge(
     "The live deployment (1; 0 for those it replaced).",
     ["domain", "deployment"],
 )
+# Model families (scoring_service/deployments/family.py): members loaded on demand within a budget.
+FAMILY_LOADS = Counter(
+    "scoring_family_loads_total",
+    "Family member loads by outcome (loaded, refused, over_budget).",
+    ["family", "outcome"],
+)
+FAMILY_EVICTIONS = Counter(
+    "scoring_family_evictions_total",
+    "Family members evicted (least recently used) to fit the memory budget.",
+    ["family"],
+)
+FAMILY_REQUESTS = Counter(
+    "scoring_family_requests_total",
+    "Rows of a family by how they were answered: hit (the member, resident), loading (the "
+    "default, the member loading), refused (the default, the member refused), default (no member).",
+    ["family", "result"],
+)
+FAMILY_RESIDENT_BYTES = Gauge(
+    "scoring_family_resident_bytes",
+    "Bytes of the family members' graphs held in sessions (the default's not counted).",
+    ["family"],
+    multiprocess_mode=MODE,
+)
+FAMILY_RESIDENT_MEMBERS = Gauge(
+    "scoring_family_resident_members",
+    "Family members held in memory (the default not counted).",
+    ["family"],
+    multiprocess_mode=MODE,
+)
+FAMILY_LOAD_SECONDS = Histogram(
+    "scoring_family_load_seconds",
+    "Time to load a family member (seal, checks, session, warm-up), off the request path.",
+    ["family"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     shadow scoring is dropped (counted in scoring_shadow_dropped_total), so shadows never cost
     a busy service more than this share of its answers. 1 scores every batch whatever the load;
     0 turns shadows off."""
+    model_memory_mb: float | None = Field(default=None, gt=0.0)
+    """Memory budget of a model family's members loaded on demand (the bytes of their graphs; a
+    family's default is always loaded and not counted): past it, the least recently used member
+    not in use is evicted (scoring_service/deployments/family.py). Unset: no limit."""
 
     host: str = "127.0.0.1"
     """Interface to listen on."""
@@ -201,7 +205,30 @@ class Settings(BaseSettings):
 
     max_in_flight: int = Field(default=64, ge=1, le=100_000)
     """Most scoring calls waiting for their answer at once; past it the service answers 503
-    overloaded at once instead of queueing."""
+    overloaded at once instead of queueing. Also the ceiling of the learned admission limit."""
+
+    admission_enabled: bool = True
+    """Admission by priority under a concurrency limit learned from latency, and per-key
+    quotas (scoring_service/api/admission.py); off, only max_in_flight bounds scoring calls."""
+
+    admission_initial_limit: int = Field(default=64, ge=1, le=100_000)
+    """The learned concurrency limit's value at start (calls in flight per process)."""
+
+    admission_min_limit: int = Field(default=32, ge=1, le=100_000)
+    """The learned concurrency limit never goes below this: a client's next call can arrive
+    before the server has counted its previous one out, so a floor near the callers' own
+    concurrency would refuse calls on a service that is not overloaded."""
+
+    admission_tolerance: float = Field(default=2.0, ge=1.0, le=10.0)
+    """How much slower than their long-run average real-time calls may get before the limit
+    shrinks (Gradient2's tolerance)."""
+
+    admission_shares: dict[Literal["batch", "explain", "entity"], float] = Field(
+        default={"batch": 0.5, "explain": 0.35, "entity": 0.25}
+    )
+    """Share of the concurrency limit each lower class may fill (JSON); real-time score calls
+    may fill all of it, admin and health are never refused. A class is refused 503 overloaded
+    once the calls in flight reach its share, so the lowest shares are shed first."""
 
     breaker_failures: int = Field(default=5, ge=1, le=1000)
     """Consecutive failed store reads that open the circuit: errors, or deadline overruns while
@@ -214,6 +241,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted (413 payload_too_large past it, counted as bytes arrive,
     chunked bodies included). The default holds a full batch of the longest valid payments."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """Time a client has to send a request's headers, from its first byte (or from the
+    connection's start); past it the connection is closed (408). See
+    scoring_service/api/server.py."""
+
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """Time a client has to send a request's body once its headers are in; past it the
+    connection is closed (408 when no answer has started)."""
+
+    keep_alive_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """How long an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)."""
+
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    """Most open connections per process; past it a new connection gets a fixed 503
+    overloaded and is closed before anything of it is read."""
 
     # Prediction log and explanations (see scoring_service/monitoring/prediction_log.py,
     # answers.py).
@@ -265,6 +308,18 @@ class Settings(BaseSettings):
     admin_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     """sha256 hex digests of the keys allowed on /admin routes, comma-separated; none disables
     the admin routes (every call answers 401)."""
+
+    key_quotas: str = Field(default="", repr=False)
+    """Per-key quotas, comma-separated ``<sha256 hex of the key>=<calls per second>/<share of
+    the concurrency limit in flight>`` (either side may be empty). Past either, 429
+    quota_exceeded with Retry-After."""
+
+    key_rate: float | None = Field(default=None, gt=0)
+    """Calls a second of a key without an entry in key_quotas (None: no rate limit)."""
+
+    key_concurrency_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Share of the concurrency limit a key without an entry in key_quotas may hold in
+    flight (1.0: all of it; below, one key alone cannot take every slot)."""
 
     package_signing_key: SecretStr | None = Field(default=None, repr=False)
     """When set, only model packages signed with this key (HMAC-SHA256 of the package digest,

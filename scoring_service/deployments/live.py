@@ -22,6 +22,10 @@ all the deployment's models (``layout``), and each model takes its columns from 
 Shadows are scored afterwards, on the same feature batch, by ``ShadowRunner`` (off the answer's
 path, through a bounded queue that drops first under load).
 
+A variant may be a model family (``scoring_service.deployments.family``): its rows are split by
+their segment's member, one model call per member, and each answer names the member package
+that gave it (or the default, with the reason when the segment's member is loading or refused).
+
 Why one module of this length: the checks of ``LiveDeployment.load`` establish exactly the
 invariants the per-batch answering relies on (every model's columns in the read layout, ensemble
 members on the same entities, thresholds rising), so the two stay side by side.
@@ -34,6 +38,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -45,6 +50,7 @@ from feature_repo.transforms import model_input
 from models.package import LabelThresholds, OnDemandViewInfo, package_dir
 from scoring_service.core import metrics
 from scoring_service.core.errors import ModelPackageInvalid
+from scoring_service.deployments.family import FamilyMembers
 from scoring_service.deployments.packages import LoadedModel, load_package
 from scoring_service.deployments.spec import (
     DeploymentInvalid,
@@ -54,6 +60,7 @@ from scoring_service.deployments.spec import (
     combine,
     parse_package,
 )
+from scoring_service.monitoring.answers import member_input_names
 from scoring_service.monitoring.drift import DriftMonitor, ViewWatch
 from scoring_service.stages.labels import LabelPolicy
 from scoring_service.stages.mapping import MappedRequests
@@ -131,15 +138,42 @@ class LiveVariant:
     policy: LabelPolicy
     required_views: list[str] = field(default_factory=list)
     model_version: str = ""
+    family: FamilyMembers | None = None  # a family variant: its members (members[0]: default)
+    # The names of ``explained`` rows: the package's inputs, or each member's for an ensemble.
+    input_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.members) == 1:
+            self.input_names = tuple(self.members[0].model.manifest.features)
+            return
+        total = float(sum(self.weights))
+        self.input_names = member_input_names(
+            [
+                (m.label, None if self.rule == "max" else w / total, m.model.manifest.features)
+                for m, w in zip(self.members, self.weights, strict=True)
+            ]
+        )
 
     def scores(
         self, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the rows, and the input matrix red flags read (an ensemble's: none)."""
+        scores, matrix, _ = self.explained_scores(batch, mapped, rows)
+        return scores, matrix
+
+    def explained_scores(
+        self, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``scores``, and the rows an explanation reads (named by ``input_names``): the
+        package's input matrix, or an ensemble's members' matrices side by side."""
         if len(self.members) == 1:
-            return self.members[0].score(batch, mapped, rows)
-        each = np.column_stack([m.score(batch, mapped, rows)[0] for m in self.members])
-        return combine(self.rule, each, self.weights), np.empty((len(rows), 0), np.float32)
+            scores, matrix = self.members[0].score(batch, mapped, rows)
+            return scores, matrix, matrix
+        parts = [m.score(batch, mapped, rows) for m in self.members]
+        each = np.column_stack([p[0] for p in parts])
+        combined = combine(self.rule, each, self.weights)
+        explained = np.hstack([p[1] for p in parts])
+        return combined, np.empty((len(rows), 0), np.float32), explained
 
     @property
     def reads_store(self) -> bool:
@@ -167,6 +201,10 @@ class Answered:
     variants: list[str]
     model_versions: list[str]
     matrices: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Per row, the input row of the package that decided it (None: no model answered) and its
+    # names (``LiveVariant.input_names``), for the prediction log and explanations.
+    inputs: list[np.ndarray | None] = field(default_factory=list)
+    input_names: list[tuple[str, ...]] = field(default_factory=list)
 
 
 class LiveDeployment:
@@ -227,9 +265,11 @@ class LiveDeployment:
         store: FeatureStore,
         *,
         request_fields: Sequence[str] | None = None,
+        model_memory_mb: float | None = None,
         **load_options: object,
     ) -> LiveDeployment:
-        """Open and check every package; DeploymentInvalid naming the first fault."""
+        """Open and check every package (a family's default; its members load on demand,
+        their graphs within ``model_memory_mb``); DeploymentInvalid naming the first fault."""
         models: dict[str, LoadedModel] = {}
         for reference in spec.packages():
             name, version = parse_package(reference)
@@ -254,6 +294,12 @@ class LiveDeployment:
                 f"sticky_field {spec.sticky_field!r} is not a request field "
                 f"(fields: {', '.join(request_fields)})"
             )
+        for family_name, family_spec in spec.families.items():
+            if request_fields is not None and family_spec.segment_field not in request_fields:
+                raise DeploymentInvalid(
+                    f"family {family_name}: segment_field {family_spec.segment_field!r} is not a "
+                    f"request field (fields: {', '.join(request_fields)})"
+                )
         layout = StoreLayout([])
         for loaded in models.values():
             layout = layout.union(loaded.layout)
@@ -266,6 +312,35 @@ class LiveDeployment:
                 raise DeploymentInvalid(f"{name}: required views {missing} are read by no model")
             package = getattr(source, "package", None)
             ensemble_name = getattr(source, "ensemble", None)
+            family_name = getattr(source, "family", None)
+            if family_name is not None:
+                declared = spec.families[family_name]
+                default = models[declared.default]
+
+                def open_member(reference: str) -> LoadedModel:
+                    member = package_dir(Path(root), *parse_package(reference))
+                    return load_package(member, store, checked=default, **load_options)  # type: ignore[arg-type]
+
+                family = FamilyMembers(
+                    family_name,
+                    declared.segment_field,
+                    declared.members,
+                    default,
+                    view=lambda m: ModelView(m, layout, plan.request_features),
+                    load=open_member,
+                    budget_bytes=None if model_memory_mb is None else int(model_memory_mb * 2**20),
+                )
+                return LiveVariant(
+                    name,
+                    kind,
+                    [family.default_view],  # type: ignore[list-item]
+                    [1.0],
+                    "family",
+                    default.policy,
+                    list(required),
+                    f"family:{family_name}",
+                    family=family,
+                )
             if package is not None:
                 model = models[package]
                 view = ModelView(model, layout, plan.request_features)
@@ -304,7 +379,10 @@ class LiveDeployment:
 
     def sticky_values(self, mapped: MappedRequests) -> list[object]:
         """The sticky field's value of each request (None where the request lacks it)."""
-        name = self.spec.sticky_field
+        return self.field_values(mapped, self.spec.sticky_field)
+
+    def field_values(self, mapped: MappedRequests, name: str) -> list[object]:
+        """A request field's value of each request (the sticky field, a family's segment)."""
         key = self.plan.entity_mapping.get(name)
         if key is not None:
             return list(mapped.keys[key])
@@ -317,6 +395,7 @@ class LiveDeployment:
         """Answers of n rows; ``batch`` None means the store could not be read. None when the
         store was down and no fallback step answers without it (the outage policy's turn)."""
         out = Answered(np.full(n, np.nan), [""] * n, [[] for _ in range(n)], [""] * n, [""] * n)
+        out.inputs, out.input_names = [None] * n, [()] * n
         store_down = batch is None
         if batch is None:
             batch = unread_batch(self.layout, n)
@@ -363,9 +442,17 @@ class LiveDeployment:
         able = rows[~blocked]
         if not len(able):
             return rows
+        versions: list[str] | None = None
+        notes: list[str | None] | None = None
         try:
             started = time.perf_counter()
-            scores, matrix = step.scores(batch, mapped, able)
+            if step.family is not None:
+                scores, matrix, versions, notes = self._family_scores(
+                    step.family, batch, mapped, able
+                )
+                explained = matrix
+            else:
+                scores, matrix, explained = step.explained_scores(batch, mapped, able)
             metrics.VARIANT_SECONDS.labels(step.name).observe(time.perf_counter() - started)
         except Exception:
             logger.exception(
@@ -384,13 +471,48 @@ class LiveDeployment:
             monitor.observe(matrix[ok], scores[ok], batch.rows(good))
         for score in scores[ok][:64].tolist():  # a sample per call keeps the histogram cheap
             self._scores[step.name].observe(score)
+        explained = explained[ok]
+        names = step.input_names
+        if versions is not None and notes is not None:  # a family: per row, the member that gave it
+            kept = np.flatnonzero(ok).tolist()
+            versions = [versions[j] for j in kept]
+            reasons = [
+                [*r, n] if n else r for r, n in zip(reasons, [notes[j] for j in kept], strict=True)
+            ]
         for j, i in enumerate(good.tolist()):
+            out.inputs[i], out.input_names[i] = explained[j], names
             out.scores[i] = scores[ok][j]
             out.labels[i] = labels[j]
             out.reasons[i] = [*reasons[j], str(why[i])] if is_fallback else reasons[j]
             out.variants[i] = step.name
-            out.model_versions[i] = step.model_version
+            out.model_versions[i] = step.model_version if versions is None else versions[j]
         return np.sort(np.concatenate([rows[blocked], able[~ok]]))
+
+    def _family_scores(
+        self, family: FamilyMembers, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
+        """A family's scores of the rows: one model call per member present among them; per
+        row, the package that answered and why the default did where the segment has a member."""
+        segments = self.field_values(mapped, family.segment_field)
+        scores = np.full(len(rows), np.nan)
+        matrix: np.ndarray | None = None
+        versions = [family.default_package] * len(rows)
+        notes: list[str | None] = [None] * len(rows)
+        with family.routes([segments[i] for i in rows.tolist()]) as routes:
+            by_package: dict[str, tuple[ModelView, list[np.ndarray]]] = {}
+            for route in routes:
+                by_package.setdefault(route.package, (route.view, []))[1].append(route.rows)  # type: ignore[arg-type]
+                for j in route.rows.tolist():
+                    versions[j], notes[j] = route.package, route.reason
+            for view, parts in by_package.values():
+                at = np.sort(np.concatenate(parts))
+                part_scores, part_matrix = view.score(batch, mapped, rows[at])
+                if matrix is None:
+                    matrix = np.empty((len(rows), part_matrix.shape[1]), dtype=part_matrix.dtype)
+                scores[at], matrix[at] = part_scores, part_matrix
+        if matrix is None:
+            matrix = np.empty((0, 0), dtype=np.float32)
+        return scores, matrix, versions, notes
 
 
 def unread_batch(layout: StoreLayout, n: int) -> FeatureBatch:
@@ -421,6 +543,16 @@ def _mapping_plan(spec: DeploymentSpec, models: Mapping[str, LoadedModel]) -> Ma
             mapping[request_field] = key
         request_features += [f for f in manifest.request_features if f not in request_features]
         on_demand.update(manifest.on_demand_views)
+    # A family's segment field is kept by mapping as an on-demand view's request field is.
+    for name, family in spec.families.items():
+        on_demand[f"family:{name}"] = OnDemandViewInfo(
+            request_fields=[family.segment_field],
+            source_views=[],
+            stored_inputs=[],
+            features=[],
+            function="",
+            code_sha256="",
+        )
     return MappingPlan(spec.name, "deployment", mapping, request_features, on_demand)
 
 

@@ -8,6 +8,7 @@ on reload the running version keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -154,6 +155,19 @@ def domain_of(store: FeatureStore) -> DomainSpec | None:
         raise ModelPackageInvalid(str(exc)) from exc
 
 
+def same_inputs(manifest: Manifest, other: Manifest) -> bool:
+    """Whether two packages read the same inputs the same way from the store and the request."""
+    return (
+        manifest.domain == other.domain
+        and manifest.feature_service == other.feature_service
+        and manifest.features == other.features
+        and manifest.feature_views == other.feature_views
+        and manifest.on_demand_views == other.on_demand_views
+        and manifest.request_features == other.request_features
+        and manifest.entity_mapping == other.entity_mapping
+    )
+
+
 def load_package(
     path: Path,
     store: FeatureStore,
@@ -163,11 +177,16 @@ def load_package(
     gpu_min_batch: int = DEFAULT_GPU_MIN_BATCH,
     gpu_device_id: int = 0,
     signing_key: bytes | None = None,
+    checked: LoadedModel | None = None,
 ) -> LoadedModel:
     """Read, verify and open a package; raises ModelPackageInvalid naming what is wrong.
 
     The package's seal (one digest over every file, manifest included) is checked first, and its
     signature when ``signing_key`` is given, so an edited manifest never loads.
+
+    ``checked``: a package already loaded against this store; a package reading the same inputs
+    (``same_inputs``) takes its layout instead of repeating the store and domain checks (a
+    family's members, loaded on demand beside their default).
 
     On CUDA the predictor holds two sessions: the GPU graph for batches of at least
     ``gpu_min_batch`` rows and the CPU graph for smaller ones. ``device="cuda"`` is refused when
@@ -198,13 +217,27 @@ def load_package(
                 f"checksum mismatch for {file_name}: manifest says {expected[:12]}..., "
                 f"file is {actual[:12]}...; the package is damaged"
             )
-    layout = verify_against_store(manifest, store)
-    domain = domain_of(store)
-    if domain is not None and domain.name != manifest.domain:
-        raise ModelPackageInvalid(
-            f"package {manifest.name}/{manifest.version} serves domain {manifest.domain!r}, but "
-            f"the feature repository {store.repo_path} is domain {domain.name!r}"
+    if checked is not None and same_inputs(manifest, checked.manifest):
+        # Read exactly as a package already checked against this store (a family's member and
+        # its default): the store and domain checks would repeat that package's.
+        layout = checked.layout
+        # The same inputs, the same red flags: the checked package's policy, this one's labels.
+        policy = dataclasses.replace(
+            checked.policy,
+            thresholds=manifest.label_thresholds,
+            uncertain=manifest.uncertain_policy,
+            labels=list(manifest.labels),
+            uncertain_label=manifest.uncertain_label,
         )
+    else:
+        layout = verify_against_store(manifest, store)
+        domain = domain_of(store)
+        if domain is not None and domain.name != manifest.domain:
+            raise ModelPackageInvalid(
+                f"package {manifest.name}/{manifest.version} serves domain {manifest.domain!r}, "
+                f"but the feature repository {store.repo_path} is domain {domain.name!r}"
+            )
+        policy = LabelPolicy.for_package(manifest, domain)
     device_name, _, _ = choose_device(device, manifest)
     cpu_graph = manifest.graphs["cpu"]
     gpu_graph = manifest.graphs["gpu"] if device_name == "cuda" else None
@@ -269,7 +302,7 @@ def load_package(
         path=path,
         layout=layout,
         predictor=predictor,
-        policy=LabelPolicy.for_package(manifest, domain),
+        policy=policy,
         device=device_name,
         graph=predictor.graphs,
         on_demand=for_manifest(manifest),

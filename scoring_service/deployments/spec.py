@@ -13,6 +13,10 @@ A deployment is one YAML file (its path is ``SCORING_DEPLOYMENT``) validated by
   in the service's outage policy.
 - ``ensembles`` combine several packages by a declared rule (weighted mean of probabilities, or
   the maximum) with thresholds of their own; a champion, challenger or shadow may name one.
+- ``families`` are packages of one FeatureService trained per segment (a request field's value,
+  e.g. ``card_country``) with a default member; a champion or challenger may name one, and each
+  row is answered by its segment's member (``scoring_service.deployments.family``: loaded on
+  demand within ``SCORING_MODEL_MEMORY_MB``), or by the default.
 
 This module holds the declaration, its static checks (weights, names, cycles) and the pure
 functions the request path uses (sticky assignment, the ensemble rule). Loading the packages and
@@ -55,19 +59,23 @@ class ScoreSource(_Strict):
 
     package: str | None = Field(default=None, description="Model package `name/version`.")
     ensemble: Name | None = Field(default=None, description="Name of a declared ensemble.")
+    family: Name | None = Field(default=None, description="Name of a declared model family.")
 
     @model_validator(mode="after")
     def _one_source(self) -> ScoreSource:
-        if (self.package is None) == (self.ensemble is None):
-            raise ValueError("give exactly one of `package` or `ensemble`")
+        given = [s for s in (self.package, self.ensemble, self.family) if s is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `package`, `ensemble` or `family`")
         if self.package is not None:
             parse_package(self.package)
         return self
 
     @property
     def source(self) -> str:
-        """The package reference, or `ensemble:<name>`."""
-        return self.package if self.package is not None else f"ensemble:{self.ensemble}"
+        """The package reference, `ensemble:<name>` or `family:<name>`."""
+        if self.package is not None:
+            return self.package
+        return f"ensemble:{self.ensemble}" if self.ensemble is not None else f"family:{self.family}"
 
 
 class Variant(ScoreSource):
@@ -131,6 +139,26 @@ class Ensemble(_Strict):
         return self
 
 
+class Family(_Strict):
+    """Packages of one FeatureService trained per segment, and the default for the others
+    (``python -m models train --family-by <field>`` writes this entry)."""
+
+    segment_field: str = Field(description="Request field whose value picks the member.")
+    default: str = Field(description="Package answering segments without a member of their own.")
+    members: dict[str, str] = Field(
+        default_factory=dict, description="Segment value -> member package `name/version`."
+    )
+
+    @model_validator(mode="after")
+    def _references(self) -> Family:
+        parse_package(self.default)
+        for package in self.members.values():
+            parse_package(package)
+        if self.default in self.members.values():
+            raise ValueError("the default member is also a segment's member")
+        return self
+
+
 class DeploymentSpec(_Strict):
     """A deployment file."""
 
@@ -143,6 +171,7 @@ class DeploymentSpec(_Strict):
     shadows: list[Shadow] = Field(default_factory=list)
     fallback: list[FallbackStep] = Field(default_factory=list)
     ensembles: dict[Name, Ensemble] = Field(default_factory=dict)
+    families: dict[Name, Family] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentSpec:
@@ -161,6 +190,11 @@ class DeploymentSpec(_Strict):
         for item in scorers:
             if item.ensemble is not None and item.ensemble not in self.ensembles:
                 raise ValueError(f"{item.name} names an ensemble {item.ensemble!r} not declared")
+            if item.family is not None and item.family not in self.families:
+                raise ValueError(f"{item.name} names a family {item.family!r} not declared")
+        for shadow in self.shadows:
+            if shadow.family is not None:
+                raise ValueError(f"shadow {shadow.name}: a family answers variants, not shadows")
         chain = [f.package for f in self.fallback]
         repeated = sorted({p for p in chain if chain.count(p) > 1})
         if repeated:
@@ -179,11 +213,13 @@ class DeploymentSpec(_Strict):
         return [self.champion, *self.challengers]
 
     def packages(self) -> list[str]:
-        """Every package the deployment needs, each once, in a stable order."""
+        """Every package the deployment loads at start, each once, in a stable order (a
+        family's default; its members load on demand)."""
         refs = [v.package for v in self.variants if v.package]
         refs += [s.package for s in self.shadows if s.package]
         refs += [f.package for f in self.fallback]
         refs += [m.package for e in self.ensembles.values() for m in e.members]
+        refs += [self.families[v.family].default for v in self.variants if v.family]
         return list(dict.fromkeys(refs))
 
 

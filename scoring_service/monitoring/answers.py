@@ -11,6 +11,12 @@ worker thread.
 Every logged answer also goes into :class:`RecentAnswers`, a bounded in-memory index by business
 id that the explanation route reads first (answers still in the writer's queue or journal are
 not in the parquet yet).
+
+Every answer logs the input row of the package that decided it, whatever the deployment: the
+direct path's model, a challenger, a fallback step. An ensemble's answer logs its members' rows
+side by side, each input named ``<package>|<weight>|<feature>`` (``member_input_names``):
+``weight`` is the member's share of a weighted mean, or ``max`` when the largest member score
+answers; ``ensemble_members`` reads the names back for the explanation.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -32,6 +39,47 @@ from scoring_service.stages.outcomes import OFF_LOOP_ROWS, Scored, ScoredColumns
 
 DEFAULT_DEPLOYMENT = "default"
 """The deployment name logged when the service runs a single package."""
+
+MEMBER_SEPARATOR = "|"
+"""Separates package, weight and input in the logged input names of an ensemble's answer."""
+MAX_RULE = "max"
+"""The weight logged for members of an ensemble whose largest member score answers."""
+
+
+@dataclass(frozen=True)
+class LoggedMember:
+    """One ensemble member's part of a logged input row."""
+
+    package: str
+    weight: float | None  # None: the ``max`` rule (the largest member score answered)
+    start: int
+    features: list[str]
+
+
+def member_input_names(
+    members: Sequence[tuple[str, float | None, Sequence[str]]],
+) -> tuple[str, ...]:
+    """The logged input names of an ensemble's answer: each member's inputs, in member order,
+    as ``<package>|<weight>|<feature>`` (weight None: the ``max`` rule)."""
+    return tuple(
+        MEMBER_SEPARATOR.join([package, MAX_RULE if weight is None else repr(weight), feature])
+        for package, weight, features in members
+        for feature in features
+    )
+
+
+def ensemble_members(names: Sequence[str]) -> list[LoggedMember] | None:
+    """The members of a logged ensemble row, from its input names; None for one package's row."""
+    if not names or MEMBER_SEPARATOR not in names[0]:
+        return None
+    members: list[LoggedMember] = []
+    for i, name in enumerate(names):
+        package, weight, feature = name.split(MEMBER_SEPARATOR, 2)
+        share = None if weight == MAX_RULE else float(weight)
+        if not members or members[-1].package != package:
+            members.append(LoggedMember(package, share, i, []))
+        members[-1].features.append(feature)
+    return members
 
 
 class RecentAnswers:
@@ -119,7 +167,13 @@ class AnswerLog:
                     model_version=result.model_version or default_version,
                     keys=keys[i],
                     features=_row(result.inputs),
-                    feature_names=feature_names if result.inputs is not None else (),
+                    feature_names=(
+                        ()
+                        if result.inputs is None
+                        else result.input_names
+                        if result.input_names is not None
+                        else feature_names
+                    ),
                     statuses={k: f.status for k, f in result.freshness.items()},
                     age_seconds={k: f.age_seconds for k, f in result.freshness.items()},
                     score=result.score,
@@ -159,10 +213,16 @@ class AnswerLog:
             versions = columns.model_versions or [columns.default_version or default_version] * n
             matrix = columns.inputs
             names = feature_names if matrix is not None else ()
+            row_names = columns.input_names  # per row where rows were decided by several packages
             status_columns = list(columns.status.items())
             age_columns = {key: columns.age_seconds[key] for key, _ in status_columns}
             entries = []
             for i in range(n):
+                row = None if matrix is None else matrix[i]
+                if row is None:
+                    row_feature_names: Sequence[str] = ()
+                else:
+                    row_feature_names = names if row_names is None else row_names[i]
                 entries.append(
                     LogEntry(
                         request_id=request_id,
@@ -173,8 +233,8 @@ class AnswerLog:
                         variant=variants[i],
                         model_version=versions[i] or default_version,
                         keys=keys[i],
-                        features=_row(None if matrix is None else matrix[i]),
-                        feature_names=names,
+                        features=_row(row),
+                        feature_names=row_feature_names,
                         statuses={key: STATUS_NAMES[values[i]] for key, values in status_columns},
                         age_seconds={
                             key: None if ages[i] != ages[i] else ages[i]

@@ -8,6 +8,13 @@ logged input row.
 The contributions plus the expected value sum to the raw score (log-odds) the trees give for that
 row; the answer shows the largest ones with each input's sentence from the domain file
 (``features:``), and the entity statuses of the answer.
+
+Whatever decided the answer is what explains it: the log names the package of each answer (the
+direct path's model, a champion or challenger, a fallback step) and keeps that package's input
+row. An ensemble's answer keeps each member's row (``answers.ensemble_members``) and is
+explained as its members' weighted contributions: under ``weighted_mean`` each member's
+contributions times its share, so contributions plus expected value sum to the members' weighted
+raw score; under ``max`` the member whose score answered, alone.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 
 from feature_repo import prediction_log as plog
@@ -31,7 +40,7 @@ from models.package import (
     verify_package,
 )
 from scoring_service.core.errors import AnswerNotLogged, ModelPackageInvalid
-from scoring_service.monitoring.answers import RecentAnswers
+from scoring_service.monitoring.answers import RecentAnswers, ensemble_members
 from scoring_service.monitoring.prediction_log import LogEntry
 from scoring_service.monitoring.tree_shap import TreeEnsemble, top_contributions
 
@@ -147,24 +156,28 @@ class Explainer:
             raise AnswerNotLogged(
                 f"The logged answer for {self.spec.business_id} {entry.business_id!r} carries "
                 f"no model input to explain (reasons: {', '.join(entry.reasons) or 'none'}): "
-                "an outage policy's answer, or one decided among several models of a deployment."
-            )
-        ensemble = self.ensemble(entry.model_version)
-        if ensemble.feature_names and ensemble.feature_names != names:
-            raise ModelPackageInvalid(
-                f"the logged inputs of {entry.business_id!r} are not those of {entry.model_version}"
+                "no model answered it (an outage policy's or the uncertain answer)."
             )
         row = [float(v) for v in entry.features]
-        phi = ensemble.contributions(row)
-        contributions = [
-            {
-                "feature": c.feature,
+        parts = self._parts(entry, names, row)
+        several = len(parts) > 1
+        phi = np.concatenate([weight * p.phi for p, weight in parts])
+        shown = [f"{p.package}|{f}" if several else f for p, _ in parts for f in p.names]
+        origin = [(p.package, f, weight) for p, weight in parts for f in p.names]
+        index = {label: i for i, label in enumerate(shown)}
+        values = [v for p, _ in parts for v in p.row]
+        contributions = []
+        for c in top_contributions(shown, values, phi, min(top, len(shown))):
+            package, feature, weight = origin[index[c.feature]]
+            item: dict[str, Any] = {
+                "feature": feature,
                 "value": c.value,
                 "contribution": c.contribution,
-                "text": self.spec.feature_text(c.feature, c.value),
+                "text": self.spec.feature_text(feature, c.value),
             }
-            for c in top_contributions(names, row, phi, min(top, len(names)))
-        ]
+            if several or package != entry.model_version:
+                item["package"], item["weight"] = package, weight
+            contributions.append(item)
         return {
             self.spec.business_id: entry.business_id,
             "request_id": entry.request_id,
@@ -174,14 +187,66 @@ class Explainer:
             "score": entry.score,
             "label": entry.label,
             "reasons": list(entry.reasons),
-            "raw_score": ensemble.raw_score(row),
-            "expected_value": ensemble.expected_value(),
+            "raw_score": sum(weight * p.raw for p, weight in parts),
+            "expected_value": sum(weight * p.expected for p, weight in parts),
+            "explained_by": [
+                {
+                    "package": p.package,
+                    "weight": weight,
+                    "raw_score": p.raw,
+                    "expected_value": p.expected,
+                }
+                for p, weight in parts
+            ],
             "contributions": contributions,
             "feature_freshness": {
                 key: {"status": status, "age_seconds": entry.age_seconds.get(key)}
                 for key, status in entry.statuses.items()
             },
         }
+
+    def _parts(
+        self, entry: LogEntry, names: list[str], row: list[float]
+    ) -> list[tuple[_Part, float]]:
+        """The packages that decided the answer, each with its share of it."""
+        members = ensemble_members(names)
+        if members is None:
+            return [(self._part(entry, entry.model_version, names, row), 1.0)]
+        ends = [m.start for m in members[1:]] + [len(names)]
+        parts = [
+            self._part(entry, m.package, m.features, row[m.start : end])
+            for m, end in zip(members, ends, strict=True)
+        ]
+        if members[0].weight is None:  # ``max``: the member whose score answered, alone
+            return [(max(parts, key=lambda p: p.raw), 1.0)]
+        return [(p, float(m.weight or 0.0)) for p, m in zip(parts, members, strict=True)]
+
+    def _part(self, entry: LogEntry, package: str, names: list[str], row: list[float]) -> _Part:
+        ensemble = self.ensemble(package)
+        if ensemble.feature_names and ensemble.feature_names != names:
+            raise ModelPackageInvalid(
+                f"the logged inputs of {entry.business_id!r} are not those of {package}"
+            )
+        return _Part(
+            package,
+            names,
+            row,
+            ensemble.contributions(row),
+            ensemble.raw_score(row),
+            ensemble.expected_value(),
+        )
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One package's share of an explanation: its inputs, their contributions, its raw score."""
+
+    package: str
+    names: list[str]
+    row: list[float]
+    phi: np.ndarray
+    raw: float
+    expected: float
 
 
 def _entry(row: dict[str, Any], join_keys: list[str]) -> LogEntry:

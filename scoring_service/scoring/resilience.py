@@ -14,6 +14,11 @@ a caller may ask for less through ``X-Deadline-Ms``), counted from its arrival.
   (a queued thread, a micro-batch waiter) is never done for a caller who is gone. A read already
   running in a thread cannot be killed: it ends with the store's socket timeout, and there are
   never more such threads than the worker pool holds, so abandoned work cannot pile up.
+- **Store-free fallback.** When the deployment's fallback chain has a step that reads nothing
+  from the store (``Scorer.answers_unread``), a read that misses its deadline, or a circuit
+  that is open, goes down that chain as a read that failed does: the read is cut
+  ``UNREAD_SHARE`` of the budget early and the store-free step answers 200 in the time left;
+  only where no step answers does the outage policy.
 - **Busy, not down.** A deadline missed while the event loop itself runs late (by a tenth
   of the budget or more: the service is saturated) is answered 503 ``overloaded`` and does not
   count against the store.
@@ -63,6 +68,9 @@ Clock = Callable[[], float]
 DEADLINE_HEADER = "X-Deadline-Ms"
 RESERVE_S = 0.002
 """Kept back from every deadline to write the answer."""
+UNREAD_SHARE = 0.2
+"""Share of the budget kept back from the feature read when a store-free fallback step can
+answer instead: a read cut there leaves the fallback time to answer within the deadline."""
 
 OUTAGE_REASON = "feature_store_unavailable"
 OUTAGE_MESSAGES = {
@@ -75,6 +83,12 @@ OUTAGE_ANSWERS = Counter(
     "scoring_outage_answers_total",
     "Requests answered by the outage policy instead of a model score.",
     ["policy", "cause"],
+)
+FALLBACK_ANSWERS = Counter(
+    "scoring_unread_fallback_answers_total",
+    "Requests answered by a deployment's store-free fallback step because the store's read "
+    "missed its deadline or the circuit was open.",
+    ["cause"],
 )
 # Summed over live worker processes when metrics are shared between them (multiprocess mode).
 IN_FLIGHT = Gauge(
@@ -263,9 +277,18 @@ class ScoringGuard:
     async def score(
         self, scorer: Any, mapped: MappedRequests, deadline: Deadline, *, holds_slot: bool = False
     ) -> list[Scored]:
-        """Score within the deadline, or answer by the outage policy; 503 when overloaded."""
+        """Score within the deadline, or answer by the deployment's store-free fallback, or by
+        the outage policy; 503 when overloaded."""
         n = mapped.request_values.shape[0]
-        return await self.run(lambda: scorer.score(mapped), n, deadline, holds_slot=holds_slot)
+        unread = None
+        if getattr(scorer, "answers_unread", False):
+
+            def unread() -> list[Scored]:
+                return scorer.score_unread(mapped)  # type: ignore[no-any-return]
+
+        return await self.run(
+            lambda: scorer.score(mapped), n, deadline, holds_slot=holds_slot, unread=unread
+        )
 
     async def run(
         self,
@@ -274,25 +297,32 @@ class ScoringGuard:
         deadline: Deadline,
         *,
         holds_slot: bool = False,
+        unread: Callable[[], list[Scored]] | None = None,
     ) -> R | list[Scored]:
         """Run scoring work on n requests within the deadline, or answer by the outage policy.
 
         ``holds_slot``: the call took its in-flight slot at arrival (``admit``); otherwise one
-        is taken here, and 503 ``overloaded`` when none is free.
+        is taken here, and 503 ``overloaded`` when none is free. ``unread``: answers without
+        the store (a deployment's store-free fallback steps); when given, the read is cut
+        ``UNREAD_SHARE`` of the budget early, and a read cut at its deadline, or a circuit
+        open, is answered by it, as a read that failed is, before the outage policy.
         """
         # An open circuit answers by the policy first: during an outage callers get the
         # policy's answer, not "overloaded" because abandoned reads still hold their slots.
         if not self.breaker.allow():
-            return self._outage(n, "circuit_open", None)
+            return self._unread_or_outage(n, "circuit_open", unread)
         if not holds_slot and self.in_flight >= self.max_in_flight:
             self.breaker.trial_out = False
             raise self._overloaded()
         timeout = deadline.remaining()
+        if unread is not None:
+            timeout -= deadline.budget_ms * UNREAD_SHARE / 1000
         if timeout <= 0:
             # Spent before any read (e.g. a slow upload, or a busy service): no read is tried.
             self.breaker.trial_out = False
-            self._raise_if_busy(deadline)
-            return self._outage(n, "deadline", None)
+            if unread is None:
+                self._raise_if_busy(deadline)
+            return self._unread_or_outage(n, "deadline", unread)
         if not holds_slot:
             self._acquire()
         try:
@@ -303,9 +333,13 @@ class ScoringGuard:
             async with asyncio.timeout(timeout):
                 results = await work()
         except TimeoutError:
-            self._raise_if_busy(deadline)
-            self._overran()
-            return self._outage(n, "deadline", None)
+            if unread is None:
+                self._raise_if_busy(deadline)
+            if self.lag.seconds < deadline.budget_ms / 10_000:
+                self._overran()  # a busy loop's miss is not the store's failure
+            else:
+                self.breaker.trial_out = False
+            return self._unread_or_outage(n, "deadline", unread)
         except FeatureStoreUnavailable as exc:
             self.breaker.failed()
             return self._outage(n, "store_error", exc)
@@ -356,6 +390,21 @@ class ScoringGuard:
             self.breaker.failed()
         else:
             self.breaker.trial_out = False
+
+    def _unread_or_outage(
+        self, n: int, cause: str, unread: Callable[[], list[Scored]] | None
+    ) -> list[Scored]:
+        """The store-free fallback's answers where the deployment has one that answers, else
+        the outage policy's."""
+        if unread is not None:
+            try:
+                answers = unread()
+            except FeatureStoreUnavailable:
+                pass  # no fallback step could answer these rows without the store
+            else:
+                FALLBACK_ANSWERS.labels(cause).inc()
+                return answers
+        return self._outage(n, cause, None)
 
     def _outage(self, n: int, cause: str, exc: FeatureStoreUnavailable | None) -> list[Scored]:
         OUTAGE_ANSWERS.labels(self.policy, cause).inc()

@@ -179,6 +179,8 @@ class Scorer:
             age_seconds={key: shown.age_seconds[key].tolist() for key in keys},
             variants=answered.variants,
             model_versions=answered.model_versions,
+            inputs=answered.inputs,
+            input_names=list(answered.input_names),
         )
 
     async def _read(self, mapped: MappedRequests, large: bool) -> FeatureBatch | None:
@@ -192,6 +194,20 @@ class Scorer:
             if self.routed and self.deployment is not None and self.deployment.fallback:
                 return None
             raise
+
+    @property
+    def answers_unread(self) -> bool:
+        """Whether the deployment has a fallback step that answers without the store."""
+        return (
+            self.routed
+            and self.deployment is not None
+            and any(not step.reads_store for step in self.deployment.fallback)
+        )
+
+    def score_unread(self, mapped: MappedRequests) -> list[Scored]:
+        """Answers without a feature read, by the fallback steps that need none (the store is
+        down, or its read missed the deadline); FeatureStoreUnavailable where none answers."""
+        return self.predict_and_label(None, mapped)
 
     def predict_and_label(self, batch: FeatureBatch | None, mapped: MappedRequests) -> list[Scored]:
         """``label_columns``, one ``Scored`` per request."""
@@ -271,6 +287,7 @@ def _direct(deployment: LiveDeployment) -> bool:
     (variant,) = deployment.variants[:1]
     return (
         len(deployment.variants) == 1
+        and variant.family is None
         and len(variant.members) == 1
         and not variant.required_views
         and not deployment.fallback

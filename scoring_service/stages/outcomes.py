@@ -4,7 +4,7 @@ them and the prediction log records them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +31,7 @@ class Scored:
     variant: str = "champion"  # the variant or fallback step that decided
     model_version: str = ""  # `name/version` of the package (or `ensemble:<name>`)
     inputs: np.ndarray | None = None  # the model's input row, for the prediction log
+    input_names: Sequence[str] | None = None  # its names when not the direct path's model's
 
 
 @dataclass
@@ -45,7 +46,10 @@ class ScoredColumns:
     variants: list[str] | None = None  # who decided each row (None: the champion, all rows)
     model_versions: list[str] | None = None
     default_version: str = ""
-    inputs: np.ndarray | None = None  # [n, features] model input (the direct path's model)
+    # [n, features] model input (the direct path's model), or per row the input row of the
+    # package that decided it (None: no model answered) with its names in ``input_names``
+    inputs: np.ndarray | list[np.ndarray | None] | None = None
+    input_names: list[Sequence[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -76,9 +80,10 @@ class ScoredColumns:
         variants = self.variants or ["champion"] * n
         versions = self.model_versions or [self.default_version] * n
         inputs = self.inputs if self.inputs is not None else [None] * n
+        names: Sequence[Sequence[str] | None] = self.input_names or [None] * n
         return [
-            Scored(score, label, reasons, fresh, variant, version, row)
-            for score, label, reasons, fresh, variant, version, row in zip(
+            Scored(score, label, reasons, fresh, variant, version, row, row_names)
+            for score, label, reasons, fresh, variant, version, row, row_names in zip(
                 self.scores,
                 self.labels,
                 self.reasons,
@@ -86,6 +91,7 @@ class ScoredColumns:
                 variants,
                 versions,
                 inputs,
+                names,
                 strict=True,
             )
         ]

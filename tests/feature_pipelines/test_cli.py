@@ -148,6 +148,32 @@ def test_generate_refuses_an_empty_range(tmp_path: Path, option: str, value: str
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_cli_adds_the_new_pattern_from_a_day(tmp_path: Path) -> None:
+    out = tmp_path / "tx.parquet"
+    result = invoke(
+        "generate", "--rows", "3000", "--seed", "4", "--days", "10",
+        "--end", "2024-06-01T12:00:00Z", "--new-pattern-from-day", "6", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = pd.read_parquet(out)
+    expected = generate_transactions(3000, seed=4, days=10, end=END, new_pattern_from_day=6)
+    for column in (schema.EVENT_TIMESTAMP, schema.LABEL_AVAILABLE_AT):
+        written[column] = written[column].dt.as_unit("ns")
+    pd.testing.assert_frame_equal(written, expected)
+    assert (written[schema.FRAUD_PATTERN] == schema.FRAUD_PATTERN_NEW).sum() >= 3
+
+
+def test_cli_refuses_a_new_pattern_day_past_the_range(tmp_path: Path) -> None:
+    out = tmp_path / "x.parquet"
+    result = invoke("generate", "--days", "10", "--new-pattern-from-day", "10", "--out", str(out))
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for --new-pattern-from-day: day 10 is past the range: its days run "
+        "from 0 to 9" in message(result)
+    )
+    assert not out.exists()
+
+
 # --- aggregate -------------------------------------------------------------------------------
 
 

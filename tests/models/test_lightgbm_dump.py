@@ -16,6 +16,7 @@ from models.lightgbm_dump import (
     num_iteration,
     parse_booster,
     split_thresholds,
+    tree_split_thresholds,
 )
 
 
@@ -129,6 +130,22 @@ def test_split_thresholds_are_the_dumped_thresholds_per_feature(
     assert set(thresholds) == set(parsed)
     for feature, values in thresholds.items():
         assert sorted(values) == sorted(parsed[feature])
+
+
+def test_tree_split_thresholds_are_each_trees_thresholds(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    booster = _train(*data)
+    per_tree = tree_split_thresholds(booster)
+    forest = parse_booster(booster)
+    assert len(per_tree) == len(forest.trees) > 1
+    for thresholds, tree in zip(per_tree, forest.trees, strict=True):
+        parsed: dict[int, list[float]] = {}
+        for feature, threshold in zip(tree.feature, tree.threshold, strict=True):
+            parsed.setdefault(int(feature), []).append(float(threshold))
+        assert {f: sorted(v) for f, v in thresholds.items()} == {
+            f: sorted(v) for f, v in parsed.items()
+        }
 
 
 def test_other_objectives_are_refused_by_name(data: tuple[np.ndarray, np.ndarray]) -> None:

@@ -133,6 +133,7 @@ def test_precision_and_recall_equal_a_direct_computation(
     as_of = replay.end + timedelta(days=after_days)
     result = monitor(replay.log_root, replay.labels, as_of, model_root=model_root)
     expected = direct(replay, as_of)
+    holdout = read_manifest(model_root / "fraud_model" / "v1").metrics["holdout"]
     groups = {(g["variant"], g["day"]): g for g in result.groups}
     n_days = replay.log["date"].nunique()
     assert set(groups) == set(expected) and len(groups) == 2 * (n_days + 1)  # and "all" days
@@ -148,7 +149,8 @@ def test_precision_and_recall_equal_a_direct_computation(
         assert group["alert"]["precision"] == pytest.approx(figures["alert"][0], nan_ok=True)
         assert group["alert"]["recall"] == pytest.approx(figures["alert"][1], nan_ok=True)
         # Holdout figures of the package sit next to them.
-        assert group["holdout"]["pr_auc"] > 0.5
+        assert group["holdout"]["pr_auc"] == pytest.approx(holdout["pr_auc"], rel=1e-12)
+        assert group["holdout"]["pr_auc"] > holdout["positive_rate"]  # a model, not chance
     total = sum(g["n_predictions"] for k, g in groups.items() if k[1] == ALL_DAYS)
     labelled = sum(g["n_labelled"] for k, g in groups.items() if k[1] == ALL_DAYS)
     pending = sum(g["n_pending"] for k, g in groups.items() if k[1] == ALL_DAYS)

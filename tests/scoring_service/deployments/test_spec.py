@@ -141,3 +141,55 @@ def test_ensemble_rules() -> None:
 def test_single_model_deployment() -> None:
     spec = single_model("fraud_model/v1", "card_id")
     assert spec.champion.weight == 1.0 and spec.packages() == ["fraud_model/v1"]
+
+
+FAMILY = {
+    "segment_field": "card_country",
+    "default": "fraud_model/v1-by-country",
+    "members": {"US": "fraud_model/v1-by-country-US", "GB": "fraud_model/v1-by-country-GB"},
+}
+
+
+def test_a_family_variant_loads_its_default_at_start_and_its_members_on_demand() -> None:
+    spec = parse_deployment(
+        with_(
+            challengers=[{"name": "by-country", "family": "countries", "weight": 0.2}],
+            champion={"name": "champion", "package": "fraud_model/v2", "weight": 0.8},
+            families={"countries": FAMILY},
+        )
+    )
+    assert spec.challengers[0].source == "family:countries"
+    assert "fraud_model/v1-by-country" in spec.packages()
+    assert not set(FAMILY["members"].values()) & set(spec.packages())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "fault"),
+    [
+        (
+            with_(
+                challengers=[{"name": "x", "family": "nope", "weight": 0.2}],
+                champion={"name": "champion", "package": "fraud_model/v2", "weight": 0.8},
+            ),
+            "names a family 'nope' not declared",
+        ),
+        (
+            with_(shadows=[{"name": "s", "family": "countries"}], families={"countries": FAMILY}),
+            "a family answers variants, not shadows",
+        ),
+        (
+            with_(families={"countries": {**FAMILY, "members": {"US": FAMILY["default"]}}}),
+            "the default member is also a segment's member",
+        ),
+        (
+            with_(
+                challengers=[{"name": "x", "family": "countries", "package": "a/b", "weight": 0.2}],
+                families={"countries": FAMILY},
+            ),
+            "give exactly one of `package`, `ensemble` or `family`",
+        ),
+    ],
+)
+def test_family_faults_are_refused_naming_them(data: dict, fault: str) -> None:
+    with pytest.raises(DeploymentInvalid, match=fault):
+        parse_deployment(data)

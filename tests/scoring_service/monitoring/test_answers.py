@@ -18,7 +18,13 @@ import pytest
 
 from feature_repo import prediction_log as log_format
 from scoring_service.core.schemas import EntityFreshness
-from scoring_service.monitoring.answers import AnswerLog, RecentAnswers
+from scoring_service.monitoring.answers import (
+    AnswerLog,
+    LoggedMember,
+    RecentAnswers,
+    ensemble_members,
+    member_input_names,
+)
 from scoring_service.monitoring.prediction_log import LogEntry, PredictionLog
 from scoring_service.stages.features import MISSING, NOT_REQUESTED, PRESENT, STALE
 from scoring_service.stages.mapping import MappedRequests
@@ -239,3 +245,60 @@ def test_what_is_recorded_reaches_the_parquet_log(tmp_path: Path) -> None:
     assert (last[log_format.VARIANT], last[log_format.MODEL_VERSION]) == ("twin", "fraud_model/v1b")
     kept = answers.recent.get("tx-7")
     assert len(answers.recent) == n and kept is not None and kept.score == 7 / n
+
+
+def test_rows_decided_by_several_packages_log_each_ones_row_and_names(tmp_path: Path) -> None:
+    answers = answer_log(tmp_path)
+    blend = member_input_names(
+        [("fraud_model/v1", 1 / 3, ["a", "b"]), ("fraud_model/v2", 2 / 3, ["a", "c", "d"])]
+    )
+    rows = [
+        np.array([1.0, 2.0], dtype=np.float32),
+        np.arange(5, dtype=np.float32),
+        None,
+    ]
+    columns = ScoredColumns(
+        scores=[0.2, 0.4, None],  # type: ignore[list-item]
+        labels=["not_fraud", "suspicious", "uncertain"],
+        reasons=[[], [], ["no_model_answer"]],
+        status={"card_id": [PRESENT] * 3, "ip_address": [PRESENT] * 3},
+        age_seconds={"card_id": [1.0] * 3, "ip_address": [1.0] * 3},
+        variants=["request-only", "champion", "none"],
+        model_versions=["fraud_model/rt", "ensemble:blend", ""],
+        inputs=rows,
+        input_names=[("x", "y"), blend, ()],
+    )
+    asyncio.run(
+        answers.record_columns(
+            "req-routed",
+            ["tx-rt", "tx-blend", "tx-none"],
+            mapped(3),
+            columns,
+            default_version=DEFAULT,
+            feature_names=NAMES,
+            arrived=time.monotonic(),
+        )
+    )
+    rt, mixed, none = (answers.recent.get(i) for i in ("tx-rt", "tx-blend", "tx-none"))
+    assert rt is not None and mixed is not None and none is not None
+    assert (rt.model_version, list(rt.feature_names), list(rt.features)) == (
+        "fraud_model/rt",
+        ["x", "y"],
+        [1.0, 2.0],
+    )
+    assert ensemble_members(rt.feature_names) is None
+    members = ensemble_members(mixed.feature_names)
+    assert members == [
+        LoggedMember("fraud_model/v1", 1 / 3, 0, ["a", "b"]),
+        LoggedMember("fraud_model/v2", 2 / 3, 2, ["a", "c", "d"]),
+    ]
+    assert list(mixed.features) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert (list(none.features), list(none.feature_names)) == ([], [])
+
+
+def test_the_max_rule_is_logged_without_weights() -> None:
+    names = member_input_names([("m/a", None, ["f"]), ("m/b", None, ["f", "g"])])
+    assert ensemble_members(names) == [
+        LoggedMember("m/a", None, 0, ["f"]),
+        LoggedMember("m/b", None, 1, ["f", "g"]),
+    ]

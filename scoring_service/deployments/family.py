@@ -1,0 +1,270 @@
+"""A model family's members in one process: the default always loaded, the others on demand,
+within a memory budget.
+
+A family variant (``families:`` in the deployment file, ``scoring_service/deployments/spec.py``)
+answers each row with the member of its segment (the value of the family's ``segment_field``),
+or with the default member where the segment has none. Members load on their segment's first
+request:
+
+- **Who answers while a member loads: the default, at once.** The load runs in a background
+  thread and the request does not wait for it: a load (seal, checksums, the feature store check,
+  an ONNX Runtime session and its warm-up) takes tens to hundreds of milliseconds, more than a
+  score's whole budget on a busy machine, while the default answers in the time of any other
+  row. The answer says so (reason ``family_member_loading``); the segment's next requests find
+  the member resident.
+- **One load per member** however many requests ask for it at once (single flight): the first
+  starts it, the others find it in flight and are answered by the default meanwhile.
+- **The budget** (``SCORING_MODEL_MEMORY_MB``) bounds the bytes of the members' graphs held in
+  sessions (the default's are not counted: it is never evicted). A member that arrives when the
+  budget is full evicts the least recently used members that no micro-batch is scoring at that
+  moment; if that does not make room, the new member is not kept (its rows keep the default).
+- **A member that fails its checks** (its seal, checksums, another feature list than the
+  default's, a graph that does not load) is refused: it is not retried until the deployment is
+  reloaded, and its rows get the default's answer with reason ``family_member_refused`` (the
+  log names the fault).
+- A micro-batch is split by member: one model call per member present in it.
+
+Metrics (per family): ``scoring_family_loads_total{outcome}``, ``scoring_family_evictions_total``,
+``scoring_family_requests_total{result}`` (hit, loading, refused, default),
+``scoring_family_resident_bytes``, ``scoring_family_resident_members`` and
+``scoring_family_load_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from scoring_service.core import metrics
+from scoring_service.core.errors import ModelPackageInvalid
+from scoring_service.deployments.packages import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+HIT = "hit"
+LOADING = "loading"
+REFUSED = "refused"
+DEFAULT = "default"
+MEMBER_LOADING = "family_member_loading"
+MEMBER_REFUSED = "family_member_refused"
+LOAD_THREADS = 2
+
+
+def resident_bytes(model: LoadedModel) -> int:
+    """What a loaded member is counted for: the bytes of the graphs its sessions hold."""
+    graphs = [model.manifest.graphs["cpu"]]
+    if model.device == "cuda" and "gpu" in model.manifest.graphs:
+        graphs.append(model.manifest.graphs["gpu"])
+    return sum((model.path / g.file).stat().st_size for g in graphs)
+
+
+@dataclass
+class Resident:
+    """A member in memory: its view over the deployment's feature read, and its size."""
+
+    view: object  # live.ModelView (a family lives below the live deployment that owns it)
+    package: str
+    size: int
+    in_use: int = 0
+
+
+@dataclass
+class Route:
+    """The rows of one micro-batch answered by one member (or the default)."""
+
+    rows: np.ndarray  # positions among the rows asked
+    view: object
+    package: str
+    reason: str | None  # why the default answers a segment that has a member
+
+
+class FamilyMembers:
+    """One family's members: lookup, single-flight loads, LRU eviction within a budget."""
+
+    def __init__(
+        self,
+        name: str,
+        segment_field: str,
+        members: dict[str, str],
+        default: LoadedModel,
+        *,
+        view: Callable[[LoadedModel], object],
+        load: Callable[[str], LoadedModel],
+        budget_bytes: int | None,
+    ) -> None:
+        self.name = name
+        self.segment_field = segment_field
+        self.members = dict(members)
+        self.default = default
+        self.default_package = default.version_label
+        self.default_view = view(default)
+        self.budget_bytes = budget_bytes  # None: no limit
+        self._view = view
+        self._load = load
+        self._lock = threading.Lock()
+        self._resident: OrderedDict[str, Resident] = OrderedDict()
+        self._loading: dict[str, Future[None]] = {}
+        self.refused: dict[str, str] = {}
+        self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix=f"family-{name}")
+        self._requests = {
+            result: metrics.FAMILY_REQUESTS.labels(name, result)
+            for result in (HIT, LOADING, REFUSED, DEFAULT)
+        }
+        self._bytes = metrics.FAMILY_RESIDENT_BYTES.labels(name)
+        self._count = metrics.FAMILY_RESIDENT_MEMBERS.labels(name)
+        self._evictions = metrics.FAMILY_EVICTIONS.labels(name)
+        self._bytes.set(0)
+        self._count.set(0)
+
+    # --- what the request path asks ------------------------------------------------------------
+
+    @contextmanager
+    def routes(self, segments: Sequence[object]) -> Iterator[list[Route]]:
+        """The rows of each member present among ``segments``; the members used stay resident
+        until the block ends (a member in use is never evicted)."""
+        groups: dict[str, list[int]] = {}
+        for i, value in enumerate(segments):
+            groups.setdefault("" if value is None else str(value), []).append(i)
+        out: list[Route] = []
+        held: list[Resident] = []
+        default_rows: list[int] = []
+        with self._lock:
+            for segment, rows in groups.items():
+                package = self.members.get(segment)
+                if package is None:
+                    default_rows += rows
+                    self._requests[DEFAULT].inc(len(rows))
+                    continue
+                resident = self._resident.get(package)
+                if resident is not None:
+                    self._resident.move_to_end(package)
+                    resident.in_use += 1
+                    held.append(resident)
+                    self._requests[HIT].inc(len(rows))
+                    out.append(Route(np.asarray(rows), resident.view, package, None))
+                    continue
+                if package in self.refused:
+                    reason = MEMBER_REFUSED
+                    self._requests[REFUSED].inc(len(rows))
+                else:
+                    reason = MEMBER_LOADING
+                    self._requests[LOADING].inc(len(rows))
+                    self._start_load(package)
+                out.append(Route(np.asarray(rows), self.default_view, self.default_package, reason))
+        if default_rows:
+            out.append(
+                Route(
+                    np.asarray(sorted(default_rows)), self.default_view, self.default_package, None
+                )
+            )
+        try:
+            yield out
+        finally:
+            with self._lock:
+                for resident in held:
+                    resident.in_use -= 1
+
+    def resident(self) -> list[str]:
+        """The members in memory, least recently used first."""
+        with self._lock:
+            return list(self._resident)
+
+    def wait_loads(self, timeout: float | None = None) -> None:
+        """Wait for the loads in flight (tests and the bench)."""
+        with self._lock:
+            pending = list(self._loading.values())
+        for future in pending:
+            future.result(timeout)
+
+    def close(self) -> None:
+        """Stop taking loads; the ones in flight finish in the background."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- loading and eviction ------------------------------------------------------------------
+
+    def _start_load(self, package: str) -> None:
+        """Under the lock: one load per member in flight (single flight)."""
+        if package in self._loading:
+            return
+        try:
+            self._loading[package] = self._pool.submit(self._load_member, package)
+        except RuntimeError:  # the pool is shut down: the deployment is being replaced
+            return
+
+    def _load_member(self, package: str) -> None:
+        started = time.perf_counter()
+        try:
+            loaded = self._load(package)
+            if loaded.manifest.features != self.default.manifest.features:
+                raise ModelPackageInvalid(
+                    f"member {package} reads other inputs than the family's default "
+                    f"{self.default_package}"
+                )
+            view = self._view(loaded)
+            size = resident_bytes(loaded)
+        except Exception as exc:  # refused: its rows keep the default's answer, with the reason
+            if isinstance(exc, ModelPackageInvalid):
+                reason = exc.message
+                logger.error("family %s: member %s refused: %s", self.name, package, reason)
+            else:
+                reason = f"it does not load ({type(exc).__name__})"
+                logger.exception("family %s: member %s refused", self.name, package)
+            metrics.FAMILY_LOADS.labels(self.name, "refused").inc()
+            with self._lock:
+                self.refused[package] = reason
+                self._loading.pop(package, None)
+            return
+        seconds = time.perf_counter() - started
+        metrics.FAMILY_LOAD_SECONDS.labels(self.name).observe(seconds)
+        logger.info(
+            "family %s: member %s loaded in %.1f ms (%d bytes)",
+            self.name,
+            package,
+            seconds * 1000,
+            size,
+        )
+        with self._lock:
+            kept = self._make_room(size)
+            if kept:
+                self._resident[package] = Resident(view, package, size)
+            self._loading.pop(package, None)
+            self._publish()
+        metrics.FAMILY_LOADS.labels(self.name, "loaded" if kept else "over_budget").inc()
+        if not kept:
+            logger.warning(
+                "family %s: member %s (%d bytes) does not fit the memory budget while the "
+                "resident members are in use; the default keeps answering its segment",
+                self.name,
+                package,
+                size,
+            )
+
+    def _make_room(self, size: int) -> bool:
+        """Under the lock: evict idle members, least recently used first, until ``size`` more
+        bytes fit the budget; whether they do."""
+        if self.budget_bytes is None:
+            return True
+        used = sum(r.size for r in self._resident.values())
+        for package in list(self._resident):
+            if used + size <= self.budget_bytes:
+                break
+            resident = self._resident[package]
+            if resident.in_use:
+                continue
+            del self._resident[package]
+            used -= resident.size
+            self._evictions.inc()
+            logger.info("family %s: evicted member %s", self.name, package)
+        return used + size <= self.budget_bytes
+
+    def _publish(self) -> None:
+        self._bytes.set(sum(r.size for r in self._resident.values()))
+        self._count.set(len(self._resident))
