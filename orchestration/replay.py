@@ -321,6 +321,7 @@ def _loop(
     baseline: dict[float, float] = {}
     held: list[np.ndarray] = []  # a canary step's candidate scores until it has enough
     pending_trigger: str | None = None
+    trigger_day: int | None = None  # when the standing retraining request was first made
     last_retrain: int | None = None
     days: list[Day] = []
     promotions: list[dict[str, Any]] = []
@@ -329,7 +330,15 @@ def _loop(
     run = RunInfo(run_id="", job="replay", trigger="replay", started_by=STARTED_BY)
 
     def promote(package: _Package, day: int, why: str) -> None:
-        nonlocal champion
+        nonlocal champion, pending_trigger, trigger_day
+        # A retraining request stands until a candidate trained after it answers: one stopped at
+        # a gate, or trained before the trigger, leaves the decay where it was.
+        if (
+            pending_trigger
+            and package.trained_day is not None
+            and package.trained_day >= (trigger_day or 0)
+        ):
+            pending_trigger = None
         previous = champion.name if champion else None
         champion = package
         platform.promotion_record.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +380,6 @@ def _loop(
                 reason = "schedule weekly_retraining (replay cadence)"
         if reason is not None:
             last_retrain = day
-            pending_trigger = None
             before = candidate_record.stat().st_mtime_ns if candidate_record.exists() else None
             ok = _materialize(
                 retrain_assets, platform, {TRIGGER_TAG: reason[:200], STARTED_BY_TAG: STARTED_BY}
@@ -507,6 +515,8 @@ def _loop(
             metrics={"recall": monitored_recall, "precision": precision, "matured": len(y)},
         )
         if found:
+            if pending_trigger is None:
+                trigger_day = day
             pending_trigger = found[0]
             log.record(
                 run,

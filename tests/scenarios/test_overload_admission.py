@@ -20,7 +20,14 @@ import pytest
 
 from scoring_service.core.security import hash_key
 from tests.conftest import ROOT
-from tests.fixtures.service import API_HEADERS, API_KEY, FRAUD_API, as_request, launch_replica
+from tests.fixtures.service import (
+    ANALYST_KEY,
+    API_HEADERS,
+    API_KEY,
+    FRAUD_API,
+    as_request,
+    launch_replica,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +76,8 @@ def test_lower_classes_are_shed_first(
     sqlite_repo: Path, model_root: Path, recent: pd.DataFrame, tmp_path: Path
 ) -> None:
     """A small fixed limit (4 in flight) and far more arrivals than it admits: the real-time
-    stream is refused least, the batch and entity streams more, health never; every refusal
-    is 503 overloaded."""
+    stream is refused least, the batch, explanation and entity streams more, health never;
+    every refusal is 503 overloaded."""
     rows = [as_request(row) for _, row in recent.tail(40).iterrows()]
     one = write_bodies(tmp_path / "one.jsonl", rows)
     batch = write_bodies(tmp_path / "batch.jsonl", [{FRAUD_API.collection: rows[:20]}])
@@ -80,12 +87,20 @@ def test_lower_classes_are_shed_first(
         sqlite_repo / "feature_store.yaml",
         model_root,
         tmp_path,
+        env={"SCORING_ANALYST_KEY_HASHES": hash_key(ANALYST_KEY)},
+        prediction_log_dir=str(tmp_path / "log"),
         admission_initial_limit="4",
         admission_min_limit="4",
         max_in_flight="4",
     )
     replica.wait_ready()
     headers = {"X-API-Key": API_KEY}
+    # An answer to explain under the load (logged before it starts).
+    explained = {**rows[1], "transaction_id": "tx_explained_under_load"}
+    first = httpx.post(
+        f"{replica.url}{FRAUD_API.score_path}", json=explained, headers=API_HEADERS, timeout=30
+    )
+    assert first.status_code == 200, first.text
     try:
         got = open_loop(
             replica.url,
@@ -111,6 +126,13 @@ def test_lower_classes_are_shed_first(
                     "rate": 200,
                     "headers": headers,
                 },
+                {
+                    "name": "explain",
+                    "method": "GET",
+                    "path": "/v1/transactions/tx_explained_under_load/explanation",
+                    "rate": 200,
+                    "headers": {"X-API-Key": ANALYST_KEY},
+                },
                 {"name": "health", "method": "GET", "path": "/health/live", "rate": 20},
             ],
         )
@@ -122,15 +144,19 @@ def test_lower_classes_are_shed_first(
         )
     finally:
         replica.stop()
-    realtime, batch_got, entity, health = (
-        got[n] for n in ("realtime", "batch", "entity", "health")
+    realtime, batch_got, entity, explain, health = (
+        got[n] for n in ("realtime", "batch", "entity", "explain", "health")
     )
     assert health["answers"] == {"200": health["sent"]}, health
     assert realtime["answers"].get("200", 0) > 0, realtime
     assert refused_share(batch_got) > 0, batch_got  # the load did reach the limit
     assert refused_share(realtime) < refused_share(batch_got), (realtime, batch_got)
     assert refused_share(realtime) < refused_share(entity), (realtime, entity)
-    for summary in (realtime, batch_got, entity):
+    assert refused_share(realtime) < refused_share(explain), (realtime, explain)
+    assert explain["answers"].get("200", 0) + explain["answers"].get("503", 0) == sum(
+        explain["answers"].values()
+    ), explain  # the explanation itself answers when admitted
+    for summary in (realtime, batch_got, entity, explain):
         assert set(summary["codes"]) <= {"overloaded"}, summary
         assert not summary["errors"], summary
     assert refused.status_code == 200 or refused.headers.get("retry-after")
