@@ -74,6 +74,12 @@ def place(at: datetime | str | None) -> None:
     offset_seconds()
 
 
+def reload() -> None:
+    """Read the placement from the environment again (after a caller restored it there)."""
+    global _offset
+    _offset = None
+
+
 def time() -> float:
     """Seconds since the epoch on the platform's clock."""
     return _time.time() + offset_seconds()

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -254,6 +255,7 @@ def replay(root: Path, settings: ReplaySettings | None = None) -> ReplayReport:
     spec = load_domain(platform.repo)
     log = DecisionLog(platform.decision_log_path)
     models_root = platform.path(platform.model_root)
+    saved = {k: os.environ.get(k) for k in (clock.AT_ENV, clock.OFFSET_ENV)}
     try:
         clock.place(end)
         tags = {TRIGGER_TAG: "replay: the history's features", STARTED_BY_TAG: STARTED_BY}
@@ -271,7 +273,12 @@ def replay(root: Path, settings: ReplaySettings | None = None) -> ReplayReport:
             candidate_record=platform.work / CANDIDATE_RECORD,
         )
     finally:
+        # The clock as it was: a process placed at an instant (PLATFORM_CLOCK_AT) stays there.
         clock.place(None)
+        for name, value in saved.items():
+            if value is not None:
+                os.environ[name] = value
+        clock.reload()
 
 
 def _point_in_time_frame(platform: PlatformResource, service: str, spec: Any) -> pd.DataFrame:

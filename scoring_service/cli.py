@@ -258,10 +258,15 @@ def stream_score_command(
         str | None,
         typer.Option(
             help="Window catalogue (module:attribute) whose state absorbs each event, e.g. "
-            "feature_pipelines.fraud.windows:CATALOGUE (default: none)."
+            "feature_pipelines.<domain>.windows:CATALOGUE (default: none)."
         ),
     ] = None,
-    state_prefix: Annotated[str, typer.Option(help="Key prefix of the window state.")] = "fraud:rt",
+    state_prefix: Annotated[
+        str,
+        typer.Option(
+            help="Key prefix of the window state (default: the catalogue module's STATE_PREFIX)."
+        ),
+    ] = "",
     metrics_port: Annotated[
         int, typer.Option(min=0, help="Port of the Prometheus metrics (0: none).")
     ] = 0,

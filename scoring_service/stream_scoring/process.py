@@ -76,9 +76,14 @@ async def serve_stream(
     sync_client: redis.Redis | None = None
     if windows is not None:
         # Imported here: the window step needs the pipelines package (scoring image: absent).
-        from scoring_service.stream_scoring.windows import WindowStep, load_catalogue
+        from scoring_service.stream_scoring.windows import (
+            WindowStep,
+            load_catalogue,
+            state_prefix_of,
+        )
 
         catalogue = load_catalogue(windows)
+        state_prefix = state_prefix or state_prefix_of(windows)
         sync_client = _client(redis.Redis, connection)
         step = WindowStep(
             sync_client, catalogue, state_prefix, open_store(domain.folder, domain.yaml)

@@ -41,11 +41,23 @@ def load_catalogue(reference: str) -> WindowCatalogue:
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigurationInvalid(
             f"the window catalogue {reference!r} cannot be loaded ({exc}); name it as "
-            "module:attribute, e.g. feature_pipelines.fraud.windows:CATALOGUE"
+            "module:attribute, e.g. feature_pipelines.<domain>.windows:CATALOGUE"
         ) from exc
     if not isinstance(value, WindowCatalogue):
         raise ConfigurationInvalid(f"{reference!r} is not a window catalogue")
     return value
+
+
+def state_prefix_of(reference: str) -> str:
+    """The state key prefix the catalogue's module declares (``STATE_PREFIX``), the one its
+    stream consumer writes under; ConfigurationInvalid when it declares none."""
+    module = importlib.import_module(reference.partition(":")[0])
+    prefix = getattr(module, "STATE_PREFIX", None)
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigurationInvalid(
+            f"{reference.partition(':')[0]} declares no STATE_PREFIX; pass --state-prefix"
+        )
+    return prefix
 
 
 class WindowStep:

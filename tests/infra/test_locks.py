@@ -17,7 +17,7 @@ from tests.infra.manifests import INFRA, ROOT
 LOCKS = INFRA / "locks"
 CHECKER = LOCKS / "lock.py"
 EXTRAS = {
-    "dev.txt": "dev,serve,train,spark,cpu,orchestrate",
+    "dev.txt": "dev,serve,train,spark,cpu,orchestrate,online",
     "serve-cpu.txt": "serve,cpu",
     "serve-gpu.txt": "serve,gpu",
     "serve-gpu-cuda.txt": "serve,gpu-cuda",

@@ -46,6 +46,12 @@ CATALOGUE = {
     "SHADOW_SCORE_DIFF": ("scoring_shadow_score_abs_diff", Gauge, ("shadow", "model_version")),
     "SHADOW_DROPPED": ("scoring_shadow_dropped", Counter, ()),
     "DEPLOYMENT_INFO": ("scoring_deployment_info", Gauge, ("domain", "deployment")),
+    "FAMILY_LOADS": ("scoring_family_loads", Counter, ("family", "outcome")),
+    "FAMILY_EVICTIONS": ("scoring_family_evictions", Counter, ("family",)),
+    "FAMILY_REQUESTS": ("scoring_family_requests", Counter, ("family", "result")),
+    "FAMILY_RESIDENT_BYTES": ("scoring_family_resident_bytes", Gauge, ("family",)),
+    "FAMILY_RESIDENT_MEMBERS": ("scoring_family_resident_members", Gauge, ("family",)),
+    "FAMILY_LOAD_SECONDS": ("scoring_family_load_seconds", Histogram, ("family",)),
 }
 # Gauges whose value is each worker's own (its model, its drift window): one series per live
 # worker. The others are the same in every worker.
@@ -58,6 +64,8 @@ PER_WORKER = {
     "FEATURE_AGE_SECONDS",
     "FEATURE_UNAVAILABLE_RATIO",
     "SHADOW_LABEL_AGREEMENT",
+    "FAMILY_RESIDENT_BYTES",  # each worker holds its own family members
+    "FAMILY_RESIDENT_MEMBERS",
 }
 
 
