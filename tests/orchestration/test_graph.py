@@ -32,7 +32,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 GATES = (*checks.PACKAGE_GATES, *checks.EVALUATION_GATES)
 # The first run judges the graph, not the candidate: tolerances that any working model meets.
-LENIENT = GateRules(pr_auc_tolerance=1.0, max_recall_drop=1.0, max_calibration_error=1.0)
+LENIENT = GateRules(
+    pr_auc_tolerance=1.0,
+    max_recall_drop=1.0,
+    max_calibration_error=1.0,
+    max_segment_recall_drop=1.0,  # a segment's 20-30 matured frauds: recall moves by 0.15 alone
+)
 
 
 def candidate_on_shuffled_labels(
