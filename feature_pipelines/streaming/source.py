@@ -27,6 +27,8 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 import redis
 
+from feature_repo.redis_connection import redis_options
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "stream-features"
@@ -79,21 +81,10 @@ class EventSource(Protocol[EventT]):
 
 def redis_client(connection: str, **kwargs: object) -> redis.Redis:
     """A client for ``redis://...`` URLs or Feast-style ``host:port[,password=...,ssl=true]``."""
-    if "://" in connection:
-        return redis.Redis.from_url(connection, **kwargs)  # type: ignore[arg-type]
-    head, *options = connection.split(",")
-    host, _, port = head.rpartition(":")
-    params: dict[str, object] = {"host": host or "127.0.0.1", "port": int(port or 6379)}
-    for option in options:
-        key, _, value = option.partition("=")
-        key = key.strip()
-        if key == "password":
-            params["password"] = value
-        elif key == "ssl":
-            params["ssl"] = value.strip().lower() == "true"
-        elif key == "db":
-            params["db"] = int(value)
-    params.update(kwargs)
+    options = redis_options(connection)
+    if "url" in options:
+        return redis.Redis.from_url(str(options["url"]), **kwargs)  # type: ignore[arg-type]
+    params = {**options, **kwargs}
     return redis.Redis(**params)  # type: ignore[arg-type]
 
 

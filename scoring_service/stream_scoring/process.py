@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from feature_repo.layout import open_store
+from feature_repo.redis_connection import redis_options
 from scoring_service.api.domain_api import DomainApi
 from scoring_service.core.settings import Settings
 from scoring_service.served import close_domain, open_domain, served_domains
@@ -26,26 +27,6 @@ if TYPE_CHECKING:
     from scoring_service.stream_scoring.windows import WindowStep
 
 logger = logging.getLogger(__name__)
-
-
-def redis_options(connection: str) -> dict[str, object]:
-    """Client options for a ``redis://`` URL (``{"url": ...}``) or a Feast-style
-    ``host:port[,password=...][,ssl=true][,db=N]`` (the form the platform's config uses)."""
-    if "://" in connection:
-        return {"url": connection}
-    head, *parts = connection.split(",")
-    host, _, port = head.rpartition(":")
-    options: dict[str, object] = {"host": host or "127.0.0.1", "port": int(port or 6379)}
-    for part in parts:
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key == "password":
-            options["password"] = value
-        elif key == "ssl":
-            options["ssl"] = value.strip().lower() == "true"
-        elif key == "db":
-            options["db"] = int(value)
-    return options
 
 
 def _client(kind: type[redis.Redis] | type[aioredis.Redis], connection: str) -> Any:
