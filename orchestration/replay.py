@@ -60,6 +60,12 @@ FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo" / "fraud"
 NEW_PATTERN = "account_takeover"
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 STARTED_BY = "replay (no person)"
+#: Who is compared on the new pattern, and the ``Day`` fields their recalls go to.
+_COMPARED = {
+    "learner": ("learner_new_pattern_recall", "learner_recall_at_rate"),
+    "old_champion": ("old_champion_new_pattern_recall", "old_champion_recall_at_rate"),
+    "champion": ("champion_new_pattern_recall", "champion_recall_at_rate"),
+}
 
 
 @dataclass
@@ -86,6 +92,7 @@ class ReplaySettings:
     min_alert_precision: float | None = None
     min_labelled: int = 30
     recovery_days: int = 7
+    learner_restart_after_drift: int = 7  # the day (after the drift) the learner is restarted
 
 
 @dataclass
@@ -106,6 +113,17 @@ class Day:
     monitored_precision: float | None
     events: list[str] = field(default_factory=list)
     recall_at_rate: float = float("nan")  # at the pre-drift alert rate (set by the report)
+    # The online learner beside the batch models: labels it had learned by the end of the day,
+    # and (set by the report, at the pre-drift alert rate, on the day's payments) recall on
+    # the new pattern and on all reported fraud of the learner, of the first champion (never
+    # retrained) and of the day's champion, each ranking the day's payments by its own scores.
+    learner_labels_learned: int = 0
+    learner_new_pattern_recall: float = float("nan")
+    old_champion_new_pattern_recall: float = float("nan")
+    champion_new_pattern_recall: float = float("nan")
+    learner_recall_at_rate: float = float("nan")
+    old_champion_recall_at_rate: float = float("nan")
+    champion_recall_at_rate: float = float("nan")
 
 
 @dataclass
@@ -124,6 +142,14 @@ class ReplayReport:
     new_pattern_measured_from_day: int
     promotions: list[dict[str, Any]]
     stopped: list[dict[str, Any]]
+    start: str  # the replayed range's first instant (day 0), ISO 8601
+    # The online learner against the batch models from the drift day on: a row per day, and
+    # the same figures pooled over those days (``learner_comparison``).
+    learner_by_day: list[dict[str, Any]]
+    learner_comparison: dict[str, float]
+    learner_labels_learned: int
+    learner_labels_pending: int
+    learner_restart: dict[str, Any]
 
     @property
     def days_to_detect(self) -> int | None:
@@ -167,6 +193,84 @@ class _Package:
         return np.asarray(
             export.onnx_probability(self.session, feature_matrix(frame, self.manifest.features))
         )
+
+
+class _Learning:
+    """The online learner beside the batch models, fed what serving would have let it learn.
+
+    Its input is the vector the first champion (its base package) scored: that package's model
+    input from the payment's point-in-time features, what serving saw at answer time, logged
+    with the answer (answered at the payment's event time). Each answered payment's reported
+    label is offered with ``matured_at`` its ``label_available_at`` (a payment never reported
+    is 0 from then on); the learner learns at the end of each day what has matured by then.
+    """
+
+    NAME = "replay-learner"
+
+    def __init__(self, base: _Package, business_id: str, label: str) -> None:
+        from models.package.online import OnlineLearner
+
+        self.features = list(base.manifest.features)
+        self.business_id = business_id
+        self.label = label
+        self.learner = OnlineLearner(self.features, base_package=base.name)
+        self.logged: dict[str, Any] = {}  # business id -> LoggedAnswer
+
+    def matrix(self, rows: pd.DataFrame) -> np.ndarray:
+        from feature_repo.retrieval import feature_matrix
+
+        return feature_matrix(rows, self.features)
+
+    def answer(self, rows: pd.DataFrame) -> np.ndarray:
+        """The learner's scores of the day's payments (as it stood when they came), their
+        vectors logged and their labels offered."""
+        from models.package.online import LabelEvent, LoggedAnswer
+
+        if rows.empty:
+            return np.empty(0)
+        x = self.matrix(rows)
+        scores = self.learner.predict(x)
+        ids = rows[self.business_id].astype(str).tolist()
+        answered_at = rows["event_timestamp"].tolist()  # pandas Timestamps: datetimes, to the ns
+        matured_at = rows["label_available_at"].tolist()
+        labels = rows[self.label].to_numpy(dtype=int)
+        for i, business_id in enumerate(ids):
+            self.logged[business_id] = LoggedAnswer(x[i].tolist(), self.features, answered_at[i])
+        self.learner.offer(
+            LabelEvent(business_id, int(labels[i]), matured_at[i])
+            for i, business_id in enumerate(ids)
+        )
+        return scores
+
+    def learn(self, now: datetime) -> int:
+        """Learn the labels matured by ``now``; how many."""
+        logged = self.logged
+        return self.learner.learn_matured(
+            lambda ids: {i: logged[i] for i in ids if i in logged}, now=now
+        )
+
+    def restart(self, root: Path, rows: pd.DataFrame) -> dict[str, Any]:
+        """Snapshot the learner, restore it as a restarted process would, compare the two on
+        the day's payments and go on with the restored one; what was found."""
+        from models.package.online import OnlineLearner
+
+        x = self.matrix(rows)
+        before = self.learner.predict(x)
+        path = self.learner.snapshot(root, self.NAME)
+        restored = OnlineLearner.restore(root, self.NAME)
+        if restored is None:
+            raise RuntimeError(f"the learner's snapshot {path} was not found to restore")
+        after = restored.predict(x)
+        record = {
+            "snapshot": str(path),
+            "rows": len(x),
+            "scores_equal": bool(np.array_equal(before, after)),
+            "max_score_difference": float(np.max(np.abs(before - after))) if len(x) else 0.0,
+            "labels_learned": [self.learner.labels_learned, restored.labels_learned],
+            "labels_pending": [len(self.learner.pending), len(restored.pending)],
+        }
+        self.learner = restored
+        return record
 
 
 def _sticky(values: pd.Series, salt: str) -> np.ndarray:
@@ -271,6 +375,8 @@ def replay(root: Path, settings: ReplaySettings | None = None) -> ReplayReport:
             models_root,
             retrain_assets=[training_set, candidate_package, candidate_evaluation],
             candidate_record=platform.work / CANDIDATE_RECORD,
+            business_id=spec.business_id,
+            online_root=root / "models" / "online",
         )
     finally:
         # The clock as it was: a process placed at an instant (PLATFORM_CLOCK_AT) stays there.
@@ -316,6 +422,8 @@ def _loop(
     *,
     retrain_assets: list[Any],
     candidate_record: Path,
+    business_id: str,
+    online_root: Path,
 ) -> ReplayReport:
     label = "is_fraud"
     times = frame["event_timestamp"]
@@ -334,6 +442,11 @@ def _loop(
     promotions: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
     first_champion: _Package | None = None
+    learning: _Learning | None = None
+    # Each day's payments as the learner, the first champion and the day's champion score them.
+    compared = pd.DataFrame(index=frame.index, columns=list(_COMPARED), dtype=float)
+    restart_day = settings.drift_day + settings.learner_restart_after_drift
+    restart: dict[str, Any] = {}
     run = RunInfo(run_id="", job="replay", trigger="replay", started_by=STARTED_BY)
 
     def promote(package: _Package, day: int, why: str) -> None:
@@ -400,16 +513,22 @@ def _loop(
                 if champion is None:
                     promote(package, day, "first champion: nothing to compare or roll out against")
                     first_champion = champion
+                    learning = _Learning(package, business_id, label)
                 else:
                     candidate = package
                     stages = [("shadow", 0.0)] + [("canary", w) for w in settings.canary_weights]
             else:
                 stopped.append({"day": day, "package": name, "reason": reason})
-        assert champion is not None
+        assert champion is not None and first_champion is not None and learning is not None
         # --- the day's answers
         today = (times >= now) & (times < now + timedelta(days=1))
         rows = frame[today]
         scores = champion.scores(rows)
+        compared.loc[rows.index, "champion"] = scores
+        compared.loc[rows.index, "old_champion"] = (
+            scores if champion is first_champion else first_champion.scores(rows)
+        )
+        compared.loc[rows.index, "learner"] = learning.answer(rows)
         alerts = scores >= champion.cutoff
         stage, weight = stages[0] if stages and candidate is not None else ("champion", 0.0)
         by = np.full(len(rows), champion.name, dtype=object)
@@ -534,6 +653,14 @@ def _loop(
                 evidence={"triggers": found},
             )
             events.append(f"trigger: {found[0]}")
+        # --- the online learner learns what has matured by the end of the day
+        learning.learn(end_of_day)
+        if day == restart_day:
+            restart = {"day": day, **learning.restart(online_root, rows)}
+            events.append(
+                f"learner restarted from {restart['snapshot']}: scores "
+                f"{'equal' if restart['scores_equal'] else 'DIFFERENT'} on {len(rows)} payments"
+            )
         truth = rows["fraud_pattern"].to_numpy()
         new = truth == NEW_PATTERN
         y_day = rows[label].to_numpy(dtype=int)
@@ -552,13 +679,19 @@ def _loop(
                 monitored_recall=monitored_recall,
                 monitored_precision=precision,
                 events=events,
+                learner_labels_learned=learning.learner.labels_learned,
             )
         )
         logger.info("day %s: %s", day, "; ".join(events) or "-")
-    assert first_champion is not None
-    return _report(
+    assert first_champion is not None and learning is not None
+    report = _report(
         settings, days, frame, answered, promotions, stopped, first_champion, models_root, start
     )
+    _compare(report, frame, compared, start)
+    report.learner_labels_learned = learning.learner.labels_learned
+    report.learner_labels_pending = len(learning.learner.pending)
+    report.learner_restart = restart
+    return report
 
 
 def _caught_at_rate(scores: np.ndarray, y: np.ndarray, rate: float) -> tuple[int, int]:
@@ -654,4 +787,47 @@ def _report(
         new_pattern_measured_from_day=since,
         promotions=promotions,
         stopped=stopped,
+        start=start.isoformat(),
+        learner_by_day=[],
+        learner_comparison={},
+        learner_labels_learned=0,
+        learner_labels_pending=0,
+        learner_restart={},
     )
+
+
+def _compare(
+    report: ReplayReport, frame: pd.DataFrame, compared: pd.DataFrame, start: datetime
+) -> None:
+    """The learner, the first champion and the day's champion, each ranking each day's
+    payments by its own scores at the pre-drift alert rate (``_caught_at_rate``): recall on the
+    new pattern and on all reported fraud, per day and pooled from the drift day on."""
+    drift = report.settings["drift_day"]
+    day_of = ((frame["event_timestamp"] - pd.Timestamp(start)) // pd.Timedelta(days=1)).to_numpy()
+    y = frame["is_fraud"].to_numpy(dtype=int)
+    new = (frame["fraud_pattern"] == NEW_PATTERN).to_numpy(dtype=int)
+    pooled: dict[str, list[int]] = {}
+    for d in report.days:
+        mask = day_of == d.day
+        row: dict[str, Any] = {
+            "day": d.day,
+            "champion": d.champion,
+            "new_pattern": int(new[mask].sum()),
+        }
+        for who, (pattern_field, recall_field) in _COMPARED.items():
+            scores = compared[who].to_numpy(dtype=float)[mask]
+            for truth, name, target in (
+                (new, "new_pattern_recall", pattern_field),
+                (y, "recall", recall_field),
+            ):
+                caught, total = _caught_at_rate(scores, truth[mask], report.alert_rate)
+                value = caught / total if total else float("nan")
+                setattr(d, target, value)
+                row[f"{who}_{name}"] = value
+                if d.day >= drift:
+                    sums = pooled.setdefault(f"{who}_{name}", [0, 0])
+                    sums[0] += caught
+                    sums[1] += total
+        if d.day >= drift:
+            report.learner_by_day.append(row)
+    report.learner_comparison = {k: c / t if t else float("nan") for k, (c, t) in pooled.items()}

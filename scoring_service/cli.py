@@ -3,6 +3,8 @@
 ``serve`` runs the service; ``score-sample`` scores a recent negative and positive object through
 a running one; ``batch-score`` scores a parquet of objects offline with the served package;
 ``stream-score`` scores a stream's events as a consumer-group member (decisions to a stream);
+``online-learn`` teaches an online learner the labels matured since its last pass and writes its
+next sealed snapshot (a deployment's challenger or shadow serves the newest one);
 ``hash-key`` prints an API key's sha256 (the form the key settings take); ``dev-key`` makes a
 local development key.
 """
@@ -318,6 +320,113 @@ def stream_score_command(
         )
     )
     typer.echo(f"stopped: {stats.summary()}")
+
+
+@app.command("online-learn")
+def online_learn_command(
+    name: Annotated[str, typer.Option(help="The learner (snapshots under the model root).")],
+    labels: Annotated[
+        Path,
+        typer.Option(help="Labels parquet: business id, label (1 positive), label_available_at."),
+    ],
+    log: Annotated[
+        Path,
+        typer.Option(help="The domain's prediction log folder (date=YYYY-MM-DD parquet)."),
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="Base package name/version whose logged vectors it learns (needed to start a "
+            "learner; checked against the snapshot after)."
+        ),
+    ] = None,
+    model_root: Annotated[
+        Path | None, typer.Option(help="Root of the model packages (default SCORING_MODEL_ROOT).")
+    ] = None,
+    id_column: Annotated[str, typer.Option(help="Labels column of the business id.")] = "",
+    label_column: Annotated[str, typer.Option(help="Labels column, 1 positive, 0 not.")] = "",
+    available_column: Annotated[
+        str, typer.Option(help="Labels column: when the label became known (UTC).")
+    ] = "label_available_at",
+    snapshot_every: Annotated[
+        int, typer.Option(min=1, help="Write a snapshot each time this many labels are learned.")
+    ] = 1_000,
+    every: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Repeat the pass every this many seconds (default: once)."),
+    ] = None,
+) -> None:
+    """Teach an online learner the labels matured by now whose answers are in the prediction log.
+
+    Only matured labels are learned (``label_available_at`` at or before the platform clock),
+    each business id once, on the vector serving logged with its answer. A sealed snapshot is
+    written after each pass that learned anything (and every ``--snapshot-every`` labels);
+    a service serving the learner picks the newest one up within seconds.
+    """
+    import pandas as pd
+
+    from feature_repo.domain import load_domain
+    from models.package import package_dir, read_manifest
+    from scoring_service.core.settings import Settings
+    from scoring_service.deployments.online import (
+        LabelEvent,
+        OnlineLearnerError,
+        learn_from_labels,
+        log_answers,
+    )
+    from scoring_service.served import signing_key
+
+    settings = Settings()
+    root = model_root or settings.model_root
+    key = signing_key(settings)
+    domain = load_domain(settings.domain_folders[0])
+    id_column = id_column or domain.business_id
+    label_column = label_column or domain.label_column
+    feature_names = None
+    if base is not None:
+        try:
+            feature_names = read_manifest(package_dir(root, *base.split("/", 1))).features
+        except (OSError, ValueError, TypeError) as exc:
+            raise typer.BadParameter(
+                f"{base} is not a readable model package under {root}: {exc}", param_hint="--base"
+            ) from exc
+    answers = log_answers(log, feature_names=feature_names)
+    while True:
+        try:
+            frame = pd.read_parquet(labels, columns=[id_column, label_column, available_column])
+        except (OSError, ValueError, KeyError) as exc:
+            raise typer.BadParameter(f"{labels}: {exc}", param_hint="--labels") from exc
+        events = [
+            LabelEvent(str(b), int(y), t.to_pydatetime())
+            for b, y, t in zip(
+                frame[id_column],
+                frame[label_column],
+                pd.to_datetime(frame[available_column], utc=True),
+                strict=True,
+            )
+        ]
+        try:
+            result = learn_from_labels(
+                root,
+                name,
+                events,
+                answers,
+                base_package=base,
+                feature_names=feature_names,
+                snapshot_every=snapshot_every,
+                signing_key=key,
+            )
+        except OnlineLearnerError as exc:
+            typer.echo(f"online-learn: {exc}", err=True)
+            raise typer.Exit(code=2) from exc
+        typer.echo(
+            f"{name}: {result.learned} labels learned this pass ({result.labels_learned} in all, "
+            f"{result.pending} waiting to mature or for their answer); snapshot "
+            f"{result.snapshot or 'unchanged'}"
+        )
+        if every is None:
+            return
+        time.sleep(every)
 
 
 @app.command("hash-key")

@@ -48,7 +48,7 @@ LOCKS: dict[str, tuple[str, ...]] = {
     "pipelines.txt": (),
     "pipelines-spark.txt": ("spark",),
     # The orchestrator image (infra/orchestration/Dockerfile): Dagster, training, pipelines.
-    "orchestrate.txt": ("orchestrate", "train", "cpu"),
+    "orchestrate.txt": ("orchestrate", "train", "cpu", "online"),
 }
 PYTHON_VERSION = "3.11"
 PYTHON_PLATFORM = "x86_64-manylinux_2_28"

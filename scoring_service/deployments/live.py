@@ -22,6 +22,10 @@ all the deployment's models (``layout``), and each model takes its columns from 
 Shadows are scored afterwards, on the same feature batch, by ``ShadowRunner`` (off the answer's
 path, through a bounded queue that drops first under load).
 
+A challenger or shadow may be an online learner (``scoring_service.deployments.online``): the
+newest snapshot of a River model, scored on its base package's input matrix (the base package
+is loaded with the deployment's other packages); each answer names the snapshot that gave it.
+
 A variant may be a model family (``scoring_service.deployments.family``): its rows are split by
 their segment's member, one model call per member, and each answer names the member package
 that gave it (or the default, with the reason when the segment's member is loading or refused).
@@ -51,6 +55,7 @@ from models.package import LabelThresholds, OnDemandViewInfo, package_dir
 from scoring_service.core import metrics
 from scoring_service.core.errors import ModelPackageInvalid
 from scoring_service.deployments.family import FamilyMembers
+from scoring_service.deployments.online import OnlineLearnerError, OnlineScorer, read_base_package
 from scoring_service.deployments.packages import LoadedModel, load_package
 from scoring_service.deployments.spec import (
     DeploymentInvalid,
@@ -126,6 +131,28 @@ class ModelView:
         return np.asarray(self.model.predictor.predict(matrix), dtype=np.float64), matrix
 
 
+class OnlineView(ModelView):
+    """An online learner on its base package's inputs: the base package's matrix, the
+    learner's probabilities."""
+
+    def __init__(
+        self,
+        base: LoadedModel,
+        union: StoreLayout,
+        request_features: list[str],
+        scorer: OnlineScorer,
+    ) -> None:
+        super().__init__(base, union, request_features)
+        self.scorer = scorer
+        self.label = f"online:{scorer.name}"
+
+    def score(
+        self, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        matrix = self.matrix(batch, mapped, rows)
+        return self.scorer.predict(matrix), matrix
+
+
 @dataclass
 class LiveVariant:
     """A variant, shadow or fallback step: one model, or an ensemble of several."""
@@ -139,6 +166,7 @@ class LiveVariant:
     required_views: list[str] = field(default_factory=list)
     model_version: str = ""
     family: FamilyMembers | None = None  # a family variant: its members (members[0]: default)
+    online: OnlineScorer | None = None  # an online learner's variant: its newest snapshot
     # The names of ``explained`` rows: the package's inputs, or each member's for an ensemble.
     input_names: tuple[str, ...] = field(init=False)
 
@@ -245,6 +273,15 @@ class LiveDeployment:
             if len(step.members) != 1 or step.model_version in self.drift:
                 continue
             model = step.members[0].model
+            if step.online is not None:  # its inputs are the base package's; no score baseline
+                self.drift[step.model_version] = DriftMonitor(
+                    step.model_version,
+                    model.manifest.features,
+                    model.manifest.feature_baselines,
+                    None,
+                    [],
+                )
+                continue
             watched = (
                 [
                     ViewWatch(v.name, v.join_key, v.ttl_seconds, v.evidence)
@@ -281,6 +318,36 @@ class LiveDeployment:
             if problem:
                 raise DeploymentInvalid(f"package {reference}: {problem}")
             models[reference] = loaded
+        scorers: dict[str, OnlineScorer] = {}
+        signing_key = load_options.get("signing_key")
+        for learner in spec.online_learners():
+            try:
+                base = read_base_package(Path(root), learner)
+                if base not in models:
+                    base_name, base_version = parse_package(base)
+                    models[base] = load_package(
+                        package_dir(Path(root), base_name, base_version),
+                        store,
+                        **load_options,  # type: ignore[arg-type]
+                    )
+                    problem = graph_parity_problem(models[base])
+                    if problem:
+                        raise DeploymentInvalid(
+                            f"online learner {learner}: base package: {problem}"
+                        )
+                scorers[learner] = OnlineScorer(
+                    Path(root),
+                    learner,
+                    feature_names=models[base].manifest.features,
+                    base_package=base,
+                    signing_key=signing_key,  # type: ignore[arg-type]
+                )
+            except (OnlineLearnerError, ValueError) as exc:
+                raise DeploymentInvalid(f"online learner {learner}: {exc}") from exc
+            except ModelPackageInvalid as exc:
+                raise DeploymentInvalid(
+                    f"online learner {learner}: base package: {exc.message}"
+                ) from exc
         first = models[spec.packages()[0]]
         domain = first.manifest.domain
         for reference, loaded in models.items():
@@ -313,6 +380,21 @@ class LiveDeployment:
             package = getattr(source, "package", None)
             ensemble_name = getattr(source, "ensemble", None)
             family_name = getattr(source, "family", None)
+            online_name = getattr(source, "online", None)
+            if online_name is not None:
+                scorer = scorers[online_name]
+                base = models[scorer.base_package]
+                return LiveVariant(
+                    name,
+                    kind,
+                    [OnlineView(base, layout, plan.request_features, scorer)],
+                    [1.0],
+                    "online",
+                    base.policy,
+                    list(required),
+                    f"online:{online_name}",
+                    online=scorer,
+                )
             if family_name is not None:
                 declared = spec.families[family_name]
                 default = models[declared.default]
@@ -453,6 +535,8 @@ class LiveDeployment:
                 explained = matrix
             else:
                 scores, matrix, explained = step.explained_scores(batch, mapped, able)
+                if step.online is not None:  # per row, the snapshot that answered
+                    versions, notes = [step.online.version] * len(able), [None] * len(able)
             metrics.VARIANT_SECONDS.labels(step.name).observe(time.perf_counter() - started)
         except Exception:
             logger.exception(

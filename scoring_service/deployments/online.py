@@ -1,272 +1,236 @@
-"""An online learner beside the batch models: River, learning from labels as they mature.
+"""An online learner in a deployment: its snapshots served beside the batch champion, and the
+prediction log's vectors it learns from.
 
-A label event names a business id, its label, and when the label became known (``matured_at``:
-a chargeback, a confirmed report, the end of the dispute window). The learner learns only what
-serving saw and only what was known by then:
+The learner and its package format are ``models.package.online`` (River: ``learn_one`` /
+``predict_proba_one``; sealed snapshots ``<root>/<name>/v<n>``). Here:
 
-- its input is the feature vector logged with that business id's answer in the prediction log
-  (``feature_repo/prediction_log.py``; the champion's row, the first answer given), never a
-  vector read again later;
-- a label is learned once its ``matured_at`` has passed (``feature_repo.clock``: the one wall
-  clock) and an answer for its id is in the log; until then it waits, however early it arrived.
-  Each business id is learned at most once.
-
-The model is River's (``learn_one`` / ``predict_proba_one`` on dict inputs): feature scaling
-then logistic regression, missing values left out of the row. Its state is snapshotted every
-``snapshot_every`` labels as a sealed, versioned package ``<root>/<name>/v<n>`` (``online.json``
-describing it, ``state.pkl`` the pickled learner; sealed and optionally signed like every model
-package, ``models.package.seal``); ``OnlineLearner.restore`` loads the newest one after a
-restart, after verifying its seal. Package kind: :data:`KIND`.
+- :class:`OnlineScorer`: a deployment's challenger or shadow naming ``online: <name>`` scores
+  with the newest snapshot of that learner, on the input matrix of its base package (the batch
+  package whose logged vectors it learns); a newer snapshot, written by the learning process,
+  is picked up within ``refresh_seconds`` after its seal is verified. A snapshot that fails its
+  seal is refused and the one in use stays;
+- :func:`log_answers`: for label events, the vector serving logged with each business id's
+  answer (``feature_repo/prediction_log.py``; the log keeps business ids as they are and
+  pseudonymizes entity ids, which a learner does not need);
+- :func:`learn_from_labels`: one learning pass (the ``online-learn`` command): offer label
+  events, learn those matured by now whose answer is logged, snapshot.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
 
 import numpy as np
 import pyarrow.compute as pc
 
-from feature_repo import clock
 from feature_repo import prediction_log as plog
-from models.package import seal_package, sha256_file, verify_package
+from models.package.online import (
+    DESCRIPTION_FILE,
+    KIND,
+    STATE_FILE,
+    AnswerLookup,
+    LabelEvent,
+    LoggedAnswer,
+    OnlineLearner,
+    OnlineLearnerError,
+    default_model,
+    newest_version,
+)
 
-#: The package kind an online learner's snapshots declare (``online.json``'s ``kind``).
-KIND: Final = "river-online"
-DESCRIPTION_FILE: Final = "online.json"
-STATE_FILE: Final = "state.pkl"
+__all__ = [
+    "DESCRIPTION_FILE",
+    "KIND",
+    "STATE_FILE",
+    "AnswerLookup",
+    "LabelEvent",
+    "LearnPass",
+    "LoggedAnswer",
+    "OnlineLearner",
+    "OnlineLearnerError",
+    "OnlineScorer",
+    "default_model",
+    "learn_from_labels",
+    "log_answers",
+    "newest_version",
+    "read_base_package",
+]
 
+logger = logging.getLogger(__name__)
 
-class OnlineLearnerError(ValueError):
-    """An online package that cannot be restored, or labels the learner cannot use."""
-
-
-@dataclass(frozen=True)
-class LabelEvent:
-    """A label that became known: the business id it is for, 1 (positive) or 0, and when."""
-
-    business_id: str
-    label: int
-    matured_at: datetime
-
-
-@dataclass(frozen=True)
-class LoggedAnswer:
-    """What serving saw for one business id: its logged feature vector and when it answered."""
-
-    features: Sequence[float]
-    feature_names: Sequence[str]
-    answered_at: datetime
-
-
-AnswerLookup = Callable[[Sequence[str]], Mapping[str, LoggedAnswer]]
-
-
-def default_model() -> Any:
-    """Scaling, then logistic regression (River): cheap per label, stable online."""
-    from river import compose, linear_model, optim, preprocessing
-
-    return compose.Pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4),
-    )
+#: How often a served learner looks for a newer snapshot (seconds).
+REFRESH_SECONDS = 5.0
 
 
-def _row(names: Sequence[str], values: Sequence[float]) -> dict[str, float]:
-    """A feature vector as River's dict input; missing (NaN) values are left out."""
-    return {name: float(v) for name, v in zip(names, values, strict=True) if v == v}
+def read_base_package(root: Path, name: str) -> str:
+    """The base package (``name/version``) of the newest snapshot of learner ``name``;
+    OnlineLearnerError when it has none."""
+    import json
+
+    version = newest_version(root, name)
+    if version == 0:
+        raise OnlineLearnerError(
+            f"online learner {name!r} has no snapshot under {root}/{name}; start it with "
+            f"`python -m scoring_service online-learn --name {name} --base <package>` first"
+        )
+    description = Path(root) / name / f"v{version}" / DESCRIPTION_FILE
+    try:
+        data = json.loads(description.read_text())
+    except (OSError, ValueError) as exc:
+        raise OnlineLearnerError(f"{description} cannot be read: {exc}") from exc
+    if data.get("kind") != KIND:
+        raise OnlineLearnerError(f"{description} is a {data.get('kind')!r} package, not {KIND}")
+    return str(data["base_package"])
 
 
-class OnlineLearner:
-    """A River model that learns matured labels from the prediction log's vectors."""
+class OnlineScorer:
+    """The newest sealed snapshot of one learner, refreshed when the learning process writes a
+    newer one; scores rows of its base package's input matrix."""
 
     def __init__(
         self,
-        feature_names: Sequence[str],
+        root: Path,
+        name: str,
         *,
+        feature_names: Sequence[str],
         base_package: str,
-        model: Any | None = None,
-        snapshot_every: int = 1_000,
+        signing_key: bytes | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
-        if snapshot_every < 1:
-            raise ValueError("snapshot_every must be at least 1")
-        self.feature_names = list(feature_names)
+        self.root, self.name = Path(root), name
+        self.signing_key = signing_key
+        self.refresh_seconds = refresh_seconds
         self.base_package = base_package
-        self.model = model if model is not None else default_model()
-        self.snapshot_every = snapshot_every
-        self.pending: dict[str, LabelEvent] = {}  # offered, not learned yet
-        self.learned_ids: set[str] = set()
-        self.positives = 0
-        self.version = 0  # of the last snapshot
-        self._since_snapshot = 0
+        self.feature_names = list(feature_names)
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        learner = self._restore()
+        if learner is None:
+            raise OnlineLearnerError(f"online learner {name!r} has no snapshot under {root}")
+        self.learner = learner
 
     @property
-    def labels_learned(self) -> int:
-        """How many labels the model has learned."""
-        return len(self.learned_ids)
+    def version(self) -> str:
+        """``<name>/v<n>``: the snapshot answering now."""
+        return f"{self.name}/v{self.learner.version}"
 
-    # --- predicting ---------------------------------------------------------------------------
-
-    def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Probability of the positive label per row of ``[n, features]`` (the package's order)."""
-        out = np.empty(len(matrix), dtype=np.float64)
-        for i, values in enumerate(np.asarray(matrix, dtype=np.float64)):
-            proba = self.model.predict_proba_one(_row(self.feature_names, values))
-            out[i] = float(proba.get(True, 0.0))
-        return out
-
-    # --- learning -----------------------------------------------------------------------------
-
-    def offer(self, labels: Iterable[LabelEvent]) -> int:
-        """Take labels to learn once matured (a label already learned is ignored); how many
-        were taken. ValueError for a label that is not 0 or 1."""
-        taken = 0
-        for event in labels:
-            if event.label not in (0, 1):
-                raise OnlineLearnerError(
-                    f"label {event.label!r} of {event.business_id!r} is not 0 or 1; send the "
-                    "domain's positive label as 1 and every other one as 0"
-                )
-            if event.business_id in self.learned_ids:
-                continue
-            self.pending[event.business_id] = event
-            taken += 1
-        return taken
-
-    def learn_matured(
-        self,
-        answers: AnswerLookup,
-        *,
-        now: datetime | None = None,
-        snapshot_root: Path | None = None,
-        name: str = "online",
-    ) -> int:
-        """Learn every pending label matured by ``now`` (default: the platform clock) whose
-        answer is logged; how many were learned. With ``snapshot_root``, a package is written
-        each time ``snapshot_every`` labels have been learned since the last one."""
-        now = now or clock.now()
-        due = sorted(
-            (e for e in self.pending.values() if e.matured_at <= now),
-            key=lambda e: (e.matured_at, e.business_id),
-        )
-        if not due:
-            return 0
-        logged = answers([e.business_id for e in due])
-        learned = 0
-        for event in due:
-            answer = logged.get(event.business_id)
-            if answer is None or answer.answered_at > event.matured_at:
-                continue  # no answer seen yet: it waits for one
-            row = _row(answer.feature_names, answer.features)
-            unknown = set(row) - set(self.feature_names)
-            if unknown:
-                raise OnlineLearnerError(
-                    f"the logged answer of {event.business_id!r} has features "
-                    f"{sorted(unknown)[:5]} this learner does not know; it learns the vectors of "
-                    f"{self.base_package} only"
-                )
-            self.model.learn_one(row, bool(event.label))
-            del self.pending[event.business_id]
-            self.learned_ids.add(event.business_id)
-            self.positives += event.label
-            learned += 1
-            self._since_snapshot += 1
-            if snapshot_root is not None and self._since_snapshot >= self.snapshot_every:
-                self.snapshot(snapshot_root, name)
-        return learned
-
-    # --- snapshots ----------------------------------------------------------------------------
-
-    def snapshot(self, root: Path, name: str, signing_key: bytes | None = None) -> Path:
-        """Write the learner as the next sealed version ``<root>/<name>/v<n>``, atomically."""
-        import river
-
-        version = max(self.version, _newest_version(root, name)) + 1
-        target = Path(root) / name / f"v{version}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=target.parent))
-        try:
-            self.version = version
-            self._since_snapshot = 0
-            (staging / STATE_FILE).write_bytes(pickle.dumps(self, protocol=5))
-            description = {
-                "kind": KIND,
-                "name": name,
-                "version": f"v{version}",
-                "base_package": self.base_package,
-                "feature_names": self.feature_names,
-                "labels_learned": self.labels_learned,
-                "positives": self.positives,
-                "labels_pending": len(self.pending),
-                "library": {"river": river.__version__},
-                "created_at": clock.now().isoformat(),
-                "artefacts": {STATE_FILE: sha256_file(staging / STATE_FILE)},
-            }
-            (staging / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2) + "\n")
-            seal_package(staging, signing_key)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
-
-    @classmethod
-    def restore(
-        cls, root: Path, name: str, signing_key: bytes | None = None
-    ) -> OnlineLearner | None:
-        """The newest sealed snapshot of ``name`` (None when there is none); its seal and
-        checksums are verified first (OnlineLearnerError naming what is wrong)."""
-        version = _newest_version(root, name)
-        if version == 0:
+    def _restore(self) -> OnlineLearner | None:
+        learner = OnlineLearner.restore(self.root, self.name, self.signing_key)
+        if learner is None:
             return None
-        path = Path(root) / name / f"v{version}"
-        try:
-            verify_package(path, signing_key)
-            description = json.loads((path / DESCRIPTION_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise OnlineLearnerError(f"online package {path} cannot be restored: {exc}") from exc
-        if description.get("kind") != KIND:
-            raise OnlineLearnerError(f"{path} is a {description.get('kind')!r} package, not {KIND}")
-        if sha256_file(path / STATE_FILE) != description["artefacts"][STATE_FILE]:
-            raise OnlineLearnerError(f"{path}/{STATE_FILE} does not match its checksum")
-        learner = pickle.loads((path / STATE_FILE).read_bytes())  # verified above
-        if not isinstance(learner, cls):
-            raise OnlineLearnerError(f"{path}/{STATE_FILE} does not hold an online learner")
+        if learner.base_package != self.base_package:
+            raise OnlineLearnerError(
+                f"snapshot v{learner.version} of {self.name!r} learns {learner.base_package}, "
+                f"but the deployment serves it on {self.base_package}"
+            )
+        if learner.feature_names != self.feature_names:
+            raise OnlineLearnerError(
+                f"snapshot v{learner.version} of {self.name!r} has other features than its base "
+                f"package {self.base_package}"
+            )
         return learner
 
+    def refresh(self, now: float | None = None) -> bool:
+        """Swap in a newer snapshot when one is there (checked once per ``refresh_seconds``);
+        whether it swapped. A snapshot that cannot be restored is logged and skipped."""
+        now = time.monotonic() if now is None else now
+        if now - self._checked < self.refresh_seconds or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._checked = now
+            if newest_version(self.root, self.name) <= self.learner.version:
+                return False
+            try:
+                learner = self._restore()
+            except OnlineLearnerError as exc:
+                logger.error("online learner %s: newer snapshot refused: %s", self.name, exc)
+                return False
+            if learner is None or learner.version <= self.learner.version:
+                return False
+            self.learner = learner
+            logger.info("online learner %s: now answering with %s", self.name, self.version)
+            return True
+        finally:
+            self._lock.release()
 
-def _newest_version(root: Path, name: str) -> int:
-    folder = Path(root) / name
-    if not folder.is_dir():
-        return 0
-    versions = [
-        int(p.name[1:])
-        for p in folder.iterdir()
-        if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit()
-    ]
-    return max(versions, default=0)
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities of the rows of the base package's input matrix."""
+        self.refresh()
+        return self.learner.predict(matrix)
+
+
+@dataclass(frozen=True)
+class LearnPass:
+    """What one learning pass did."""
+
+    offered: int
+    learned: int
+    pending: int
+    labels_learned: int
+    snapshot: str | None
+
+
+def learn_from_labels(
+    root: Path,
+    name: str,
+    labels: Iterable[LabelEvent],
+    answers: AnswerLookup,
+    *,
+    base_package: str | None = None,
+    feature_names: Sequence[str] | None = None,
+    snapshot_every: int = 1_000,
+    now: datetime | None = None,
+    signing_key: bytes | None = None,
+) -> LearnPass:
+    """One pass of the learning process: restore the learner (or start one on ``base_package``
+    with ``feature_names``), offer the labels, learn those matured by ``now`` whose answer is
+    logged, and write a snapshot when it learned anything or has none yet."""
+    learner = OnlineLearner.restore(root, name, signing_key)
+    if learner is None:
+        if base_package is None or feature_names is None:
+            raise OnlineLearnerError(
+                f"online learner {name!r} has no snapshot yet: name its base package to start it"
+            )
+        learner = OnlineLearner(
+            feature_names, base_package=base_package, snapshot_every=snapshot_every
+        )
+    elif base_package is not None and base_package != learner.base_package:
+        raise OnlineLearnerError(
+            f"online learner {name!r} learns the vectors of {learner.base_package}, not "
+            f"{base_package}; start a learner of another name for that package"
+        )
+    learner.snapshot_every = snapshot_every
+    offered = learner.offer(labels)
+    learned = learner.learn_matured(
+        answers, now=now, snapshot_root=Path(root), name=name, signing_key=signing_key
+    )
+    written = None
+    if learned or learner.version == 0:
+        written = str(learner.snapshot(Path(root), name, signing_key))
+    return LearnPass(offered, learned, len(learner.pending), learner.labels_learned, written)
 
 
 def log_answers(
-    root: Path, *, variant: str = "champion", pseudonym_key: bytes | None = None
+    root: Path,
+    *,
+    variant: str | None = None,
+    feature_names: Sequence[str] | None = None,
 ) -> AnswerLookup:
     """Answers from a prediction log (``root``: the domain's log folder): for each business id,
-    the first answer ``variant`` gave. With ``pseudonym_key`` the log holds pseudonyms
-    (``SCORING_PREDICTION_LOG_RAW_IDS`` off): ids are looked up by theirs."""
+    the first answer logged (of ``variant`` when given) whose vector has ``feature_names`` when
+    given (a learner's base package's: the champion's rows, or the learner's own answers as a
+    challenger)."""
+    wanted = None if feature_names is None else list(feature_names)
 
     def lookup(business_ids: Sequence[str]) -> dict[str, LoggedAnswer]:
-        keyed = {
-            (plog.pseudonymize(b, pseudonym_key) if pseudonym_key else b): b for b in business_ids
-        }
-        where = pc.field(plog.BUSINESS_ID).isin(list(keyed)) & (pc.field(plog.VARIANT) == variant)
+        where = pc.field(plog.BUSINESS_ID).isin(list(business_ids))
+        if variant is not None:
+            where = where & (pc.field(plog.VARIANT) == variant)
         columns = [plog.BUSINESS_ID, plog.TS, plog.FEATURES, plog.FEATURE_NAMES]
         try:
             table = plog.read(root, columns=columns, where=where)
@@ -275,9 +239,11 @@ def log_answers(
         out: dict[str, LoggedAnswer] = {}
         rows = sorted(table.to_pylist(), key=lambda r: r[plog.TS])
         for row in rows:
-            business_id = keyed[row[plog.BUSINESS_ID]]
+            business_id = row[plog.BUSINESS_ID]
             if business_id in out or row[plog.FEATURES] is None:
                 continue
+            if wanted is not None and list(row[plog.FEATURE_NAMES]) != wanted:
+                continue  # another package's vector (a fallback step, an ensemble)
             out[business_id] = LoggedAnswer(
                 row[plog.FEATURES], row[plog.FEATURE_NAMES], row[plog.TS]
             )

@@ -17,6 +17,10 @@ A deployment is one YAML file (its path is ``SCORING_DEPLOYMENT``) validated by
   e.g. ``card_country``) with a default member; a champion or challenger may name one, and each
   row is answered by its segment's member (``scoring_service.deployments.family``: loaded on
   demand within ``SCORING_MODEL_MEMORY_MB``), or by the default.
+- ``online`` names an online learner (``scoring_service.deployments.online``): the newest sealed
+  snapshot of a River model that learns matured labels, scored on its base package's inputs. A
+  challenger or shadow may name one, never the champion: a learner always runs beside the batch
+  champion, which answers the traffic it does not take.
 
 This module holds the declaration, its static checks (weights, names, cycles) and the pure
 functions the request path uses (sticky assignment, the ensemble rule). Loading the packages and
@@ -60,21 +64,33 @@ class ScoreSource(_Strict):
     package: str | None = Field(default=None, description="Model package `name/version`.")
     ensemble: Name | None = Field(default=None, description="Name of a declared ensemble.")
     family: Name | None = Field(default=None, description="Name of a declared model family.")
+    online: Name | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="Name of an online learner (its snapshots under the model root); a "
+        "challenger or shadow only.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ScoreSource:
-        given = [s for s in (self.package, self.ensemble, self.family) if s is not None]
+        given = [
+            s for s in (self.package, self.ensemble, self.family, self.online) if s is not None
+        ]
         if len(given) != 1:
-            raise ValueError("give exactly one of `package`, `ensemble` or `family`")
+            raise ValueError("give exactly one of `package`, `ensemble`, `family` or `online`")
         if self.package is not None:
             parse_package(self.package)
         return self
 
     @property
     def source(self) -> str:
-        """The package reference, `ensemble:<name>` or `family:<name>`."""
+        """The package reference, `ensemble:<name>`, `family:<name>` or `online:<name>`."""
         if self.package is not None:
             return self.package
+        if self.online is not None:
+            return f"online:{self.online}"
         return f"ensemble:{self.ensemble}" if self.ensemble is not None else f"family:{self.family}"
 
 
@@ -192,6 +208,12 @@ class DeploymentSpec(_Strict):
                 raise ValueError(f"{item.name} names an ensemble {item.ensemble!r} not declared")
             if item.family is not None and item.family not in self.families:
                 raise ValueError(f"{item.name} names a family {item.family!r} not declared")
+        if self.champion.online is not None:
+            raise ValueError(
+                f"champion {self.champion.name} names online learner {self.champion.online!r}: "
+                "a learner runs beside the batch champion, as a challenger or a shadow, never "
+                "as the champion"
+            )
         for shadow in self.shadows:
             if shadow.family is not None:
                 raise ValueError(f"shadow {shadow.name}: a family answers variants, not shadows")
@@ -212,9 +234,15 @@ class DeploymentSpec(_Strict):
         """Champion first, then the challengers."""
         return [self.champion, *self.challengers]
 
+    def online_learners(self) -> list[str]:
+        """The online learners named by challengers and shadows, each once."""
+        named = [v.online for v in self.challengers] + [s.online for s in self.shadows]
+        return list(dict.fromkeys(n for n in named if n is not None))
+
     def packages(self) -> list[str]:
         """Every package the deployment loads at start, each once, in a stable order (a
-        family's default; its members load on demand)."""
+        family's default; its members load on demand; an online learner's base package is
+        read from its snapshot, ``LiveDeployment.load``)."""
         refs = [v.package for v in self.variants if v.package]
         refs += [s.package for s in self.shadows if s.package]
         refs += [f.package for f in self.fallback]

@@ -14,7 +14,10 @@ direct path's model, a champion or challenger, a fallback step) and keeps that p
 row. An ensemble's answer keeps each member's row (``answers.ensemble_members``) and is
 explained as its members' weighted contributions: under ``weighted_mean`` each member's
 contributions times its share, so contributions plus expected value sum to the members' weighted
-raw score; under ``max`` the member whose score answered, alone.
+raw score; under ``max`` the member whose score answered, alone. An online learner's answer
+(``models.package.online``: scaling, then logistic regression) is explained by the snapshot that
+gave it: each input's weight times its scaled value, the intercept as the expected value; they
+sum to the log-odds whose logistic function is the score.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from models.package import (
     sha256_file,
     verify_package,
 )
+from models.package.online import DESCRIPTION_FILE as ONLINE_DESCRIPTION
+from models.package.online import OnlineLearner, OnlineLearnerError
 from scoring_service.core.errors import AnswerNotLogged, ModelPackageInvalid
 from scoring_service.monitoring.answers import RecentAnswers, ensemble_members
 from scoring_service.monitoring.prediction_log import LogEntry
@@ -222,6 +227,11 @@ class Explainer:
         return [(p, float(m.weight or 0.0)) for p, m in zip(parts, members, strict=True)]
 
     def _part(self, entry: LogEntry, package: str, names: list[str], row: list[float]) -> _Part:
+        name, _, version = package.partition("/")
+        if name and version and ".." not in package:
+            snapshot = package_dir(self.model_root, name, version)
+            if (snapshot / ONLINE_DESCRIPTION).is_file():
+                return self._online_part(entry, package, snapshot, names, row)
         ensemble = self.ensemble(package)
         if ensemble.feature_names and ensemble.feature_names != names:
             raise ModelPackageInvalid(
@@ -235,6 +245,24 @@ class Explainer:
             ensemble.raw_score(row),
             ensemble.expected_value(),
         )
+
+    def _online_part(
+        self, entry: LogEntry, package: str, snapshot: Path, names: list[str], row: list[float]
+    ) -> _Part:
+        """An online learner's answer: its snapshot's linear contributions (log-odds)."""
+        try:
+            learner = OnlineLearner.load(snapshot, self.signing_key)
+        except OnlineLearnerError as exc:
+            raise ModelPackageInvalid(f"{package} cannot explain its answers: {exc}") from exc
+        if learner.feature_names != names:
+            raise ModelPackageInvalid(
+                f"the logged inputs of {entry.business_id!r} are not those of {package}"
+            )
+        try:
+            phi, raw, expected = learner.contributions(row)
+        except OnlineLearnerError as exc:
+            raise ModelPackageInvalid(f"{package} cannot explain its answers: {exc}") from exc
+        return _Part(package, names, row, phi, raw, expected)
 
 
 @dataclass(frozen=True)

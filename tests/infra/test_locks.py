@@ -23,7 +23,7 @@ EXTRAS = {
     "serve-gpu-cuda.txt": "serve,gpu-cuda",
     "pipelines.txt": "none",
     "pipelines-spark.txt": "spark",
-    "orchestrate.txt": "orchestrate,train,cpu",
+    "orchestrate.txt": "orchestrate,train,cpu,online",
 }
 TRAINING_ONLY = ("lightgbm", "scikit-learn", "onnxmltools", "matplotlib", "onnx")
 STALE = "pyproject.toml's dependencies changed since infra/locks/{} was made: run `make lock`"

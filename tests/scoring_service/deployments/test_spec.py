@@ -186,10 +186,46 @@ def test_a_family_variant_loads_its_default_at_start_and_its_members_on_demand()
                 challengers=[{"name": "x", "family": "countries", "package": "a/b", "weight": 0.2}],
                 families={"countries": FAMILY},
             ),
-            "give exactly one of `package`, `ensemble` or `family`",
+            "give exactly one of `package`, `ensemble`, `family` or `online`",
         ),
     ],
 )
 def test_family_faults_are_refused_naming_them(data: dict, fault: str) -> None:
+    with pytest.raises(DeploymentInvalid, match=fault):
+        parse_deployment(data)
+
+
+def test_an_online_learner_is_a_challenger_or_a_shadow_beside_the_batch_champion() -> None:
+    spec = parse_deployment(
+        with_(
+            champion={"name": "champion", "package": "fraud_model/v2", "weight": 0.9},
+            challengers=[{"name": "learner", "online": "fraud_online", "weight": 0.1}],
+            shadows=[{"name": "learner-shadow", "online": "fraud_online"}],
+        )
+    )
+    assert spec.challengers[0].source == "online:fraud_online"
+    assert spec.online_learners() == ["fraud_online"]
+    # Its base package is read from its snapshot when the deployment loads, not declared.
+    assert not [p for p in spec.packages() if "online" in p]
+
+
+@pytest.mark.parametrize(
+    ("data", "fault"),
+    [
+        (
+            with_(
+                champion={"name": "champion", "online": "fraud_online", "weight": 1.0},
+                challengers=[],
+            ),
+            "never as the champion",
+        ),
+        (
+            with_(shadows=[{"name": "s", "online": "fraud_online", "package": "a/b"}]),
+            "give exactly one of",
+        ),
+        (with_(shadows=[{"name": "s", "online": "../escape"}]), "online"),
+    ],
+)
+def test_online_learner_faults_are_refused_naming_them(data: dict, fault: str) -> None:
     with pytest.raises(DeploymentInvalid, match=fault):
         parse_deployment(data)
