@@ -41,7 +41,7 @@ IN_FLIGHT = Gauge(
 )
 READ_PAUSES = Counter(
     "stream_scoring_read_pauses_total",
-    "Times reading paused because the scorer had --max-in-flight entries in hand.",
+    "Times reading paused because one more batch would exceed --max-in-flight entries in hand.",
     ["stream"],
 )
 CLAIMED = Counter(

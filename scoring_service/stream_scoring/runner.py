@@ -14,16 +14,22 @@ Per batch of entries, in this order:
 
 A crash anywhere before 6 redelivers the batch (to this member on restart, or to another one
 through XAUTOCLAIM); steps 2 and 4 make the second pass write no second decision, and step 5 is
-idempotent. Backpressure: a reader task hands batches to the scoring task through a bounded
-queue, so at most ``max_in_flight`` entries are read and not yet acknowledged; when the scorer
-lags, reads pause and entries wait in the stream (the group's lag, a metric).
+idempotent. Backpressure: a reader task hands what it reads to the scoring task, and reads
+only while the entries read and not yet acknowledged leave room for one more ``batch_size``
+under ``max_in_flight``; when the scorer lags, reads pause and entries wait in the stream (the
+group's lag, a metric). The scoring task joins the reads waiting for it into batches of up to
+``batch_size`` (``take``): a steady flow is read in small pieces as it arrives, and a scorer that
+fell behind on them catches up with full batches, at a lower cost per event, instead of one
+small batch per read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -95,6 +101,20 @@ def entry_millis(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
+def take(pending: deque[list[Entry]], size: int) -> list[Entry]:
+    """The next batch: the entries read first, up to ``size``, across the reads waiting in
+    ``pending`` (removed from it); a read split in two keeps its rest first in line."""
+    batch: list[Entry] = []
+    while pending and len(batch) < size:
+        head = pending.popleft()
+        room = size - len(batch)
+        if len(head) > room:
+            pending.appendleft(head[room:])
+            head = head[:room]
+        batch.extend(head)
+    return batch
+
+
 def _freshness(status: int, age: float | None) -> dict[str, Any]:
     return {"status": STATUS_NAMES[status], "age_seconds": age}
 
@@ -127,9 +147,10 @@ class StreamScorer:
             max_len=options.decisions_max_len,
         )
         self.stats = StreamStats()
-        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(
-            maxsize=max(1, options.max_in_flight // options.batch_size - 1)
-        )
+        self._pending: deque[list[Entry]] = deque()  # reads the scorer has not taken yet
+        self._arrived = asyncio.Event()  # set when a read is appended to _pending
+        self._room = asyncio.Event()  # set when one more batch fits under max_in_flight
+        self._room.set()
         self._in_flight = 0
         self._held: set[str] = set()  # ids read and not yet acknowledged by this member
         self._recover_after: str | None = "0"  # own pending entries first, then new ones
@@ -169,14 +190,15 @@ class StreamScorer:
         reader = asyncio.create_task(self._read_loop(stop, done, idle_exit_seconds))
         lag = asyncio.create_task(self._lag_loop(done))
         try:
-            while not done.is_set() or not self._queue.empty():
+            while not done.is_set() or self._pending:
                 if stop.is_set():
                     break
-                try:
-                    batch = await asyncio.wait_for(self._queue.get(), timeout=0.1)
-                except TimeoutError:
+                if not self._pending:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):  # a look at stop every 0.1 s
+                        await asyncio.wait_for(self._arrived.wait(), timeout=0.1)
                     continue
-                await self._handle(batch, stop)
+                await self._handle(take(self._pending, self.options.batch_size), stop)
                 handled = self.stats.decided + self.stats.duplicates + self.stats.dead_letters
                 if max_events is not None and handled >= max_events:
                     break
@@ -193,8 +215,14 @@ class StreamScorer:
         self, stop: asyncio.Event, done: asyncio.Event, idle_exit_seconds: float | None
     ) -> None:
         idle_since = time.monotonic()
+        options = self.options
         try:
             while not stop.is_set() and not done.is_set():
+                if self._in_flight + options.batch_size > options.max_in_flight:
+                    self._pauses.inc()  # the scorer lags: no read until it acknowledges a batch
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 entries = await self._read()
                 if not entries:
                     if (
@@ -208,11 +236,11 @@ class StreamScorer:
                 self._held.update(entry_id for entry_id, _ in entries)
                 self._in_flight += len(entries)
                 self._in_flight_gauge.set(self._in_flight)
-                if self._queue.full():
-                    self._pauses.inc()  # the scorer lags: no read until it takes a batch
-                await self._queue.put(entries)
+                self._pending.append(entries)
+                self._arrived.set()
         finally:
             done.set()
+            self._arrived.set()
 
     async def _read(self) -> list[Entry]:
         options = self.options
@@ -299,6 +327,8 @@ class StreamScorer:
         self._in_flight -= len(batch)
         self._held.difference_update(entry_id for entry_id, _ in batch)
         self._in_flight_gauge.set(self._in_flight)
+        if self._in_flight + self.options.batch_size <= self.options.max_in_flight:
+            self._room.set()
         self.stats.batches += 1
         self._batch_seconds.observe(time.perf_counter() - started)
 

@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import time
+from collections import deque
 
 import httpx
 import pandas as pd
@@ -24,6 +25,7 @@ import redis.asyncio as aioredis
 
 from feature_pipelines.streaming.source import append_events
 from scoring_service.stream_scoring.decisions import Decision, DecisionWriter
+from scoring_service.stream_scoring.runner import Entry, take
 from tests.conftest import free_port
 from tests.fixtures import processes
 from tests.fixtures.service import FRAUD_API
@@ -136,7 +138,8 @@ def test_two_members_one_killed_the_other_takes_over_its_pending_events(
     ids = {e.transaction_id for e in events}
     seed = random.randrange(1 << 30)
     (point,) = _kill_points(random.Random(seed), EVENTS, 1)
-    options = ("--batch-size", "64", "--claim-idle-seconds", "2")
+    # Room for three batches in hand: reads pause whenever the member lags.
+    options = ("--batch-size", "64", "--max-in-flight", "192", "--claim-idle-seconds", "2")
     port = free_port()
     first = members.start("scorer-a", *options)
     second = members.start("scorer-b", *options, "--metrics-port", str(port))
@@ -156,8 +159,25 @@ def test_two_members_one_killed_the_other_takes_over_its_pending_events(
     where = {"stream": STREAM}
     assert metrics[("stream_scoring_events_total", _key(where, outcome="decided"))] > 0
     assert metrics[("stream_scoring_claimed_total", _key(where))] > 0
+    assert metrics[("stream_scoring_read_pauses_total", _key(where))] > 0
+    assert metrics[("stream_scoring_in_flight_entries", _key(where))] == 0
     assert metrics[("stream_scoring_lag_entries", _key(where, group=GROUP))] == 0
     assert metrics[("stream_scoring_event_to_decision_seconds_count", _key(where))] > 0
+
+
+def test_take_joins_the_reads_waiting_into_batches_in_read_order() -> None:
+    def read(first: int, n: int) -> list[Entry]:
+        return [(f"{i}-0", {"n": str(i)}) for i in range(first, first + n)]
+
+    # A steady flow read in pieces (one entry woke the blocked read, then the rest of an append).
+    pending = deque([read(0, 1), read(1, 69), read(70, 69), read(139, 69), read(208, 200)])
+    first = take(pending, 256)
+    assert [entry_id for entry_id, _ in first] == [f"{i}-0" for i in range(256)]
+    assert [len(r) for r in pending] == [152]  # the split read's rest is next in line
+    second = take(pending, 256)
+    assert [entry_id for entry_id, _ in second] == [f"{i}-0" for i in range(256, 408)]
+    assert not pending
+    assert take(pending, 256) == []
 
 
 def _key(labels: dict[str, str], **more: str) -> frozenset[tuple[str, str]]:
