@@ -15,6 +15,7 @@ import hmac
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from models.package.manifest import MANIFEST_FILE, Manifest, package_dir
@@ -82,15 +83,20 @@ def write_package(
     return target
 
 
-def package_digest(path: Path) -> str:
-    """sha256 over every file of the package (names and contents), seal files excepted."""
+def package_digest(path: Path, *, hash_file: Callable[[Path], str] = sha256_file) -> str:
+    """sha256 over every file of the package (names and contents), seal files excepted.
+
+    ``hash_file`` gives a file's sha256: a loader passes one that remembers each file's digest,
+    so the manifest's checksums are checked against the digests the seal was computed from
+    (each file read once per load), and that can answer an unchanged file from a cache.
+    """
     path = Path(path)
     digest = hashlib.sha256()
     files = sorted(
         p for p in path.rglob("*") if p.is_file() and p.name not in (DIGEST_FILE, SIGNATURE_FILE)
     )
     for file in files:
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+        digest.update(f"{file.relative_to(path).as_posix()}\0{hash_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -118,9 +124,18 @@ def seal_package(path: Path, signing_key: bytes | str | None = None) -> str:
     return digest
 
 
-def verify_package(path: Path, signing_key: bytes | str | None = None) -> str:
+def verify_package(
+    path: Path,
+    signing_key: bytes | str | None = None,
+    *,
+    hash_file: Callable[[Path], str] = sha256_file,
+) -> str:
     """The package's digest, after checking it against the seal (and the signature when a key
-    is configured); PackageIntegrityError naming what is wrong otherwise."""
+    is configured); PackageIntegrityError naming what is wrong otherwise.
+
+    ``hash_file``: how each file's sha256 is obtained (``package_digest``); the digest over
+    them is recomputed and compared with the seal and the signature on every call.
+    """
     path = Path(path)
     seal = path / DIGEST_FILE
     if not seal.is_file():
@@ -128,7 +143,7 @@ def verify_package(path: Path, signing_key: bytes | str | None = None) -> str:
             f"package {path} has no {DIGEST_FILE}; it was not written by `models train` "
             "(or was altered): retrain or re-seal it with `python -m models seal`"
         )
-    digest = package_digest(path)
+    digest = package_digest(path, hash_file=hash_file)
     if not hmac.compare_digest(seal.read_text().strip(), digest):
         raise PackageIntegrityError(
             f"package {path} was changed after it was sealed (its files, manifest included, "

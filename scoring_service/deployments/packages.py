@@ -4,13 +4,22 @@ A package is refused, with a message naming the mismatch, when its manifest does
 a graph's sha256 differs from the manifest, a graph does not load, or its feature list differs
 from the live FeatureService. At start-up a refused package stops the service from starting;
 on reload the running version keeps serving.
+
+Each file of a package is read and hashed once per load: the digests the seal is recomputed
+from are the ones the manifest's checksums are checked against. A file that has not changed
+since an earlier load is not hashed again (``FileDigests``, process-wide); the seal itself is
+recomputed from the files' digests and checked, with the signature, on every load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +35,7 @@ from models.package import (
     PackageIntegrityError,
     checksums,
     package_dir,
-    read_manifest,
+    sha256_bytes,
     sha256_file,
     verify_package,
 )
@@ -44,6 +53,104 @@ from scoring_service.stages.predictor import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+# A digest is remembered only for a file whose last change (ctime) is this much older than the
+# moment it was hashed: a change within the file system's timestamp granularity (up to 2 s on
+# some file systems) could otherwise leave the stat key as it was.
+SETTLED_NS = 2_000_000_000
+FILE_DIGESTS_KEPT = 8192
+MANIFESTS_KEPT = 512
+
+StatKey = tuple[str, int, int, int, int, int]
+
+
+def stat_key(file: Path, st: os.stat_result) -> StatKey:
+    """What identifies a file's content without reading it: path, device, inode, size, mtime
+    and ctime (nanoseconds)."""
+    return (str(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileDigests:
+    """sha256 of files, remembered by their stat key (``stat_key``) so that a file unchanged since
+    it was hashed is not read again.
+
+    Why an unchanged key means unchanged content: the kernel sets a file's ctime to the current
+    time on every change to it, its content (write, truncate), its inode (chmod, link, utime),
+    and no user tool can set it back; a file replaced (rename, copy over a deleted one) is another
+    inode, with its own ctime. So any change after a file was hashed moves its key, provided the
+    change lands on a later timestamp than the one remembered: a digest is kept only for a file
+    whose ctime was at least ``settled_ns`` old when it was hashed, and unchanged while it was
+    read. The key is what the file system reports: a file changed through a writable shared
+    memory map may keep its times until the page is written back, and a clock set backwards
+    could repeat a ctime; package folders are written by ``write_package`` (a new folder moved
+    into place), never in place.
+    """
+
+    def __init__(self, settled_ns: int = SETTLED_NS, kept: int = FILE_DIGESTS_KEPT) -> None:
+        self.settled_ns = settled_ns
+        self.kept = kept
+        self.hashed = 0  # files read and hashed (the others were answered from memory)
+        self._lock = threading.Lock()
+        self._digests: OrderedDict[StatKey, str] = OrderedDict()
+
+    def sha256(self, file: Path) -> str:
+        """The file's sha256: remembered while its stat key holds, otherwise read and hashed."""
+        file = Path(file).absolute()
+        key = stat_key(file, file.stat())
+        with self._lock:
+            digest = self._digests.get(key)
+            if digest is not None:
+                self._digests.move_to_end(key)
+                return digest
+        digest = sha256_file(file)
+        after = file.stat()
+        settled = time.time_ns() - after.st_ctime_ns >= self.settled_ns
+        with self._lock:
+            self.hashed += 1
+            if settled and stat_key(file, after) == key:
+                self._digests[key] = digest
+                while len(self._digests) > self.kept:
+                    self._digests.popitem(last=False)
+        return digest
+
+
+# The process's file digests, shared by every load (a family's members reload after eviction).
+FILE_DIGESTS = FileDigests()
+# Parsed manifests by their sha256 (the digest the seal was just verified with): a manifest's
+# bytes name its parse exactly, so a reload does not validate the same manifest again. The loads
+# of one manifest share its parse (the service reads manifests, never assigns to them).
+_MANIFESTS: OrderedDict[str, Manifest] = OrderedDict()
+_MANIFESTS_LOCK = threading.Lock()
+
+
+def parsed_manifest(path: Path, digest: str) -> Manifest:
+    """The package's manifest whose sha256 is ``digest`` (verified by the seal): parsed once per
+    content; ModelPackageInvalid when the file no longer has that digest or does not parse."""
+    with _MANIFESTS_LOCK:
+        manifest = _MANIFESTS.get(digest)
+        if manifest is not None:
+            _MANIFESTS.move_to_end(digest)
+            return manifest
+    try:
+        payload = (path / MANIFEST_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelPackageInvalid(
+            f"no model package at {path}; train one with `make train`"
+        ) from exc
+    if sha256_bytes(payload) != digest:
+        raise ModelPackageInvalid(
+            f"the manifest of package {path} changed while it was loaded; load it again"
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(payload))
+    except (ValidationError, ValueError) as exc:
+        raise ModelPackageInvalid(f"manifest of {path} is invalid: {exc}") from exc
+    with _MANIFESTS_LOCK:
+        _MANIFESTS[digest] = manifest
+        while len(_MANIFESTS) > MANIFESTS_KEPT:
+            _MANIFESTS.popitem(last=False)
+    return manifest
 
 
 @dataclass
@@ -195,23 +302,23 @@ def load_package(
     path = Path(path)
     if not (path / MANIFEST_FILE).is_file():
         raise ModelPackageInvalid(f"no model package at {path}; train one with `make train`")
+    sealed: dict[Path, str] = {}  # each file's digest, as the seal was recomputed from it
+
+    def hash_file(file: Path) -> str:
+        sealed[file] = FILE_DIGESTS.sha256(file)
+        return sealed[file]
+
     try:
-        verify_package(path, signing_key)
+        verify_package(path, signing_key, hash_file=hash_file)
     except PackageIntegrityError as exc:
         raise ModelPackageInvalid(str(exc)) from exc
-    try:
-        manifest = read_manifest(path)
-    except FileNotFoundError as exc:
-        raise ModelPackageInvalid(
-            f"no model package at {path}; train one with `make train`"
-        ) from exc
-    except (ValidationError, ValueError) as exc:
-        raise ModelPackageInvalid(f"manifest of {path} is invalid: {exc}") from exc
+    # The manifest as sealed (gone from the folder since: no digest, refused as changed).
+    manifest = parsed_manifest(path, sealed.get(path / MANIFEST_FILE, ""))
     for file_name, expected in checksums(manifest).items():
         file = path / file_name
         if not file.is_file():
             raise ModelPackageInvalid(f"{file_name} is missing from package {path}")
-        actual = sha256_file(file)
+        actual = sealed.get(file) or sha256_file(file)
         if actual != expected:
             raise ModelPackageInvalid(
                 f"checksum mismatch for {file_name}: manifest says {expected[:12]}..., "

@@ -1,8 +1,10 @@
 """A model family served by a real service process: members loaded on demand within a memory
 budget, evicted least recently used, one load for concurrent first requests, and a member that
-fails its seal refused while the default answers, with the reason.
+fails its seal refused while the default answers, with the reason: damaged before its first
+load, or changed on disk (in place, or replaced) while it was evicted, after a load that left
+its files' digests remembered.
 
-The family: a default and members for five card countries, each a sealed copy of the session's
+The family: a default and members for seven card countries, each a sealed copy of the session's
 v1 package under its own version (so every member's graphs have the same size, and a budget of
 N members is exact); the member of JP is damaged after sealing. The budget holds two members.
 What the service holds is read from its metrics after every call. A member's answer is
@@ -12,6 +14,7 @@ explained by that member.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.package import package_dir, read_manifest
 from scoring_service.core.security import hash_key
 from scoring_service.deployments.family import MEMBER_LOADING, MEMBER_REFUSED
+from scoring_service.deployments.packages import SETTLED_NS
 from tests.fixtures.service import (
     ANALYST_HEADERS,
     ANALYST_KEY,
@@ -39,7 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 FAMILY = "by-country"
 DEFAULT = "fraud_model/fam-default"
-SEGMENTS = ("US", "GB", "DE", "FR", "JP")
+SEGMENTS = ("US", "GB", "DE", "FR", "JP", "IT", "ES")
 MEMBERS = {s: f"fraud_model/fam-{s}" for s in SEGMENTS}
 BUDGET_MEMBERS = 2
 SCORE = "/v1/transactions/score"
@@ -150,6 +154,28 @@ def answered_by_member(http: httpx.Client, body: dict, segment: str) -> dict:
         time.sleep(0.05)
 
 
+def refused(http: httpx.Client, body: dict, segment: str) -> None:
+    """Score the segment until its member is refused (its first calls start the load and get the
+    default's answer, saying so); every answer is the default's."""
+    deadline = time.monotonic() + POLL_S
+    while True:
+        answer = score(http, body, segment)
+        assert answer["model_version"] == DEFAULT
+        if MEMBER_REFUSED in answer["reasons"]:
+            return
+        assert MEMBER_LOADING in answer["reasons"], answer
+        assert time.monotonic() < deadline, f"{segment}'s damaged member was never refused"
+        time.sleep(0.05)
+
+
+def settled(*files: Path) -> None:
+    """Wait until the files' last change is older than the time a digest needs to be kept."""
+    newest = max(file.stat().st_ctime_ns for file in files)
+    wait = (newest + SETTLED_NS - time.time_ns()) / 1e9
+    if wait > 0:
+        time.sleep(wait + 0.05)
+
+
 def test_a_segment_without_a_member_gets_the_default(http: httpx.Client, body: dict) -> None:
     answer = score(http, body, "BR")
     assert answer["model_version"] == DEFAULT
@@ -208,20 +234,48 @@ def test_within_the_budget_the_least_recently_used_member_is_evicted_and_reloads
 def test_a_member_failing_its_seal_is_refused_and_the_default_answers_with_the_reason(
     http: httpx.Client, body: dict
 ) -> None:
-    refused = loads(http, "refused")
-    deadline = time.monotonic() + POLL_S
-    while True:
-        answer = score(http, body, "JP")
-        assert answer["model_version"] == DEFAULT
-        if MEMBER_REFUSED in answer["reasons"]:
-            break
-        assert MEMBER_LOADING in answer["reasons"], answer
-        assert time.monotonic() < deadline, "the damaged member was never refused"
-        time.sleep(0.05)
-    assert loads(http, "refused") == refused + 1
+    before = loads(http, "refused")
+    refused(http, body, "JP")
+    assert loads(http, "refused") == before + 1
     # Refused once: later calls do not load it again.
     score(http, body, "JP")
-    assert loads(http, "refused") == refused + 1
+    assert loads(http, "refused") == before + 1
+
+
+@pytest.mark.parametrize(("segment", "change"), [("IT", "in_place"), ("ES", "replaced")])
+def test_a_member_changed_on_disk_while_evicted_is_refused_at_its_next_load(
+    http: httpx.Client,
+    body: dict,
+    replica: Replica,
+    family_root: Path,
+    segment: str,
+    change: str,
+) -> None:
+    package = package_dir(family_root, "fraud_model", f"fam-{segment}")
+    settled(*package.iterdir())  # so that its first load leaves its files' digests remembered
+    first = answered_by_member(http, body, segment)
+    assert first["model_version"] == MEMBERS[segment]
+    # Two members used after it: it is the least recently used, and makes room for the second.
+    answered_by_member(http, body, "US")
+    answered_by_member(http, body, "GB")
+    assert f"evicted member {MEMBERS[segment]}" in replica.logs()
+    # The same size, another content: in place (the inode kept) or a new file renamed over it.
+    graph = package / "model.onnx"
+    payload = bytearray(graph.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    if change == "in_place":
+        with graph.open("r+b") as handle:
+            handle.write(payload)
+    else:
+        (package / "model.onnx.new").write_bytes(bytes(payload))
+        os.replace(package / "model.onnx.new", graph)
+    before = loads(http, "refused")
+    refused(http, body, segment)
+    assert loads(http, "refused") == before + 1
+    refusal = (
+        f"member {MEMBERS[segment]} refused: package {package} was changed after it was sealed"
+    )
+    assert refusal in replica.logs()
 
 
 def test_a_members_answer_is_explained_by_that_member(http: httpx.Client, body: dict) -> None:

@@ -5,13 +5,19 @@ keeps serving and the reload answers 409 model_package_invalid.
 
 The deeper checks (checksums, graph, features) are reached by packages that were sealed after
 the damage, as a faulty training job would seal them.
+
+The digests remembered between loads (``FileDigests``) never hide a change: a file written in
+place (same size), replaced or chmod-ed is hashed again, and a package changed after a load is
+refused at its next load.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from fastapi.testclient import TestClient
 from models.package import DIGEST_FILE, MANIFEST_FILE, seal_package, sha256_file
 from scoring_service.api.app import create_app
 from scoring_service.core.errors import ModelPackageInvalid
-from scoring_service.deployments.packages import load_package
+from scoring_service.deployments.packages import SETTLED_NS, FileDigests, load_package
 from tests.fixtures.service import ADMIN_HEADERS, API_HEADERS, settings_for
 
 NAME = "fraud_model"
@@ -182,3 +188,74 @@ def test_signed_packages_only_when_a_key_is_configured(
         load_package(package, store, signing_key=b"another-key")
     # Signed or not, a package loads without a configured key as long as its seal holds.
     assert load_package(package, store).manifest.name == NAME
+
+
+def settled(*files: Path) -> None:
+    """Wait until the files' last change is older than the time a digest needs to be kept."""
+    newest = max(file.stat().st_ctime_ns for file in files)
+    wait = (newest + SETTLED_NS - time.time_ns()) / 1e9
+    if wait > 0:
+        time.sleep(wait + 0.05)
+
+
+def overwrite_in_place(file: Path) -> None:
+    """One byte changed, the size and the inode kept."""
+    with file.open("r+b") as handle:
+        handle.seek(file.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_file_digests_remember_an_unchanged_file_and_hash_a_changed_one_again(
+    tmp_path: Path,
+) -> None:
+    digests = FileDigests()
+    files = {name: tmp_path / name for name in ("written", "replaced", "chmod")}
+    for i, file in enumerate(files.values()):
+        file.write_bytes(bytes([i]) * 70_000)
+    settled(*files.values())
+    first = {name: digests.sha256(file) for name, file in files.items()}
+    assert first == {name: sha256_file(file) for name, file in files.items()}
+    assert digests.hashed == 3
+    assert {name: digests.sha256(file) for name, file in files.items()} == first
+    assert digests.hashed == 3  # answered from memory
+
+    overwrite_in_place(files["written"])
+    other = tmp_path / "other"
+    other.write_bytes(bytes([9]) * 70_000)
+    os.replace(other, files["replaced"])
+    files["chmod"].chmod(0o600)
+    again = {name: digests.sha256(file) for name, file in files.items()}
+    assert digests.hashed == 6  # every change moved the file's key
+    assert again == {name: sha256_file(file) for name, file in files.items()}
+    assert again["written"] != first["written"]
+    assert again["replaced"] != first["replaced"]
+    assert again["chmod"] == first["chmod"]
+    # Changed moments ago: not remembered (a change within the file system's timestamp
+    # granularity could keep the key), so hashed on every call until it settles.
+    digests.sha256(files["written"])
+    assert digests.hashed == 7
+
+
+@pytest.mark.parametrize("change", ["in_place", "replaced"])
+def test_a_package_changed_after_a_load_is_refused_at_its_next_load(
+    sqlite_repo: Path, model_root: Path, tmp_path: Path, change: str
+) -> None:
+    from feature_repo.layout import open_store
+
+    store = open_store(sqlite_repo)
+    package = tmp_path / "v1"
+    shutil.copytree(model_root / NAME / "v1", package)
+    graph = package / "model.onnx"
+    settled(*package.iterdir())
+    load_package(package, store)  # its digests are now remembered
+    if change == "in_place":
+        overwrite_in_place(graph)
+    else:
+        payload = bytearray(graph.read_bytes())
+        payload[len(payload) // 2] ^= 0xFF
+        (package / "model.onnx.new").write_bytes(bytes(payload))
+        os.replace(package / "model.onnx.new", graph)
+    with pytest.raises(ModelPackageInvalid, match="changed after it was sealed"):
+        load_package(package, store)
