@@ -56,7 +56,7 @@ from scoring_service.core import metrics
 from scoring_service.core.errors import ModelPackageInvalid
 from scoring_service.deployments.family import FamilyMembers
 from scoring_service.deployments.online import OnlineLearnerError, OnlineScorer, read_base_package
-from scoring_service.deployments.packages import LoadedModel, load_package
+from scoring_service.deployments.packages import LoadedModel, load_package, same_inputs
 from scoring_service.deployments.spec import (
     DeploymentInvalid,
     DeploymentSpec,
@@ -588,12 +588,32 @@ class LiveDeployment:
                 by_package.setdefault(route.package, (route.view, []))[1].append(route.rows)  # type: ignore[arg-type]
                 for j in route.rows.tolist():
                     versions[j], notes[j] = route.package, route.reason
+            # Members reading the default's inputs the same way (the usual family: one
+            # FeatureService) share one input matrix of every row, built once; each member's
+            # model call takes its rows of it. Others build their own.
+            shared: np.ndarray | None = None
+            own: list[tuple[np.ndarray, np.ndarray]] = []
+            default = family.default.manifest
             for view, parts in by_package.values():
-                at = np.sort(np.concatenate(parts))
-                part_scores, part_matrix = view.score(batch, mapped, rows[at])
-                if matrix is None:
-                    matrix = np.empty((len(rows), part_matrix.shape[1]), dtype=part_matrix.dtype)
-                scores[at], matrix[at] = part_scores, part_matrix
+                at = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+                member = view.model.manifest
+                if member is default or same_inputs(member, default):
+                    if shared is None:
+                        shared = family.default_view.matrix(batch, mapped, rows)  # type: ignore[attr-defined]
+                    predicted = view.model.predictor.predict(shared[at])
+                    scores[at] = np.asarray(predicted, dtype=np.float64)
+                else:
+                    scores[at], part_matrix = view.score(batch, mapped, rows[at])
+                    own.append((at, part_matrix))
+            if own:
+                width = own[0][1].shape[1]
+                matrix = np.empty((len(rows), width), dtype=own[0][1].dtype)
+                if shared is not None:
+                    matrix[:] = shared
+                for at, part_matrix in own:
+                    matrix[at] = part_matrix
+            else:
+                matrix = shared
         if matrix is None:
             matrix = np.empty((0, 0), dtype=np.float32)
         return scores, matrix, versions, notes
