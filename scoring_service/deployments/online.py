@@ -234,7 +234,7 @@ def log_answers(
         columns = [plog.BUSINESS_ID, plog.TS, plog.FEATURES, plog.FEATURE_NAMES]
         try:
             table = plog.read(root, columns=columns, where=where)
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, OSError, ValueError):  # no log, or no file written yet
             return {}
         out: dict[str, LoggedAnswer] = {}
         rows = sorted(table.to_pylist(), key=lambda r: r[plog.TS])

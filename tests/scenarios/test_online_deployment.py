@@ -153,7 +153,7 @@ def _logged(log: Path, n: int) -> None:
         try:
             if plog.read(log, columns=[plog.BUSINESS_ID]).num_rows >= n:
                 return
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, OSError, ValueError):  # no parquet file written yet
             pass
         time.sleep(0.5)
     pytest.fail(f"the prediction log under {log} did not reach {n} rows")
