@@ -247,8 +247,9 @@ bench: setup ## Score path vs feast serve, trivial FastAPI and Feast's SDK (wrk,
 	$(PY) -m bench.run --out bench/results
 
 BENCH_ADMISSION_SECONDS ?= 5
+BENCH_ADMISSION_SERVER ?= uvicorn
 bench-admission: setup ## Only the admission rows, briefly: capacity, open loop 0.5x-5x, closed c=256, noisy key -> bench/results/admission.json
-	$(PY) -m bench.run --out bench/results --only admission --rows 20000 --entities 20000 --duration $(BENCH_ADMISSION_SECONDS)
+	$(PY) -m bench.run --out bench/results --only admission --rows 20000 --entities 20000 --duration $(BENCH_ADMISSION_SECONDS) --server $(BENCH_ADMISSION_SERVER)
 
 BENCH_FAMILY_SECONDS ?= 8
 bench-family: setup ## Only the family row, briefly: 200 members under a budget of 50, Zipf mix, vs one model -> bench/results/family.json

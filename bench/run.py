@@ -363,21 +363,32 @@ def open_loop_row(name: str, got: dict) -> dict:
     }
 
 
+def service_command(server: str, port: int) -> list[str]:
+    """The service on ``port``, 1 worker: ``serve`` (uvicorn) or the same app under granian."""
+    if server == "granian":
+        granian = shutil.which("granian") or str(Path(sys.executable).parent / "granian")
+        cmd = [granian, "--interface", "asgi", "--loop", "uvloop", "--workers", "1"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        return [*cmd, "--factory", "scoring_service.api.app:create_app_from_env"]
+    return [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+
+
 def admission_scenarios(
-    env: dict[str, str], bodies: Path, logs: Path, duration: float
+    env: dict[str, str], bodies: Path, logs: Path, duration: float, server: str = "uvicorn"
 ) -> tuple[list[dict], dict[str, float]]:
     """(e): the service's capacity (wrk, c=16), open-loop arrivals at 0.5x to 5x of it asking
     for the production deadline, the closed-loop c=256 row, and one key flooding at ten times
-    its quota beside another key. Rows, and the ratios the targets read."""
+    its quota beside another key. Rows, and the ratios the targets read. ``server``: uvicorn
+    (``serve``, the default) or granian (``--server granian``: the same rows, the same app)."""
     from scoring_service.core.security import hash_key
 
-    label = "service POST /v1/transactions/score"
+    label = "service POST /v1/transactions/score" + (", granian" if server == "granian" else "")
     headers = {"X-API-Key": API_KEY, "X-Deadline-Ms": str(OVERLOAD_DEADLINE_MS)}
     rows: list[dict] = []
     ratios: dict[str, float] = {}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+    cmd = service_command(server, port)
     with running("service_admission", cmd, env, logs) as service:
         service.wait_ready(base + "/health/ready")
         (capacity_row,) = http_scenarios(
@@ -429,7 +440,7 @@ def admission_scenarios(
     }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+    cmd = service_command(server, port)
     with running("service_noisy_key", cmd, noisy_env, logs) as service:
         service.wait_ready(base + "/health/ready")
         got = open_loop(
@@ -674,6 +685,13 @@ def main() -> None:
     parser.add_argument(
         "--stream-events", type=int, default=20_000, help="events of the stream saturation run"
     )
+    parser.add_argument(
+        "--server",
+        choices=["uvicorn", "granian"],
+        default="uvicorn",
+        help="with --only admission: the server of its rows (granian: "
+        "<out>/admission-granian.json)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for tool in ("wrk", "redis-server"):
@@ -711,8 +729,10 @@ def main() -> None:
 
             if args.only == "admission":
                 admission_rows, admission_ratios = admission_scenarios(
-                    env, bodies, logs, args.duration
+                    env, bodies, logs, args.duration, args.server
                 )
+                if args.server != "uvicorn":
+                    args.only_name = f"admission-{args.server}"
                 write_admission(args, started_at, load_start, admission_rows, admission_ratios)
                 return
             if args.only == "stream":
