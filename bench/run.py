@@ -792,13 +792,10 @@ def main() -> None:
                 worker_rss = two.worker_rss_mb()
 
             # (a2) the service, 1 worker, under granian instead of uvicorn
-            granian = shutil.which("granian") or str(Path(sys.executable).parent / "granian")
-            if Path(granian).exists():
-                port = free_port()
+            port = free_port()
+            cmd = service_command("granian", port)
+            if Path(cmd[0]).exists():
                 base_g = f"http://127.0.0.1:{port}"
-                cmd = [granian, "--interface", "asgi", "--loop", "uvloop", "--workers", "1"]
-                cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-                cmd += ["--factory", "scoring_service.api.app:create_app_from_env"]
                 with running("service_granian", cmd, env, logs) as on_granian:
                     on_granian.wait_ready(base_g + "/health/ready")
                     scenarios += http_scenarios(

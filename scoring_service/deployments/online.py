@@ -18,6 +18,7 @@ The learner and its package format are ``models.package.online`` (River: ``learn
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -70,8 +71,6 @@ REFRESH_SECONDS = 5.0
 def read_base_package(root: Path, name: str) -> str:
     """The base package (``name/version``) of the newest snapshot of learner ``name``;
     OnlineLearnerError when it has none."""
-    import json
-
     version = newest_version(root, name)
     if version == 0:
         raise OnlineLearnerError(
