@@ -49,6 +49,7 @@ class Stream:
     latencies: list[tuple[int, float, str]] = field(default_factory=list)  # status, s, code
     send_lag: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    resent: int = 0  # sent again on a new connection: the kept-alive one had been closed
 
     def request(self, host: str, i: int) -> bytes:
         body = self.bodies[i % len(self.bodies)] if self.bodies else b""
@@ -68,33 +69,48 @@ class Pool:
         self.slots = asyncio.Semaphore(size)
 
     async def exchange(self, payload: bytes) -> tuple[int, bytes, bool]:
-        """Send one request, read its answer: (status, body, connection kept)."""
+        """Send one request, read its answer: (status, body, sent again).
+
+        A kept-alive connection the server closed while it was idle (its keep-alive timeout)
+        fails before a byte of the answer; as HTTP clients do, the request is sent again,
+        once, on a new connection; the summary counts these (``resent``)."""
         async with self.slots:
+            resent = False
             if self.idle:
                 reader, writer = self.idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            try:
-                writer.write(payload)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length, close = 0, False
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"connection" and value.strip().lower() == b"close":
-                        close = True
-                body = await reader.readexactly(length) if length else b""
-            except BaseException:
-                writer.close()
-                raise
-            if close:
-                writer.close()
-            else:
-                self.idle.append((reader, writer))
-            return status, body, not close
+                try:
+                    return (*await self._exchange(reader, writer, payload), False)
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                        raise
+                    resent = True
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            return (*await self._exchange(reader, writer, payload), resent)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
+    ) -> tuple[int, bytes]:
+        try:
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            body = await reader.readexactly(length) if length else b""
+        except BaseException:
+            writer.close()
+            raise
+        if close:
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status, body
 
     def close(self) -> None:
         for _, writer in self.idle:
@@ -112,10 +128,11 @@ async def run_streams(url: str, streams: list[Stream], seconds: float, connectio
 
     async def one(stream: Stream, payload: bytes, due: float) -> None:
         try:
-            status, body, _ = await pool.exchange(payload)
+            status, body, resent = await pool.exchange(payload)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             stream.errors[type(exc).__name__] += 1
             return
+        stream.resent += resent
         code = ""
         if status != 200:
             with contextlib.suppress(ValueError):
@@ -165,6 +182,7 @@ def summary(stream: Stream, seconds: float) -> dict:
         "answers": dict(Counter(str(status) for status, _, _ in stream.latencies)),
         "codes": dict(Counter(code for _, _, code in stream.latencies if code)),
         "errors": dict(stream.errors),
+        "resent": stream.resent,
         "goodput": round(len(ok) / seconds, 1),
         "p50_ok_ms": ms(percentile(ok, 0.50)),
         "p99_ok_ms": ms(percentile(ok, 0.99)),

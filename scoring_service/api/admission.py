@@ -21,6 +21,16 @@ before one byte of a body is read, so a refusal costs next to nothing:
   ``quota_exceeded`` with Retry-After: one key flooding the service is refused on its own
   account, and cannot take the slots another key's real-time calls need.
 
+- **A short wait for a slot, newest first.** A request that arrives at its class's limit
+  waits for a slot (``Admission.enqueue``, from the server's protocol; its body is kept as it
+  arrives) for at most ``SCORING_ADMISSION_MAX_WAIT_MS`` and never longer than its own
+  deadline leaves time to score it. A slot that frees goes to the newest waiting request of
+  the highest class (last in, first out: under a sustained overload the fresh requests, which
+  still have their whole deadline, are answered, and the stale ones are refused), so a burst
+  is absorbed instead of refused, and callers that retry at once (a closed loop) wait
+  instead of spinning on refusals. A request whose wait runs out, or pushed out by newer ones
+  past ``SCORING_ADMISSION_MAX_WAITING``, is refused 503 ``overloaded``.
+
 Refusals leave in the service's error envelope with Retry-After: 503 ``overloaded`` (the
 service is full for this class) or 429 ``quota_exceeded`` (this key is over its quota).
 """
@@ -31,6 +41,7 @@ import hashlib
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -62,6 +73,20 @@ LIMIT = Gauge(
     "The concurrency limit learned from latency (per process).",
     multiprocess_mode="livesum",
 )
+WAITING = Gauge(
+    "scoring_admission_waiting",
+    "Requests waiting for a slot at admission (per process).",
+    multiprocess_mode="livesum",
+)
+WAITED = Counter(
+    "scoring_admission_waited_total",
+    "Requests that waited for a slot at admission, by class and outcome (admitted, refused).",
+    ["priority", "outcome"],
+)
+
+ADMITTED_KEY = "scoring.admitted"
+"""Scope key set on a request that waited and was given a slot: it is counted in flight from
+then on (by the server), and the middleware does not check its class's limit again."""
 
 
 class Priority(IntEnum):
@@ -231,6 +256,26 @@ def parse_quotas(text: str) -> dict[str, Quota]:
     return quotas
 
 
+class Waiter:
+    """A request waiting for a slot: how to start it, how to refuse it, until when it waits.
+
+    ``start`` returns False when the request can no longer be started (its client left)."""
+
+    __slots__ = ("expires", "priority", "refuse", "start")
+
+    def __init__(
+        self,
+        priority: Priority,
+        expires: float,
+        start: Callable[[], bool],
+        refuse: Callable[[], None],
+    ) -> None:
+        self.priority = priority
+        self.expires = expires
+        self.start = start
+        self.refuse = refuse
+
+
 class Classifier:
     """The class of a request, from its method and path, by the routes the app serves."""
 
@@ -283,6 +328,12 @@ class Admission:
         self.quotas = parse_quotas(settings.key_quotas)
         self.default_quota = Quota(settings.key_rate, settings.key_concurrency_share)
         self.keys: dict[str, KeyState] = {}
+        self.max_wait_s = settings.admission_max_wait_ms / 1000
+        self.max_waiting = settings.admission_max_waiting
+        self.queues: dict[Priority, deque[Waiter]] = {
+            p: deque() for p in Priority if p is not Priority.ESSENTIAL
+        }
+        self.waiting = 0
         LIMIT.set(self.limit.limit)
 
     def key_state(self, key: str) -> KeyState | None:
@@ -310,6 +361,73 @@ class Admission:
             and self.in_flight >= self.limit.value * self.shares[priority]
         )
 
+    def wait_budget(self, deadline_s: float | None) -> float:
+        """How long a request may wait for a slot (0: refuse it now): at most the configured
+        wait, and never so long that its deadline (seconds from now, None: none asked) leaves
+        less than twice the time a real-time call takes."""
+        budget = self.max_wait_s
+        if deadline_s is not None:
+            budget = min(budget, deadline_s - 2 * (self.limit.long_rtt or 0.0))
+        return max(0.0, budget)
+
+    def enqueue(self, waiter: Waiter) -> None:
+        """Let a request wait for a slot. Past ``max_waiting`` the oldest waiting request of
+        the lowest class is refused to make room (the newest are the ones worth answering)."""
+        if self.waiting >= self.max_waiting:
+            for priority in sorted(self.queues, reverse=True):
+                queue = self.queues[priority]
+                while queue and self.waiting >= self.max_waiting:
+                    self._refuse(queue.popleft())
+                if self.waiting < self.max_waiting:
+                    break
+        self.queues[waiter.priority].append(waiter)
+        self.waiting += 1
+        WAITING.set(self.waiting)
+
+    def _refuse(self, waiter: Waiter) -> None:
+        self.waiting -= 1
+        WAITED.labels(waiter.priority.name.lower(), "refused").inc()
+        waiter.refuse()
+
+    def expire(self, now: float) -> None:
+        """Refuse the requests whose wait ran out (the oldest of each class first)."""
+        for queue in self.queues.values():
+            while queue and queue[0].expires <= now:
+                self._refuse(queue.popleft())
+            if len(queue) > 1 and any(w.expires <= now for w in queue):
+                # Shorter deadlines behind longer ones: rare, so a full pass is fine.
+                keep = deque(w for w in queue if w.expires > now)
+                for waiter in queue:
+                    if waiter.expires <= now:
+                        self._refuse(waiter)
+                queue.clear()
+                queue.extend(keep)
+        WAITING.set(self.waiting)
+
+    def release(self) -> None:
+        """A call left: its slot goes to the newest waiting request of the highest class its
+        share lets in (the started request counts in flight until its task ends)."""
+        if not self.waiting:
+            return
+        limit = self.limit.value
+        for priority, queue in self.queues.items():
+            while queue and self.in_flight < limit * self.shares[priority]:
+                waiter = queue.pop()  # the newest
+                self.waiting -= 1
+                self.in_flight += 1
+                if waiter.start():
+                    WAITED.labels(priority.name.lower(), "admitted").inc()
+                else:
+                    self.in_flight -= 1
+            if queue:
+                break  # this class is still waiting: lower classes wait behind it
+        WAITING.set(self.waiting)
+
+    def finished(self) -> None:
+        """A request that waited and was started has ended."""
+        self.in_flight -= 1
+        self.release()
+
     def overloaded(self, priority: Priority) -> Overloaded:
         """The refusal of a call of this class at the limit, counted."""
         REFUSED.labels(priority.name.lower(), "overloaded").inc()
@@ -319,10 +437,13 @@ class Admission:
             headers={"Retry-After": self.retry_after},
         )
 
-    def refusal(self, priority: Priority, key: KeyState | None) -> ScoringError | None:
-        """Why this request is refused now, or None: admit it."""
+    def refusal(
+        self, priority: Priority, key: KeyState | None, *, holds_slot: bool = False
+    ) -> ScoringError | None:
+        """Why this request is refused now, or None: admit it (``holds_slot``: it waited and
+        was given a slot already, only its key's quota is checked)."""
         limit = self.limit.value
-        if self.in_flight >= limit * self.shares[priority]:
+        if not holds_slot and self.in_flight >= limit * self.shares[priority]:
             return self.overloaded(priority)
         if key is not None:
             if key.in_flight >= max(1.0, limit * key.quota.concurrency_share):
@@ -366,12 +487,14 @@ class AdmissionMiddleware:
             if name == _KEY_HEADER:
                 key = admission.key_state(value.decode("latin-1"))
                 break
-        refused = admission.refusal(priority, key)
+        holds_slot = scope.get(ADMITTED_KEY, False)  # waited; counted in flight by the server
+        refused = admission.refusal(priority, key, holds_slot=holds_slot)
         if refused is not None:
             await response_for(refused)(scope, receive, send)
             return
         self._admitted[priority].inc()
-        admission.in_flight += 1
+        if not holds_slot:
+            admission.in_flight += 1
         if key is not None:
             key.in_flight += 1
         started = admission.clock()
@@ -381,9 +504,11 @@ class AdmissionMiddleware:
             else:
                 await self.app(scope, receive, send)
         finally:
-            admission.in_flight -= 1
             if key is not None:
                 key.in_flight -= 1
+            if not holds_slot:
+                admission.in_flight -= 1
+                admission.release()
 
 
 def _timed(send: Send, admission: Admission, started: float) -> Send:

@@ -183,7 +183,8 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[ARRIVED_AT] = time.monotonic()
+        if ARRIVED_AT not in scope:  # the server's protocol stamps it when it can, earlier
+            scope[ARRIVED_AT] = time.monotonic()
         limit = self.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:

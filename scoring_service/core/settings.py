@@ -223,6 +223,15 @@ class Settings(BaseSettings):
     """How much slower than their long-run average real-time calls may get before the limit
     shrinks (Gradient2's tolerance)."""
 
+    admission_max_wait_ms: int = Field(default=40, ge=0, le=60_000)
+    """Longest a request at its class's limit waits for a slot before it is refused 503
+    overloaded (never so long that its deadline leaves less than twice a real-time call's
+    time; newest first). 0: refuse at once."""
+
+    admission_max_waiting: int = Field(default=1024, ge=1, le=1_000_000)
+    """Most requests waiting for a slot per process; past it the oldest waiting one of the
+    lowest class is refused."""
+
     admission_shares: dict[Literal["batch", "explain", "entity"], float] = Field(
         default={"batch": 0.5, "explain": 0.35, "entity": 0.25}
     )

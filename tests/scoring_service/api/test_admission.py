@@ -22,6 +22,7 @@ from scoring_service.api.admission import (
     GradientLimit,
     Priority,
     TokenBucket,
+    Waiter,
     parse_quotas,
 )
 from scoring_service.core.security import hash_key
@@ -230,3 +231,81 @@ def test_a_key_over_its_rate_gets_429_with_retry_after() -> None:
         assert other[0] == 200  # keys without a quota entry: no rate by default
 
     asyncio.run(run())
+
+
+def waiter(
+    state: Admission, priority: Priority, name: str, log: list[str], expires: float = 1e9
+) -> None:
+    """A waiting request that notes in ``log`` whether it was started or refused."""
+    state.enqueue(
+        Waiter(
+            priority,
+            expires,
+            lambda: log.append(f"start {name}") is None,
+            lambda: log.append(f"refuse {name}"),
+        )
+    )
+
+
+def test_a_freed_slot_goes_to_the_newest_waiting_request_of_the_highest_class() -> None:
+    state, _, _ = admission()  # limit 8; batch share 0.5
+    state.in_flight = 8
+    log: list[str] = []
+    for name, priority in [
+        ("batch-1", Priority.BATCH),
+        ("rt-1", Priority.REALTIME),
+        ("rt-2", Priority.REALTIME),
+        ("batch-2", Priority.BATCH),
+    ]:
+        waiter(state, priority, name, log)
+    assert state.waiting == 4 and not log
+    state.in_flight -= 1
+    state.release()
+    assert log == ["start rt-2"] and state.in_flight == 8  # counted in flight once started
+    state.finished()  # rt-2 ends
+    assert log[-1] == "start rt-1"
+    state.in_flight = 3  # batch calls may fill up to half the limit, 4
+    state.release()
+    assert log[-1] == "start batch-2" and state.in_flight == 4 and state.waiting == 1
+    state.in_flight = 2
+    state.release()
+    assert log[-1] == "start batch-1" and state.in_flight == 3
+    assert state.waiting == 0
+
+
+def test_a_request_that_can_no_longer_start_gives_its_slot_on() -> None:
+    state, _, _ = admission()
+    state.in_flight = 8
+    log: list[str] = []
+    waiter(state, Priority.REALTIME, "old", log)
+    state.enqueue(Waiter(Priority.REALTIME, 1e9, lambda: False, lambda: None))  # client left
+    state.in_flight -= 1
+    state.release()
+    assert log == ["start old"] and state.in_flight == 8 and state.waiting == 0
+
+
+def test_waits_run_out_and_the_oldest_lowest_make_room() -> None:
+    clock = Clock()
+    state = Admission(Settings(admission_max_waiting=3), clock=clock)
+    state.in_flight = state.limit.value
+    log: list[str] = []
+    waiter(state, Priority.REALTIME, "rt-short", log, expires=100.01)
+    waiter(state, Priority.ENTITY, "entity-1", log, expires=101.0)
+    waiter(state, Priority.REALTIME, "rt-long", log, expires=102.0)
+    waiter(state, Priority.REALTIME, "rt-new", log, expires=102.0)  # 3 waiting: room made
+    assert log == ["refuse entity-1"]
+    state.expire(100.02)
+    assert log == ["refuse entity-1", "refuse rt-short"] and state.waiting == 2
+    state.expire(103.0)
+    assert log[-2:] == ["refuse rt-long", "refuse rt-new"] and state.waiting == 0
+
+
+def test_the_wait_leaves_time_to_score_within_the_deadline() -> None:
+    state, _, _ = admission(admission_max_wait_ms=40)
+    assert state.wait_budget(None) == pytest.approx(0.040)
+    assert state.wait_budget(2.0) == pytest.approx(0.040)
+    state.limit.long_rtt = 0.010
+    assert state.wait_budget(0.050) == pytest.approx(0.030)  # 50 ms less twice 10 ms
+    assert state.wait_budget(0.015) == 0.0  # no time to wait: refused at once
+    state, _, _ = admission(admission_max_wait_ms=0)
+    assert state.wait_budget(2.0) == 0.0
