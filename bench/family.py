@@ -8,7 +8,10 @@ bench's own with ``card_country`` drawn from a Zipf law over the segments (expon
 the most frequent segment rank 1, the next about 1/2^s as often, ...).
 
 Measured in the same run, at 16 connections: the single-model deployment (the package alone)
-and the family deployment, each after a warm-up; the family's hit rate over the measured run
+and the family deployment, both running, each warmed up, then measured in ``ROUNDS``
+alternating rounds (single, family, single, family, ...) so that a change in the machine's
+load falls on both alike; the throughput and p99 ratios are the medians of the rounds' ratios,
+the rows those of the median round. The family's hit rate over the measured rounds
 (rows answered by their resident member over all rows with a member:
 ``scoring_family_requests_total``), its loads and evictions, and the cold-load p50 and p99 (each
 member's load time, as the service logs it: wall clock, and the CPU time of the loading thread,
@@ -17,11 +20,13 @@ which the machine's other work does not stretch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ RESIDENT = 50
 ZIPF_S = 2.0
 FAMILY = "by-country"
 CONNECTIONS = 16
+ROUNDS = 3  # alternating measured rounds of each deployment
 _LOADED = re.compile(r"family \S+: member \S+ loaded in ([0-9.]+) ms")
 _LOADED_CPU = re.compile(r"family \S+: member \S+ loaded in [0-9.]+ ms \(([0-9.]+) ms CPU")
 
@@ -136,53 +142,68 @@ def family_rows(
         "zipf_s": ZIPF_S,
     }
     label = "service POST /v1/transactions/score"
-    for name, spec in (("single model", single), (f"family of {MEMBERS}", family)):
-        file = tmp / f"deployment_family_{name.replace(' ', '_')}.json"
-        file.write_text(json.dumps(spec))
-        port = run.free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
-        deployed = {
-            **env,
-            "SCORING_DEPLOYMENT": str(file),
-            "SCORING_MODEL_MEMORY_MB": f"{budget_mb}",
-        }
-        process_name = f"service_family_{name.split()[0]}"
-        with run.running(process_name, cmd, deployed, logs) as process:
+    names = ("single model", f"family of {MEMBERS}")
+    bases: list[str] = []
+    processes = []
+    with contextlib.ExitStack() as stack:
+        for name, spec in zip(names, (single, family), strict=True):
+            file = tmp / f"deployment_family_{name.replace(' ', '_')}.json"
+            file.write_text(json.dumps(spec))
+            port = run.free_port()
+            cmd = [sys.executable, "-m", "scoring_service", "serve", "--port", str(port)]
+            deployed = {
+                **env,
+                "SCORING_DEPLOYMENT": str(file),
+                "SCORING_MODEL_MEMORY_MB": f"{budget_mb}",
+            }
+            process_name = f"service_family_{name.split()[0]}"
+            processes.append(stack.enter_context(run.running(process_name, cmd, deployed, logs)))
+            bases.append(f"http://127.0.0.1:{port}")
+        for process, base in zip(processes, bases, strict=True):
             process.wait_ready(base + "/health/ready")
             run.wrk(base + run.SCORE_PATH, bodies, CONNECTIONS, duration, run.API_KEY)  # warm-up
-            before = family_counts(base)
-            stats = run.wrk(base + run.SCORE_PATH, bodies, CONNECTIONS, duration, run.API_KEY)
-            after = family_counts(base)
-            rows.append({"name": f"{label}, {name}", "concurrency": CONNECTIONS, **stats})
-            logger.info("%s: %s", name, stats)
-            log_text = process.log.read_text(errors="replace")
-        if spec is family:
-            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-            hits = delta.get("scoring_family_requests_total:hit", 0.0)
-            missed = delta.get("scoring_family_requests_total:loading", 0.0) + delta.get(
-                "scoring_family_requests_total:refused", 0.0
-            )
-            loads = [float(ms) for ms in _LOADED.findall(log_text)]
-            loads_cpu = [float(ms) for ms in _LOADED_CPU.findall(log_text)]
-            details.update(
-                {
-                    "hit_rate": hits / (hits + missed) if hits + missed else float("nan"),
-                    "loads_measured_run": delta.get("scoring_family_loads_total:loaded", 0.0),
-                    "evictions_measured_run": delta.get("scoring_family_evictions_total", 0.0),
-                    "loads_total": len(loads),
-                    "cold_load_p50_ms": percentile(loads, 50),
-                    "cold_load_p99_ms": percentile(loads, 99),
-                    "cold_load_cpu_p50_ms": percentile(loads_cpu, 50),
-                    "cold_load_cpu_p99_ms": percentile(loads_cpu, 99),
-                    "resident_members_end": after.get("scoring_family_resident_members", 0.0),
-                }
-            )
-    one, many = rows
+        before = family_counts(bases[1])
+        rounds: list[list[dict]] = [[], []]
+        for _ in range(ROUNDS):
+            for at, base in enumerate(bases):
+                stats = run.wrk(
+                    base + run.SCORE_PATH, bodies, CONNECTIONS, duration / 2, run.API_KEY
+                )
+                rounds[at].append(stats)
+                logger.info("%s: %s", names[at], stats)
+        after = family_counts(bases[1])
+        log_text = processes[1].log.read_text(errors="replace")
+    throughput = [f["rps"] / s["rps"] for s, f in zip(*rounds, strict=True)]
+    tail = [f["p99_ms"] / s["p99_ms"] for s, f in zip(*rounds, strict=True)]
+    middle = sorted(range(ROUNDS), key=lambda i: throughput[i])[ROUNDS // 2]
+    for name, measured in zip(names, rounds, strict=True):
+        rows.append({"name": f"{label}, {name}", "concurrency": CONNECTIONS, **measured[middle]})
+    details["rounds_throughput_vs_single"] = [round(r, 3) for r in throughput]
+    details["rounds_p99_vs_single"] = [round(r, 3) for r in tail]
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    hits = delta.get("scoring_family_requests_total:hit", 0.0)
+    missed = delta.get("scoring_family_requests_total:loading", 0.0) + delta.get(
+        "scoring_family_requests_total:refused", 0.0
+    )
+    loads = [float(ms) for ms in _LOADED.findall(log_text)]
+    loads_cpu = [float(ms) for ms in _LOADED_CPU.findall(log_text)]
+    details.update(
+        {
+            "hit_rate": hits / (hits + missed) if hits + missed else float("nan"),
+            "loads_measured_run": delta.get("scoring_family_loads_total:loaded", 0.0),
+            "evictions_measured_run": delta.get("scoring_family_evictions_total", 0.0),
+            "loads_total": len(loads),
+            "cold_load_p50_ms": percentile(loads, 50),
+            "cold_load_p99_ms": percentile(loads, 99),
+            "cold_load_cpu_p50_ms": percentile(loads_cpu, 50),
+            "cold_load_cpu_p99_ms": percentile(loads_cpu, 99),
+            "resident_members_end": after.get("scoring_family_resident_members", 0.0),
+        }
+    )
     ratios = {
         "family_hit_rate": details["hit_rate"],
-        "family_throughput_vs_single": many["rps"] / one["rps"],
-        "family_p99_vs_single": many["p99_ms"] / one["p99_ms"],
+        "family_throughput_vs_single": statistics.median(throughput),
+        "family_p99_vs_single": statistics.median(tail),
         "family_cold_load_p99_ms": details["cold_load_p99_ms"],
         "family_cold_load_p50_ms": details["cold_load_p50_ms"],
         "family_cold_load_cpu_p50_ms": details["cold_load_cpu_p50_ms"],
