@@ -360,6 +360,8 @@ def open_loop_row(name: str, got: dict) -> dict:
         "errors": sum(got["errors"].values()),
         "transport_errors": got["errors"],
         "send_lag_p99_ms": got["send_lag_p99_ms"],
+        # Sent again on a new connection: the kept-alive one had been closed while idle.
+        "resent": got.get("resent", 0),
     }
 
 

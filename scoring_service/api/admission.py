@@ -146,6 +146,7 @@ class GradientLimit:
         self.window_samples = window_samples
         self.clock = clock
         self.long_rtt: float | None = None
+        self.low_rtt: float | None = None  # the service's unloaded latency (see _update)
         self._sum = 0.0
         self._count = 0
         self._max_in_flight = 0
@@ -168,6 +169,13 @@ class GradientLimit:
             self._window_start = now
 
     def _update(self, short: float, in_flight: int) -> None:
+        # The lowest window average, drifting up slowly (a time constant of about 600
+        # windows): what a call takes when it does not queue, which an overload's long
+        # windows of queueing do not inflate as they do the long average.
+        if self.low_rtt is None or short < self.low_rtt:
+            self.low_rtt = short
+        else:
+            self.low_rtt += (short - self.low_rtt) * self.long_weight / 10
         if self.long_rtt is None:
             self.long_rtt = short
         else:
@@ -364,10 +372,12 @@ class Admission:
     def wait_budget(self, deadline_s: float | None) -> float:
         """How long a request may wait for a slot (0: refuse it now): at most the configured
         wait, and never so long that its deadline (seconds from now, None: none asked) leaves
-        less than twice the time a real-time call takes."""
+        less than twice the time a real-time call takes unloaded (``GradientLimit.low_rtt``:
+        the long average grows with an overload's queueing, and a wait cut by it would turn
+        the callers' retries into a storm of refusals just when waiting matters)."""
         budget = self.max_wait_s
         if deadline_s is not None:
-            budget = min(budget, deadline_s - 2 * (self.limit.long_rtt or 0.0))
+            budget = min(budget, deadline_s - 2 * (self.limit.low_rtt or 0.0))
         return max(0.0, budget)
 
     def enqueue(self, waiter: Waiter) -> None:

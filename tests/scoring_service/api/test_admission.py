@@ -304,8 +304,22 @@ def test_the_wait_leaves_time_to_score_within_the_deadline() -> None:
     state, _, _ = admission(admission_max_wait_ms=40)
     assert state.wait_budget(None) == pytest.approx(0.040)
     assert state.wait_budget(2.0) == pytest.approx(0.040)
-    state.limit.long_rtt = 0.010
+    state.limit.low_rtt = 0.010
     assert state.wait_budget(0.050) == pytest.approx(0.030)  # 50 ms less twice 10 ms
     assert state.wait_budget(0.015) == 0.0  # no time to wait: refused at once
     state, _, _ = admission(admission_max_wait_ms=0)
     assert state.wait_budget(2.0) == 0.0
+
+
+def test_the_unloaded_latency_falls_at_once_and_rises_slowly() -> None:
+    """An overload's queueing raises the long average of latency, not the unloaded latency
+    that bounds a request's wait."""
+    clock = Clock()
+    limit = GradientLimit(8, 4, 64, clock=clock)
+    feed(limit, clock, 0.004, None, 5)
+    assert limit.low_rtt == pytest.approx(0.004)
+    feed(limit, clock, 0.040, None, 60)  # three seconds of queueing: ten times slower
+    assert limit.long_rtt is not None and limit.long_rtt > 0.020
+    assert limit.low_rtt < 0.010
+    feed(limit, clock, 0.003, None, 3)  # a window's average is taken at the next one's start
+    assert limit.low_rtt == pytest.approx(0.003)
