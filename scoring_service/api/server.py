@@ -67,6 +67,20 @@ def _fixed(status: int, body: bytes, retry_after: str) -> Any:
     return app
 
 
+def _overloaded_body(admission: Admission, priority: Priority) -> bytes:
+    """The error envelope of a 503 ``overloaded`` refusal at admission, counted."""
+    refusal = admission.overloaded(priority)
+    metrics.ERRORS.labels(refusal.code, refusal.stage).inc()
+    return orjson.dumps(
+        {
+            "code": refusal.code,
+            "stage": refusal.stage,
+            "message": refusal.message,
+            "request_id": new_request_id(),
+        }
+    )
+
+
 def _fixed_response(status: str, code: str, message: str, extra: str = "") -> bytes:
     body = orjson.dumps({"code": code, "stage": "service", "message": message, "request_id": None})
     head = (
@@ -163,19 +177,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     finally:
                         self.wait = None
                     return
-                refusal = admission.overloaded(priority)
-                metrics.ERRORS.labels(refusal.code, refusal.stage).inc()
-                body = orjson.dumps(
-                    {
-                        "code": refusal.code,
-                        "stage": refusal.stage,
-                        "message": refusal.message,
-                        "request_id": new_request_id(),
-                    }
-                )
-                if (self.cycle is None or self.cycle.response_complete) and (
-                    self.parser.get_method() != b"HEAD"
-                ):
+                body = _overloaded_body(admission, priority)
+                if not pipelined and self.parser.get_method() != b"HEAD":
                     self._refuse(body, admission.retry_after)
                     return
                 # Behind a pipelined answer still being written, or a HEAD: through a cycle
@@ -238,16 +241,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """A waiting request's wait ran out (or newer ones pushed it out): 503, written here."""
         if cycle.disconnected or self.transport.is_closing():
             return
-        refusal = admission.overloaded(priority)
-        metrics.ERRORS.labels(refusal.code, refusal.stage).inc()
-        body = orjson.dumps(
-            {
-                "code": refusal.code,
-                "stage": refusal.stage,
-                "message": refusal.message,
-                "request_id": new_request_id(),
-            }
-        )
+        body = _overloaded_body(admission, priority)
         self.transport.write(self._refusal_bytes(body, admission.retry_after, cycle.keep_alive))
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
