@@ -317,8 +317,8 @@ def predict_time_gate(figures: dict[str, Any], rules: GateRules) -> Gate:
     evidence = {
         "max_predict_us_per_row": rules.max_predict_us_per_row,
         "max_predict_time_ratio": rules.max_predict_time_ratio,
-        "measured": "fastest of 5 passes over up to 2,048 window rows in batches of 32, "
-        "interleaved with the champion's",
+        "measured": "up to 2,048 window rows in batches of 32, each batch the fastest of 5 "
+        "runs, run next to the champion's same batch",
     }
     allowed = rules.max_predict_us_per_row
     if champion is not None and not math.isnan(champion):
