@@ -243,6 +243,7 @@ async def open_domain(domain: ServedDomain, settings: Settings) -> None:
             store,
             request_fields=list(declared.request_fields) if declared is not None else None,
             model_memory_mb=settings.model_memory_mb,
+            model_admission=settings.model_admission,
             **load_options(settings),
         )
 

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     family's default is always loaded and not counted): past it, the least recently used member
     not in use is evicted (scoring_service/deployments/family.py). Unset: no limit."""
 
+    model_admission: Literal["frequency", "recency"] = "frequency"
+    """Which family members are loaded when the memory budget is full: ``frequency`` loads a
+    member only if its segment has been asked for more often, lately, than the segment of the
+    member it would evict (the others get the default's answer, reason
+    family_member_infrequent); ``recency`` loads every member asked for."""
+
     host: str = "127.0.0.1"
     """Interface to listen on."""
 

@@ -56,7 +56,7 @@ from scoring_service.core import metrics
 from scoring_service.core.errors import ModelPackageInvalid
 from scoring_service.deployments.family import FamilyMembers
 from scoring_service.deployments.online import OnlineLearnerError, OnlineScorer, read_base_package
-from scoring_service.deployments.packages import LoadedModel, load_package, same_inputs
+from scoring_service.deployments.packages import LoadedModel, load_package
 from scoring_service.deployments.spec import (
     DeploymentInvalid,
     DeploymentSpec,
@@ -114,14 +114,23 @@ class ModelView:
 
     def matrix(self, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray) -> np.ndarray:
         """The model's input matrix for the given rows."""
-        stored = batch.values[np.ix_(rows, self.columns)]
-        request = {
-            name: [values[i] for i in rows] for name, values in mapped.request_fields.items()
-        }
+        every = len(rows) == len(batch.values)  # every row of the batch (rows are sorted)
+        values = batch.values
+        stored = values[:, self.columns] if every else values[np.ix_(rows, self.columns)]
         on_demand = self.model.on_demand
-        computed = on_demand.compute(stored, request) if on_demand.width else None
-        values = mapped.request_values[np.ix_(rows, self.request_columns)]
-        return model_input(stored, computed, values)
+        computed = None
+        if on_demand.width:
+            request = (
+                mapped.request_fields
+                if every
+                else {name: [v[i] for i in rows] for name, v in mapped.request_fields.items()}
+            )
+            computed = on_demand.compute(stored, request)
+        asked = mapped.request_values
+        request_values = (
+            asked[:, self.request_columns] if every else asked[np.ix_(rows, self.request_columns)]
+        )
+        return model_input(stored, computed, request_values)
 
     def score(
         self, batch: FeatureBatch, mapped: MappedRequests, rows: np.ndarray
@@ -265,6 +274,9 @@ class LiveDeployment:
             s.name: metrics.VARIANT_SCORES.labels(s.name, s.model_version)
             for s in [*variants, *fallback]
         }
+        self._seconds = {
+            s.name: metrics.VARIANT_SECONDS.labels(s.name) for s in [*variants, *fallback]
+        }
         # Drift per package that answers (variants and fallback steps of one model): its inputs
         # and scores over the rows it answered. The champion's monitor also keeps the feature
         # views' freshness, over the rows it answered (most of the traffic).
@@ -303,10 +315,12 @@ class LiveDeployment:
         *,
         request_fields: Sequence[str] | None = None,
         model_memory_mb: float | None = None,
+        model_admission: str = "frequency",
         **load_options: object,
     ) -> LiveDeployment:
         """Open and check every package (a family's default; its members load on demand,
-        their graphs within ``model_memory_mb``); DeploymentInvalid naming the first fault."""
+        their graphs within ``model_memory_mb``, admitted by ``model_admission``);
+        DeploymentInvalid naming the first fault."""
         models: dict[str, LoadedModel] = {}
         for reference in spec.packages():
             name, version = parse_package(reference)
@@ -411,6 +425,7 @@ class LiveDeployment:
                     view=lambda m: ModelView(m, layout, plan.request_features),
                     load=open_member,
                     budget_bytes=None if model_memory_mb is None else int(model_memory_mb * 2**20),
+                    admission=model_admission,
                 )
                 return LiveVariant(
                     name,
@@ -483,7 +498,9 @@ class LiveDeployment:
             batch = unread_batch(self.layout, n)
         why = np.array([FALLBACK_STORE] * n, dtype=object)
         pending = np.arange(n)
-        if not store_down:
+        if not store_down and len(self.variants) == 1:  # one variant takes every row
+            pending = self._try(self.variants[0], batch, mapped, pending, out, why, False)
+        elif not store_down:
             chosen = assign(self.sticky_values(mapped), self.weights, self.spec.salt)
             left = [
                 self._try(variant, batch, mapped, pending[chosen == index], out, why, False)
@@ -520,8 +537,11 @@ class LiveDeployment:
     ) -> np.ndarray:
         """Answer what the step can of ``rows``; the rows left (``why`` says why)."""
         blocked = step.unavailable(batch, rows)
-        why[rows[blocked]] = FALLBACK_FEATURES
-        able = rows[~blocked]
+        if step.required_views and blocked.any():
+            why[rows[blocked]] = FALLBACK_FEATURES
+            able = rows[~blocked]
+        else:
+            able = rows
         if not len(able):
             return rows
         versions: list[str] | None = None
@@ -537,7 +557,7 @@ class LiveDeployment:
                 scores, matrix, explained = step.explained_scores(batch, mapped, able)
                 if step.online is not None:  # per row, the snapshot that answered
                     versions, notes = [step.online.version] * len(able), [None] * len(able)
-            metrics.VARIANT_SECONDS.labels(step.name).observe(time.perf_counter() - started)
+            self._seconds[step.name].observe(time.perf_counter() - started)
         except Exception:
             logger.exception(
                 "%s %s failed; its rows go down the fallback chain", step.kind, step.name
@@ -545,31 +565,43 @@ class LiveDeployment:
             why[able] = FALLBACK_MODEL_ERROR
             return rows
         ok = ~np.isnan(scores)
-        why[able[~ok]] = FALLBACK_MODEL_ERROR
-        good = able[ok]
-        statuses = {key: batch.status[key][good] for key in batch.status}
-        labels, reasons = step.policy.decide_many(scores[ok], matrix[ok], statuses)
+        if ok.all():  # the usual case: no row to take out
+            good = able
+        else:
+            why[able[~ok]] = FALLBACK_MODEL_ERROR
+            good = able[ok]
+            scores, matrix, explained = scores[ok], matrix[ok], explained[ok]
+            if versions is not None and notes is not None:
+                kept = np.flatnonzero(ok).tolist()
+                versions, notes = [versions[j] for j in kept], [notes[j] for j in kept]
+        every = len(good) == len(batch.values)  # every row of the batch (good is sorted)
+        statuses = batch.status if every else {k: v[good] for k, v in batch.status.items()}
+        labels, reasons = step.policy.decide_many(scores, matrix, statuses)
         self._requests[step.name].inc(len(good))
         monitor = self.drift.get(step.model_version)
         if monitor is not None:  # copies into its ring buffer; summarised off the answer's path
-            monitor.observe(matrix[ok], scores[ok], batch.rows(good))
-        for score in scores[ok][:64].tolist():  # a sample per call keeps the histogram cheap
-            self._scores[step.name].observe(score)
-        explained = explained[ok]
+            monitor.observe(matrix, scores, batch if every else batch.rows(good))
+        metrics.observe_many(self._scores[step.name], scores)
         names = step.input_names
-        if versions is not None and notes is not None:  # a family: per row, the member that gave it
-            kept = np.flatnonzero(ok).tolist()
-            versions = [versions[j] for j in kept]
-            reasons = [
-                [*r, n] if n else r for r, n in zip(reasons, [notes[j] for j in kept], strict=True)
-            ]
-        for j, i in enumerate(good.tolist()):
-            out.inputs[i], out.input_names[i] = explained[j], names
-            out.scores[i] = scores[ok][j]
-            out.labels[i] = labels[j]
-            out.reasons[i] = [*reasons[j], str(why[i])] if is_fallback else reasons[j]
-            out.variants[i] = step.name
-            out.model_versions[i] = step.model_version if versions is None else versions[j]
+        if notes is not None:  # a family's: why the default answered a segment with a member
+            reasons = [[*r, n] if n else r for r, n in zip(reasons, notes, strict=True)]
+        out.scores[good] = scores
+        at = good.tolist()
+        if is_fallback:
+            reasons = [[*r, str(why[i])] for r, i in zip(reasons, at, strict=True)]
+        if versions is None:
+            versions = [step.model_version] * len(at)
+        if len(at) == len(out.labels):  # every row of the call (``at`` is 0..n-1)
+            out.inputs, out.input_names = list(explained), [names] * len(at)
+            out.labels, out.reasons, out.model_versions = list(labels), reasons, versions
+            out.variants = [step.name] * len(at)
+        else:
+            for j, i in enumerate(at):
+                out.inputs[i], out.input_names[i] = explained[j], names
+                out.labels[i], out.reasons[i] = labels[j], reasons[j]
+                out.variants[i], out.model_versions[i] = step.name, versions[j]
+        if len(good) == len(rows):  # every row answered
+            return rows[:0]
         return np.sort(np.concatenate([rows[blocked], able[~ok]]))
 
     def _family_scores(
@@ -578,42 +610,53 @@ class LiveDeployment:
         """A family's scores of the rows: one model call per member present among them; per
         row, the package that answered and why the default did where the segment has a member."""
         segments = self.field_values(mapped, family.segment_field)
+        if len(segments) != len(rows):
+            segments = [segments[i] for i in rows.tolist()]
         scores = np.full(len(rows), np.nan)
         matrix: np.ndarray | None = None
         versions = [family.default_package] * len(rows)
         notes: list[str | None] = [None] * len(rows)
-        with family.routes([segments[i] for i in rows.tolist()]) as routes:
-            by_package: dict[str, tuple[ModelView, list[np.ndarray]]] = {}
+        with family.routes(segments) as routes:
+            by_package: dict[str, tuple[ModelView, list[np.ndarray], bool]] = {}
             for route in routes:
-                by_package.setdefault(route.package, (route.view, []))[1].append(route.rows)  # type: ignore[arg-type]
-                for j in route.rows.tolist():
-                    versions[j], notes[j] = route.package, route.reason
+                grouped = by_package.get(route.package)
+                if grouped is None:
+                    by_package[route.package] = (route.view, [route.rows], route.shares_inputs)  # type: ignore[assignment]
+                else:
+                    grouped[1].append(route.rows)
+                if route.package != family.default_package or route.reason is not None:
+                    for j in route.rows.tolist():
+                        versions[j], notes[j] = route.package, route.reason
             # Members reading the default's inputs the same way (the usual family: one
             # FeatureService) share one input matrix of every row, built once; each member's
             # model call takes its rows of it. Others build their own.
             shared: np.ndarray | None = None
             own: list[tuple[np.ndarray, np.ndarray]] = []
-            default = family.default.manifest
-            for view, parts in by_package.values():
-                at = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
-                member = view.model.manifest
-                if member is default or same_inputs(member, default):
-                    if shared is None:
-                        shared = family.default_view.matrix(batch, mapped, rows)  # type: ignore[attr-defined]
-                    predicted = view.model.predictor.predict(shared[at])
-                    scores[at] = np.asarray(predicted, dtype=np.float64)
+            counted: dict[str, int] = {}  # rows predicted, by graph: one metric write each
+            try:
+                for view, parts, shares in by_package.values():
+                    at = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+                    if shares:
+                        if shared is None:
+                            default_view: ModelView = family.default_view  # type: ignore[assignment]
+                            shared = default_view.matrix(batch, mapped, rows)
+                        scores[at] = view.model.predictor.predict(
+                            shared if len(at) == len(rows) else shared[at], counted
+                        )
+                    else:
+                        scores[at], part_matrix = view.score(batch, mapped, rows[at])
+                        own.append((at, part_matrix))
+                if own:
+                    width = own[0][1].shape[1]
+                    matrix = np.empty((len(rows), width), dtype=own[0][1].dtype)
+                    if shared is not None:
+                        matrix[:] = shared
+                    for at, part_matrix in own:
+                        matrix[at] = part_matrix
                 else:
-                    scores[at], part_matrix = view.score(batch, mapped, rows[at])
-                    own.append((at, part_matrix))
-            if own:
-                width = own[0][1].shape[1]
-                matrix = np.empty((len(rows), width), dtype=own[0][1].dtype)
-                if shared is not None:
-                    matrix[:] = shared
-                for at, part_matrix in own:
-                    matrix[at] = part_matrix
-            else:
-                matrix = shared
+                    matrix = shared
+            finally:
+                family.default.predictor.count_rows(counted)
         if matrix is None:
             matrix = np.empty((0, 0), dtype=np.float32)
         return scores, matrix, versions, notes
@@ -827,9 +870,7 @@ class ShadowRunner:
             metrics.VARIANT_REQUESTS.labels(shadow.name, shadow.model_version).inc(len(rows))
             # The shadow's score distribution: a rollout's baseline for its canary steps.
             sample = metrics.VARIANT_SCORES.labels(shadow.name, shadow.model_version)
-            for score in scores[:64].tolist():
-                if score == score:  # not NaN
-                    sample.observe(score)
+            metrics.observe_many(sample, scores)
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
@@ -133,3 +134,28 @@ def test_counters_count_by_their_labels() -> None:
     labelled = {"label": "suspicious", "model_version": "metrics_test/v0"}
     metrics.LABELS.labels("suspicious", "metrics_test/v0").inc(5)
     assert sample("scoring_labels_total", **labelled) >= 5
+
+
+@pytest.mark.parametrize("times", [1, 10])  # a micro-batch's few values; past 64, numpy's way
+def test_many_observations_at_once_count_as_one_at_a_time(times: int) -> None:
+    """``observe_many`` leaves every bucket, the count and the sum as ``observe`` per value:
+    values on a bound, between bounds, past the last finite bound, below the first, and NaN
+    (skipped)."""
+    values = [0.0, 0.001, 0.0049, 0.005, 0.3, 0.3, 0.99, 1.0, 1.5, -0.2, float("nan")] * times
+    one = {"variant": "metrics_test", "model_version": f"metrics_test/one-{times}"}
+    many = {"variant": "metrics_test", "model_version": f"metrics_test/many-{times}"}
+    for value in values:
+        if not math.isnan(value):
+            metrics.VARIANT_SCORES.labels(*one.values()).observe(value)
+    metrics.observe_many(metrics.VARIANT_SCORES.labels(*many.values()), np.asarray(values))
+    metrics.observe_many(metrics.VARIANT_SCORES.labels(*many.values()), [])
+    bucket = "scoring_variant_score_bucket"
+    assert sample("scoring_variant_score_count", **many) == 10 * times
+    assert sample(bucket, le="0.005", **many) == 5 * times  # -0.2, 0.0, 0.001, 0.0049, 0.005
+    assert sample(bucket, le="0.99", **many) == 8 * times
+    assert sample("scoring_variant_score_sum", **many) == pytest.approx(
+        sample("scoring_variant_score_sum", **one)
+    )
+    for bound in metrics.VARIANT_SCORES._upper_bounds:
+        le = "+Inf" if bound == math.inf else repr(float(bound))
+        assert sample(bucket, le=le, **many) == sample(bucket, le=le, **one), le

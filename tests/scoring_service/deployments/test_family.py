@@ -1,10 +1,11 @@
 """A model family served by a real service process: members loaded on demand within a memory
-budget, evicted least recently used, one load for concurrent first requests, and a member that
-fails its seal refused while the default answers, with the reason: damaged before its first
-load, or changed on disk (in place, or replaced) while it was evicted, after a load that left
-its files' digests remembered.
+budget, evicted least recently used, one load for concurrent first requests, a member loaded
+into a full budget only once asked for more often than the member it would evict, and a member
+that fails its seal refused while the default answers, with the reason: damaged before its
+first load, or changed on disk (in place, or replaced) while it was evicted, after a load that
+left its files' digests remembered.
 
-The family: a default and members for seven card countries, each a sealed copy of the session's
+The family: a default and members for eight card countries, each a sealed copy of the session's
 v1 package under its own version (so every member's graphs have the same size, and a budget of
 N members is exact); the member of JP is damaged after sealing. The budget holds two members.
 What the service holds is read from its metrics after every call. A member's answer is
@@ -27,7 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.package import package_dir, read_manifest
 from scoring_service.core.security import hash_key
-from scoring_service.deployments.family import MEMBER_LOADING, MEMBER_REFUSED
+from scoring_service.deployments.family import (
+    MEMBER_INFREQUENT,
+    MEMBER_LOADING,
+    MEMBER_REFUSED,
+)
 from scoring_service.deployments.packages import SETTLED_NS
 from tests.fixtures.service import (
     ANALYST_HEADERS,
@@ -43,7 +48,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 FAMILY = "by-country"
 DEFAULT = "fraud_model/fam-default"
-SEGMENTS = ("US", "GB", "DE", "FR", "JP", "IT", "ES")
+SEGMENTS = ("US", "GB", "DE", "FR", "JP", "IT", "ES", "NL")
 MEMBERS = {s: f"fraud_model/fam-{s}" for s in SEGMENTS}
 BUDGET_MEMBERS = 2
 SCORE = "/v1/transactions/score"
@@ -149,7 +154,8 @@ def answered_by_member(http: httpx.Client, body: dict, segment: str) -> dict:
             assert MEMBER_LOADING not in answer["reasons"]
             return answer
         assert answer["model_version"] == DEFAULT
-        assert MEMBER_LOADING in answer["reasons"], answer
+        # Loading, or not loaded yet: asked for less often than the member it would evict.
+        assert {MEMBER_LOADING, MEMBER_INFREQUENT} & set(answer["reasons"]), answer
         assert time.monotonic() < deadline, f"{segment}'s member never answered"
         time.sleep(0.05)
 
@@ -163,7 +169,7 @@ def refused(http: httpx.Client, body: dict, segment: str) -> None:
         assert answer["model_version"] == DEFAULT
         if MEMBER_REFUSED in answer["reasons"]:
             return
-        assert MEMBER_LOADING in answer["reasons"], answer
+        assert {MEMBER_LOADING, MEMBER_INFREQUENT} & set(answer["reasons"]), answer
         assert time.monotonic() < deadline, f"{segment}'s damaged member was never refused"
         time.sleep(0.05)
 
@@ -179,7 +185,7 @@ def settled(*files: Path) -> None:
 def test_a_segment_without_a_member_gets_the_default(http: httpx.Client, body: dict) -> None:
     answer = score(http, body, "BR")
     assert answer["model_version"] == DEFAULT
-    assert not {MEMBER_LOADING, MEMBER_REFUSED} & set(answer["reasons"])
+    assert not {MEMBER_LOADING, MEMBER_INFREQUENT, MEMBER_REFUSED} & set(answer["reasons"])
 
 
 def test_concurrent_first_requests_share_one_load(http: httpx.Client, body: dict) -> None:
@@ -229,6 +235,32 @@ def test_within_the_budget_the_least_recently_used_member_is_evicted_and_reloads
         first["label"],
         first["model_version"],
     )
+
+
+def test_when_the_budget_is_full_a_member_loads_once_asked_for_more_than_the_one_it_evicts(
+    http: httpx.Client, body: dict
+) -> None:
+    # The budget full of two members each asked for three times more, GB the least recent.
+    answered_by_member(http, body, "GB")
+    answered_by_member(http, body, "US")
+    for segment in ("GB", "GB", "GB", "US", "US", "US"):
+        assert score(http, body, segment)["model_version"] == MEMBERS[segment]
+    before = loads(http, "loaded")
+    infrequent = family_metrics(http).get("scoring_family_requests_total{result=infrequent}", 0)
+    # Asked for once, less than GB: NL's member is not loaded, the default answers and says why.
+    answer = score(http, body, "NL")
+    assert answer["model_version"] == DEFAULT
+    assert MEMBER_INFREQUENT in answer["reasons"]
+    assert MEMBER_LOADING not in answer["reasons"]
+    counts = family_metrics(http)
+    assert counts["scoring_family_requests_total{result=infrequent}"] == infrequent + 1
+    assert loads(http, "loaded") == before
+    # Asked for more often than GB, it loads (once) and evicts GB, the least recently used.
+    answered_by_member(http, body, "NL")
+    assert loads(http, "loaded") == before + 1
+    assert resident(http) == BUDGET_MEMBERS
+    assert score(http, body, "US")["model_version"] == MEMBERS["US"]
+    assert score(http, body, "GB")["model_version"] == DEFAULT
 
 
 def test_a_member_failing_its_seal_is_refused_and_the_default_answers_with_the_reason(
