@@ -7,12 +7,14 @@ manifest and seal its own), with the package itself as the default. The budget
 bench's own with ``card_country`` drawn from a Zipf law over the segments (exponent ``ZIPF_S``:
 the most frequent segment rank 1, the next about 1/2^s as often, ...).
 
-Measured in the same run, at 16 connections: the single-model deployment (the package alone)
-and the family deployment, both running, each warmed up, then measured in ``ROUNDS``
-alternating rounds (single, family, single, family, ...) so that a change in the machine's
-load falls on both alike; the throughput and p99 ratios are the medians of the rounds' ratios,
-the rows those of the median round. The family's hit rate over the measured rounds
-(rows answered by their resident member over all rows with a member:
+Measured in the same run, at 16 connections: the single-model deployment (the package alone) and the
+family deployment, both running, each warmed up, then measured in ``ROUNDS`` alternating rounds of a
+quarter of the duration each (single, family, single, family, ...) so that a change in the machine's
+load falls on both alike; the throughput and p99 ratios are the medians of the rounds' ratios, the
+rows those of the median round. Beside them, as context, the CPU time each service process used per
+request answered (its user and system time over the round, all threads, member loads included),
+whose ratio the host's speed moves less than it moves throughput. The family's hit rate over the
+measured rounds (rows answered by their resident member over all rows with a member:
 ``scoring_family_requests_total``), its loads and evictions, and the cold-load p50 and p99 (each
 member's load time, as the service logs it: wall clock, and the CPU time of the loading thread,
 which the machine's other work does not stretch).
@@ -43,7 +45,7 @@ RESIDENT = 50
 ZIPF_S = 2.0
 FAMILY = "by-country"
 CONNECTIONS = 16
-ROUNDS = 3  # alternating measured rounds of each deployment
+ROUNDS = 11  # alternating measured rounds of each deployment
 _LOADED = re.compile(r"family \S+: member \S+ loaded in ([0-9.]+) ms")
 _LOADED_CPU = re.compile(r"family \S+: member \S+ loaded in [0-9.]+ ms \(([0-9.]+) ms CPU")
 
@@ -166,8 +168,12 @@ def family_rows(
         rounds: list[list[dict]] = [[], []]
         for _ in range(ROUNDS):
             for at, base in enumerate(bases):
+                cpu = processes[at].cpu_seconds()
                 stats = run.wrk(
-                    base + run.SCORE_PATH, bodies, CONNECTIONS, duration / 2, run.API_KEY
+                    base + run.SCORE_PATH, bodies, CONNECTIONS, duration / 4, run.API_KEY
+                )
+                stats["cpu_ms_per_request"] = round(
+                    (processes[at].cpu_seconds() - cpu) * 1000 / max(stats["requests"], 1), 4
                 )
                 rounds[at].append(stats)
                 logger.info("%s: %s", names[at], stats)
@@ -175,15 +181,18 @@ def family_rows(
         log_text = processes[1].log.read_text(errors="replace")
     throughput = [f["rps"] / s["rps"] for s, f in zip(*rounds, strict=True)]
     tail = [f["p99_ms"] / s["p99_ms"] for s, f in zip(*rounds, strict=True)]
+    cost = [f["cpu_ms_per_request"] / s["cpu_ms_per_request"] for s, f in zip(*rounds, strict=True)]
     middle = sorted(range(ROUNDS), key=lambda i: throughput[i])[ROUNDS // 2]
     for name, measured in zip(names, rounds, strict=True):
         rows.append({"name": f"{label}, {name}", "concurrency": CONNECTIONS, **measured[middle]})
     details["rounds_throughput_vs_single"] = [round(r, 3) for r in throughput]
     details["rounds_p99_vs_single"] = [round(r, 3) for r in tail]
+    details["rounds_cpu_per_request_vs_single"] = [round(r, 3) for r in cost]
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     hits = delta.get("scoring_family_requests_total:hit", 0.0)
-    missed = delta.get("scoring_family_requests_total:loading", 0.0) + delta.get(
-        "scoring_family_requests_total:refused", 0.0
+    missed = sum(
+        delta.get(f"scoring_family_requests_total:{result}", 0.0)
+        for result in ("loading", "infrequent", "refused")
     )
     loads = [float(ms) for ms in _LOADED.findall(log_text)]
     loads_cpu = [float(ms) for ms in _LOADED_CPU.findall(log_text)]
@@ -204,6 +213,7 @@ def family_rows(
         "family_hit_rate": details["hit_rate"],
         "family_throughput_vs_single": statistics.median(throughput),
         "family_p99_vs_single": statistics.median(tail),
+        "family_cpu_per_request_vs_single": statistics.median(cost),
         "family_cold_load_p99_ms": details["cold_load_p99_ms"],
         "family_cold_load_p50_ms": details["cold_load_p50_ms"],
         "family_cold_load_cpu_p50_ms": details["cold_load_cpu_p50_ms"],

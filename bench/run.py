@@ -153,6 +153,11 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user and system, all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         """Resident memory of the process (VmRSS), in MiB."""
         return rss_mb(self.pid)
@@ -262,7 +267,8 @@ def wrk(
     env = {"BENCH_BODIES": str(bodies), "BENCH_PATH": path, "BENCH_API_KEY": api_key or ""}
     env["BENCH_DEADLINE_MS"] = str(deadline_ms or "")
     env["BENCH_STATUS"] = "1" if statuses else "0"
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s"]
+    seconds = max(1, round(duration))  # wrk takes whole seconds
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
     cmd += ["--timeout", "5s", "-s", str(LUA), url]
     result = subprocess.run(
         cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=duration + 60
@@ -743,7 +749,9 @@ def main() -> None:
                 return
             if args.only == "family":
                 family_rows, family_ratios, family = run_family(env, world, tmp, logs, args)
-                write_only(args, "family", started_at, load_start, family_rows, family_ratios)
+                write_only(
+                    args, "family", started_at, load_start, family_rows, family_ratios, family
+                )
                 return
 
             # (a) the service, 1 worker: c=1, c=16, overload at c=256, and (d) its batch call
@@ -1055,10 +1063,12 @@ def write_only(
     load_start: tuple[float, float, float],
     rows: list[dict],
     ratios: dict[str, float],
+    details: dict | None = None,
 ) -> None:
-    """``--only <name>``: its rows and ratios to <out>/<name>.json (and a stamped copy)."""
+    """``--only <name>``: its rows and ratios (and details) to <out>/<name>.json (and a stamped
+    copy)."""
     args.only_name = name
-    write_admission(args, started_at, load_start, rows, ratios)
+    write_admission(args, started_at, load_start, rows, ratios, details)
 
 
 def write_admission(
@@ -1067,6 +1077,7 @@ def write_admission(
     load_start: tuple[float, float, float],
     rows: list[dict],
     ratios: dict[str, float],
+    details: dict | None = None,
 ) -> None:
     """``--only admission``: its rows and ratios to <out>/admission.json (and a stamped copy),
     with the machine's load before and after."""
@@ -1089,6 +1100,8 @@ def write_admission(
             if name in ratios
         },
     }
+    if details is not None:
+        results["details"] = details
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(results, indent=2) + "\n"
     name = getattr(args, "only_name", "admission")
