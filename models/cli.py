@@ -137,7 +137,8 @@ def train(
         str | None,
         typer.Option(
             help="Train a model family: the global model as its default member, and one "
-            "member per value of this request field (e.g. card_country) with enough rows, "
+            "member per value of this request field (e.g. card_country), or of this stored "
+            "feature of the FeatureService (an entity's code or count), with enough rows, "
             "published only where it beats the global model on the segment's holdout.",
         ),
     ] = None,
@@ -166,12 +167,13 @@ def train(
             raise typer.BadParameter(
                 "a family is trained from one FeatureService", param_hint="--feature-service"
             )
-        if family_by not in spec.request_fields:
-            raise typer.BadParameter(
-                f"{family_by!r} is not a request field of the {spec.name} domain (fields: "
-                f"{', '.join(spec.request_fields)}); a family's member is chosen by one",
-                param_hint="--family-by",
-            )
+        from models.dataset import open_store
+        from models.family import segment_kind
+
+        try:
+            segment_kind(spec, open_store(repo, yaml), services[0], family_by)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--family-by") from exc
         family = train_family(
             repo_path=repo,
             events_path=events,

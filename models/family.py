@@ -1,7 +1,12 @@
 """A model family: one FeatureService's packages trained per segment, with a default member.
 
-A segment is a value of a request field (``card_country``: one model per card country). One call
-trains the whole family on one point-in-time training set and one time split:
+A segment is a value of a request field (``card_country``: one model per card country) or of a
+stored feature the FeatureService reads, an entity's code or count (``card_distinct_countries_24h``:
+one model per number of countries the card paid from in a day), as the training set holds it at
+each event's instant; a stored feature's segments are its integer values
+(``models.package.segment_key``, the key serving looks members up by), and rows where it is
+missing or not an integer stay with the default. One call trains the whole family on one
+point-in-time training set and one time split:
 
 1. the **default member**, the global model over every segment (``models.train.train``, the
    package ``<name>/<version>``); it answers every segment without a member of its own;
@@ -36,7 +41,9 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import yaml
+from feast import FeatureStore
 
 from feature_repo import clock
 from feature_repo.domain import DomainSpec, load_domain
@@ -53,6 +60,7 @@ from models.package import (
     GraphInfo,
     package_dir,
     score_bins,
+    segment_key,
     sha256_bytes,
     write_package,
 )
@@ -77,6 +85,9 @@ MEMBER_ROUNDS = 60
 """Most trees a member adds to the global model's."""
 EARLY_STOPPING_ROUNDS = 10
 _SEGMENT = re.compile(r"[^A-Za-z0-9_.-]+")
+_KEY = "__segment__"  # the training frame's column of segment keys
+REQUEST_FIELD = "segment_field"
+STORED_FEATURE = "segment_feature"
 
 
 @dataclass
@@ -106,6 +117,7 @@ class FamilyResult:
     name: str
     segment_field: str
     default: TrainResult
+    segment_kind: str = REQUEST_FIELD  # or STORED_FEATURE
     segments: list[MemberFigures] = field(default_factory=list)
     folder: Path | None = None
 
@@ -126,7 +138,7 @@ class FamilyResult:
     def spec(self) -> dict[str, object]:
         """The deployment's ``families:`` entry for this family."""
         return {
-            "segment_field": self.segment_field,
+            self.segment_kind: self.segment_field,
             "default": self.default_package,
             "members": {s.segment: s.package for s in self.published},
         }
@@ -139,6 +151,7 @@ class FamilyResult:
 
         lines = [
             f"family {self.name}: default {self.default_package}, segments by "
+            f"{'' if self.segment_kind == REQUEST_FIELD else 'stored feature '}"
             f"{self.segment_field}; {len(self.published)} members published, "
             f"{len(self.rejected)} not (no better than the global model), "
             f"{len(self.segments) - len(self.published) - len(self.rejected)} without a model",
@@ -168,6 +181,29 @@ def member_version(version: str, segment: str) -> str:
     return f"{version}-{_SEGMENT.sub('_', segment)}"
 
 
+def segment_kind(spec: DomainSpec, store: FeatureStore, feature_service: str, segment: str) -> str:
+    """Whether ``segment`` is a request field of the domain (``segment_field``) or a stored
+    feature of the FeatureService (``segment_feature``); ValueError when it is neither."""
+    if segment in spec.request_fields:
+        return REQUEST_FIELD
+    stored = feature_layout(store, feature_service).stored_features
+    if segment in stored:
+        return STORED_FEATURE
+    raise ValueError(
+        f"{segment!r} is not a request field of the {spec.name} domain (fields: "
+        f"{', '.join(spec.request_fields)}) nor a stored feature of {feature_service} "
+        f"(features: {', '.join(stored)}); a family's member is chosen by one"
+    )
+
+
+def segment_keys(values: pd.Series, kind: str) -> pd.Series:
+    """Each row's segment key (None: no segment), as serving keys it."""
+    if kind == STORED_FEATURE:
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.Series([segment_key(v) for v in numbers.tolist()], index=values.index)
+    return values.map(lambda v: None if pd.isna(v) else str(v))
+
+
 def train_family(
     repo_path: Path,
     events_path: Path | None,
@@ -187,13 +223,10 @@ def train_family(
     """Train the default member and one member per segment with enough rows; publish the
     members that beat the global model on their segment's holdout."""
     spec = domain or load_domain(repo_path)
-    if segment_field not in spec.request_fields:
-        raise ValueError(
-            f"segment field {segment_field!r} is not a request field of the {spec.name} domain "
-            f"(fields: {', '.join(spec.request_fields)}); a member is chosen per request by it"
-        )
     events_path = events_path or spec.training_data_path
     feature_service = feature_service or spec.feature_service
+    store = open_store(repo_path, yaml_path)
+    kind = segment_kind(spec, store, feature_service, segment_field)
     version = version or f"{feature_service.rsplit('_', 1)[-1]}-by-{segment_field}"
     default = train(
         repo_path=repo_path,
@@ -213,23 +246,24 @@ def train_family(
     global_booster = lgb.Booster(model_file=str(default.package_path / BOOSTER_FILE))
     features = list(manifest.features)
 
-    # The default's training set again, with the segment column, split at the same instants.
-    store = open_store(repo_path, yaml_path)
+    # The default's training set again, with the segment keys, split at the same instants.
     layout = feature_layout(store, feature_service)
     events = load_events(events_path, spec)
+    extra = [segment_field] if kind == REQUEST_FIELD else []
     frame = retrieve_training_set(
         store,
         feature_service,
-        entity_dataframe(events, spec, request_fields=[*layout.request_fields, segment_field]),
+        entity_dataframe(events, spec, request_fields=[*layout.request_fields, *extra]),
         spec,
     )
+    frame[_KEY] = segment_keys(frame[segment_field], kind)
     splits = split_by_time(frame, VALID_SHARE, HOLDOUT_SHARE)
     label = spec.label_column
-    result = FamilyResult(f"{manifest.name}/{version}", segment_field, default)
-    counts = splits[0][segment_field].astype(str).value_counts()
-    segments = sorted(set(frame[segment_field].dropna().astype(str)))
+    result = FamilyResult(f"{manifest.name}/{version}", segment_field, default, kind)
+    counts = splits[0][_KEY].value_counts()
+    segments = sorted(set(frame[_KEY].dropna()))
     for segment in sorted(segments, key=lambda s: (-int(counts.get(s, 0)), s)):
-        parts = [p[p[segment_field].astype(str) == segment] for p in splits]
+        parts = [p[p[_KEY] == segment] for p in splits]
         xs = [feature_matrix(p, features).astype(np.float64) for p in parts]
         ys = [p[label].to_numpy(dtype=np.int32) for p in parts]
         figures = MemberFigures(segment, len(parts[0]), len(parts[2]), int(ys[2].sum()))
@@ -258,7 +292,9 @@ def train_family(
         if not figures.member_log_loss < figures.global_log_loss:
             figures.why = "its holdout log loss is not below the global model's"
             continue
-        path = _publish(output_root, default, booster, segment, segment_field, xs, ys, figures)
+        path = _publish(
+            output_root, default, booster, segment, (kind, segment_field), xs, ys, figures
+        )
         figures.published = True
         figures.package = f"{manifest.name}/{path.name}"
     result.folder = package_dir(output_root, manifest.name, version)
@@ -300,7 +336,7 @@ def _publish(
     default: TrainResult,
     booster: lgb.Booster,
     segment: str,
-    segment_field: str,
+    segmented_by: tuple[str, str],  # (REQUEST_FIELD or STORED_FEATURE, its name)
     xs: list[np.ndarray],
     ys: list[np.ndarray],
     figures: MemberFigures,
@@ -353,7 +389,7 @@ def _publish(
                     **evaluate.ranking_metrics(ys[2], hold_scores),
                 },
                 "family": {
-                    "segment_field": segment_field,
+                    segmented_by[0]: segmented_by[1],
                     "segment": segment,
                     "default": f"{manifest.name}/{manifest.version}",
                     "global_log_loss": figures.global_log_loss,
@@ -372,7 +408,7 @@ def _publish(
                 "n_train": len(xs[0]),
                 "num_trees": booster.num_trees(),
                 "best_iteration": booster.num_trees(),
-                "family_segment": {segment_field: segment},
+                "family_segment": {segmented_by[1]: segment},
             },
         }
     )

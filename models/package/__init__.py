@@ -6,7 +6,8 @@ pydantic only: the serving image installs no training library. Its modules:
 
 - ``manifest``: the manifest schema, the package folder layout, reading a manifest;
 - ``seal``: artefact checksums, the seal over the whole package and its signature, atomic writes;
-- ``baselines``: the training distributions of the inputs and the scores, and PSI against them.
+- ``baselines``: the training distributions of the inputs and the scores, and PSI against them;
+- ``segments``: a model family's segment keys, the same in training and serving.
 
 Everything public is re-exported here: ``from models.package import ...`` is how the service and
 training read the format.
@@ -51,6 +52,7 @@ from models.package.seal import (
     verify_package,
     write_package,
 )
+from models.package.segments import segment_key
 
 __all__ = [
     "BASELINE_QUANTILES",
@@ -81,6 +83,7 @@ __all__ = [
     "score_bins",
     "score_reference",
     "seal_package",
+    "segment_key",
     "sha256_bytes",
     "sha256_file",
     "sign_digest",

@@ -2,9 +2,12 @@
 within a memory budget.
 
 A family variant (``families:`` in the deployment file, ``scoring_service/deployments/spec.py``)
-answers each row with the member of its segment (the value of the family's ``segment_field``),
-or with the default member where the segment has none. Members load on their segment's first
-request:
+answers each row with the member of its segment, or with the default member where the segment
+has none. The segment is the value of a request field (``segment_field``) or of a stored feature
+the default reads (``segment_feature``: an entity's code or count, as read with the row's other
+features; a row whose value is missing, past its view's TTL or not an integer has no segment),
+keyed as training keyed it (``models.package.segment_key``). Members load on their segment's
+first request:
 
 - **Who answers while a member loads: the default, at once.** The load runs in a background
   thread and the request does not wait for it: a load (seal, checksums, the feature store check,
@@ -129,11 +132,14 @@ class FamilyMembers:
         load: Callable[[str], LoadedModel],
         budget_bytes: int | None,
         admission: str = FREQUENCY,
+        segment_column: int | None = None,
     ) -> None:
         if admission not in ADMISSIONS:
             raise ValueError(f"admission must be one of {ADMISSIONS}, not {admission!r}")
         self.name = name
         self.segment_field = segment_field
+        # Where the segment is a stored feature: its column in the deployment's feature batch.
+        self.segment_column = segment_column
         self.members = dict(members)
         self.default = default
         self.default_package = default.version_label

@@ -51,7 +51,7 @@ from feast import FeatureStore
 from feature_repo.layout import ViewSpec
 from feature_repo.online import MISSING, PRESENT, FeatureBatch, StoreLayout
 from feature_repo.transforms import model_input
-from models.package import LabelThresholds, OnDemandViewInfo, package_dir
+from models.package import LabelThresholds, OnDemandViewInfo, package_dir, segment_key
 from scoring_service.core import metrics
 from scoring_service.core.errors import ModelPackageInvalid
 from scoring_service.deployments.family import FamilyMembers
@@ -376,10 +376,18 @@ class LiveDeployment:
                 f"(fields: {', '.join(request_fields)})"
             )
         for family_name, family_spec in spec.families.items():
-            if request_fields is not None and family_spec.segment_field not in request_fields:
+            field = family_spec.segment_field
+            if field is not None and request_fields is not None and field not in request_fields:
                 raise DeploymentInvalid(
-                    f"family {family_name}: segment_field {family_spec.segment_field!r} is not a "
-                    f"request field (fields: {', '.join(request_fields)})"
+                    f"family {family_name}: segment_field {field!r} is not a request field "
+                    f"(fields: {', '.join(request_fields)})"
+                )
+            feature = family_spec.segment_feature
+            stored = models[family_spec.default].manifest.stored_features
+            if feature is not None and feature not in stored:
+                raise DeploymentInvalid(
+                    f"family {family_name}: segment_feature {feature!r} is not a stored feature "
+                    f"its default {family_spec.default} reads (features: {', '.join(stored)})"
                 )
         layout = StoreLayout([])
         for loaded in models.values():
@@ -419,13 +427,18 @@ class LiveDeployment:
 
                 family = FamilyMembers(
                     family_name,
-                    declared.segment_field,
+                    declared.segment,
                     declared.members,
                     default,
                     view=lambda m: ModelView(m, layout, plan.request_features),
                     load=open_member,
                     budget_bytes=None if model_memory_mb is None else int(model_memory_mb * 2**20),
                     admission=model_admission,
+                    segment_column=(
+                        None
+                        if declared.segment_feature is None
+                        else _feature_column(layout, declared.segment_feature)
+                    ),
                 )
                 return LiveVariant(
                     name,
@@ -609,9 +622,12 @@ class LiveDeployment:
     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
         """A family's scores of the rows: one model call per member present among them; per
         row, the package that answered and why the default did where the segment has a member."""
-        segments = self.field_values(mapped, family.segment_field)
-        if len(segments) != len(rows):
-            segments = [segments[i] for i in rows.tolist()]
+        if family.segment_column is None:  # a request field's value
+            segments = self.field_values(mapped, family.segment_field)
+            if len(segments) != len(rows):
+                segments = [segments[i] for i in rows.tolist()]
+        else:  # a stored feature's, as read (missing or past its view's TTL: NaN, no segment)
+            segments = [segment_key(v) for v in batch.values[rows, family.segment_column].tolist()]
         scores = np.full(len(rows), np.nan)
         matrix: np.ndarray | None = None
         versions = [family.default_package] * len(rows)
@@ -692,6 +708,8 @@ def _mapping_plan(spec: DeploymentSpec, models: Mapping[str, LoadedModel]) -> Ma
         on_demand.update(manifest.on_demand_views)
     # A family's segment field is kept by mapping as an on-demand view's request field is.
     for name, family in spec.families.items():
+        if family.segment_field is None:  # a stored feature's: read with the others
+            continue
         on_demand[f"family:{name}"] = OnDemandViewInfo(
             request_fields=[family.segment_field],
             source_views=[],
@@ -701,6 +719,14 @@ def _mapping_plan(spec: DeploymentSpec, models: Mapping[str, LoadedModel]) -> Ma
             code_sha256="",
         )
     return MappingPlan(spec.name, "deployment", mapping, request_features, on_demand)
+
+
+def _feature_column(layout: StoreLayout, feature: str) -> int:
+    """The column of a stored feature in the deployment's feature batch."""
+    for view in layout.views:
+        if feature in view.features:
+            return view.offset + view.features.index(feature)
+    raise DeploymentInvalid(f"stored feature {feature!r} is read by no view of the deployment")
 
 
 def _ensemble_policy(name: str, ensemble: Ensemble, members: list[LoadedModel]) -> LabelPolicy:

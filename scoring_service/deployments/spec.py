@@ -14,9 +14,10 @@ A deployment is one YAML file (its path is ``SCORING_DEPLOYMENT``) validated by
 - ``ensembles`` combine several packages by a declared rule (weighted mean of probabilities, or
   the maximum) with thresholds of their own; a champion, challenger or shadow may name one.
 - ``families`` are packages of one FeatureService trained per segment (a request field's value,
-  e.g. ``card_country``) with a default member; a champion or challenger may name one, and each
-  row is answered by its segment's member (``scoring_service.deployments.family``: loaded on
-  demand within ``SCORING_MODEL_MEMORY_MB``), or by the default.
+  e.g. ``card_country``, or a stored feature's, an entity's code or count) with a default
+  member; a champion or challenger may name one, and each row is answered by its segment's
+  member (``scoring_service.deployments.family``: loaded on demand within
+  ``SCORING_MODEL_MEMORY_MB``), or by the default.
 - ``online`` names an online learner (``scoring_service.deployments.online``): the newest sealed
   snapshot of a River model that learns matured labels, scored on its base package's inputs. A
   challenger or shadow may name one, never the champion: a learner always runs beside the batch
@@ -159,7 +160,14 @@ class Family(_Strict):
     """Packages of one FeatureService trained per segment, and the default for the others
     (``python -m models train --family-by <field>`` writes this entry)."""
 
-    segment_field: str = Field(description="Request field whose value picks the member.")
+    segment_field: str | None = Field(
+        default=None, description="Request field whose value picks the member."
+    )
+    segment_feature: str | None = Field(
+        default=None,
+        description="Stored feature the default reads (an entity's code or count) whose value "
+        "picks the member, instead of a request field.",
+    )
     default: str = Field(description="Package answering segments without a member of their own.")
     members: dict[str, str] = Field(
         default_factory=dict, description="Segment value -> member package `name/version`."
@@ -167,12 +175,19 @@ class Family(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Family:
+        if (self.segment_field is None) == (self.segment_feature is None):
+            raise ValueError("a family names one of segment_field and segment_feature")
         parse_package(self.default)
         for package in self.members.values():
             parse_package(package)
         if self.default in self.members.values():
             raise ValueError("the default member is also a segment's member")
         return self
+
+    @property
+    def segment(self) -> str:
+        """The request field or stored feature whose value picks the member."""
+        return self.segment_field or self.segment_feature  # type: ignore[return-value]
 
 
 class DeploymentSpec(_Strict):

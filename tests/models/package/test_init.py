@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import models.package
-from models.package import baselines, manifest, seal
+from models.package import baselines, manifest, seal, segments
 from tests.conftest import ROOT
 
 # Every public name of the format, as the service and the tests import them.
@@ -53,6 +53,7 @@ PUBLIC = {
         "score_bins",
         "score_reference",
     ],
+    segments: ["segment_key"],
 }
 # What the package's modules may import besides each other: the serving image installs them
 # (feature_repo is the feature definitions the service itself reads).
@@ -111,5 +112,5 @@ def test_importing_the_format_loads_no_training_library() -> None:
     assert {m for m in loaded if m.startswith("models")} == {
         "models",
         "models.package",
-        *(f"models.package.{name}" for name in ("baselines", "manifest", "seal")),
+        *(f"models.package.{name}" for name in ("baselines", "manifest", "seal", "segments")),
     }

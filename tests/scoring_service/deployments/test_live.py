@@ -14,6 +14,7 @@ import pytest
 from feature_repo import clock
 from feature_repo.layout import open_store
 from feature_repo.online import MISSING, PRESENT, STALE
+from scoring_service.deployments.family import MEMBER_LOADING
 from scoring_service.deployments.live import (
     FALLBACK_FEATURES,
     FALLBACK_MODEL_ERROR,
@@ -25,6 +26,7 @@ from scoring_service.deployments.live import (
 from scoring_service.deployments.spec import DeploymentInvalid, assign, bucket, parse_deployment
 from scoring_service.stages.features import FeastOnlineReader
 from scoring_service.stages.mapping import map_records
+from tests.fixtures.service import copy_package
 
 NAME = "fraud_model"
 
@@ -577,3 +579,73 @@ def test_streaming_views_missing_or_stale_fall_back_on_a_real_redis(
             expected = {"fresh": PRESENT, "stale": STALE, "deleted": MISSING}[group]
             assert status[i] == expected, (group, status[i])
     assert all(seen.values()), seen
+
+
+# --- a model family segmented by a stored feature -----------------------------------------------
+
+STORED_SEGMENT = "merchant_chargeback_count_30d"
+
+
+def stored_family(
+    members: dict[str, str], feature: str = STORED_SEGMENT, default: str = f"{NAME}/fam-default"
+) -> dict:
+    return deployment(
+        challengers=[],
+        fallback=[],
+        champion={"name": "champion", "family": "by-chargebacks", "weight": 1.0},
+        families={
+            "by-chargebacks": {
+                "segment_feature": feature,
+                "default": default,
+                "members": members,
+            }
+        },
+    )
+
+
+def test_a_family_by_a_stored_feature_routes_each_row_by_the_value_read(
+    packages, store, requests, tmp_path
+) -> None:
+    """A family segmented by the merchant's stored chargeback count: once its members are
+    loaded, each row is answered by the member of the value the online store holds for the
+    row's merchant, the rows of other values by the default. The members are sealed copies of
+    v1 under their own versions, so the answer's package tells who answered."""
+    online = store.get_online_features(
+        features=[f"merchant_features:{STORED_SEGMENT}"],
+        entity_rows=[{"merchant_id": m} for m in requests["merchant_id"]],
+    ).to_dict()[STORED_SEGMENT]
+    values = [None if v is None else str(int(v)) for v in online]
+    counts = pd.Series([v for v in values if v is not None]).value_counts()
+    # Members for the two most frequent values; the other values stay with the default.
+    top = list(counts.index[:2])
+    assert len(counts) > 2, counts
+    root = tmp_path / "packages"
+    for version in ["fam-default", *(f"fam-{v}" for v in top)]:
+        copy_package(packages / NAME / "v1", root / NAME / version)
+    dep = live(root, store, stored_family({v: f"{NAME}/fam-{v}" for v in top}))
+    family = dep.champion.family
+    assert family is not None and family.segment_column is not None
+    mapped = mapped_for(dep, requests)
+    # First: every row by the default, those with a member saying it loads.
+    first = dep.answer(read(dep, store, mapped), mapped, len(requests))
+    assert first is not None
+    assert set(first.model_versions) == {f"{NAME}/fam-default"}
+    assert [MEMBER_LOADING in r for r in first.reasons] == [v in top for v in values]
+    family.wait_loads(120)
+    second = dep.answer(read(dep, store, mapped), mapped, len(requests))
+    assert second is not None
+    assert second.model_versions == [
+        f"{NAME}/fam-{v}" if v in top else f"{NAME}/fam-default" for v in values
+    ]
+    # Copies of one model: the same scores whoever answered.
+    np.testing.assert_allclose(second.scores, first.scores, rtol=1e-6)
+
+
+def test_a_family_segment_feature_its_default_does_not_read_is_refused(packages, store) -> None:
+    with pytest.raises(DeploymentInvalid, match="'card_rt_txn_count_5m' is not a stored feature"):
+        LiveDeployment.load(
+            parse_deployment(stored_family({}, "card_rt_txn_count_5m", f"{NAME}/v1")),
+            str(packages),
+            store,
+            request_fields=REQUEST_FIELDS,
+        )

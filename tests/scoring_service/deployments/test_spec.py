@@ -188,6 +188,14 @@ def test_a_family_variant_loads_its_default_at_start_and_its_members_on_demand()
             ),
             "give exactly one of `package`, `ensemble`, `family` or `online`",
         ),
+        (
+            with_(families={"countries": {**FAMILY, "segment_feature": "card_txn_count_24h"}}),
+            "a family names one of segment_field and segment_feature",
+        ),
+        (
+            with_(families={"countries": {**FAMILY, "segment_field": None}}),
+            "a family names one of segment_field and segment_feature",
+        ),
     ],
 )
 def test_family_faults_are_refused_naming_them(data: dict, fault: str) -> None:
