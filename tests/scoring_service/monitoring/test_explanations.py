@@ -209,21 +209,26 @@ def test_a_card_testing_burst_is_explained_by_its_small_payments(
     # ... which is the served score's log-odds (the ONNX graph answers in float32).
     score = explanation["score"]
     assert explanation["raw_score"] == pytest.approx(math.log(score / (1 - score)), abs=1e-3)
-    # The burst explains the change: against the same payment before it, the small payments
-    # moved the score up, and the inputs the burst planted moved it more than any input it did
-    # not plant (which inputs push a payment up depends on the generated data, so the test
-    # compares the two answers). An unplanted input moves too where the trees join it to the
-    # burst: a tiny amount counts for more on a card under test.
-    earlier = {
-        c["feature"]: c["contribution"]
-        for c in explain(service, "tx_before_burst", top=len(features))["contributions"]
-    }
+    # The burst explains the change: against the same payment before it, the contributions
+    # moved by exactly the change of the raw score, the inputs the burst planted moved it up,
+    # and more than any input it did not plant. Which inputs push a payment up, and how far a
+    # burst of small payments does, depends on the model trained on the generated world (in
+    # some worlds the trees credit the burst to the card's count of all payments rather than of
+    # small ones, or an input's contribution against the expected value stays below zero), so
+    # the test compares the two answers and counts the planted inputs together. An unplanted
+    # input moves too where the trees join it to the burst: a tiny amount counts for more on a
+    # card under test.
+    plain = explain(service, "tx_before_burst", top=len(features))
+    earlier = {c["feature"]: c["contribution"] for c in plain["contributions"]}
     moved = {c["feature"]: c["contribution"] - earlier[c["feature"]] for c in contributions}
+    assert sum(moved.values()) == pytest.approx(
+        explanation["raw_score"] - plain["raw_score"], abs=1e-6
+    )
     burst = next(c for c in contributions if c["feature"] == "card_small_txn_count_24h")
-    assert burst["value"] == BURST and burst["contribution"] > 0
-    assert moved["card_small_txn_count_24h"] > 0
+    assert burst["value"] == BURST
     unplanted = {f: m for f, m in moved.items() if f not in PLANTED_FEATURES}
     by_burst = sum(moved[f] for f in PLANTED_FEATURES)
+    assert by_burst > 0, sorted(moved.items(), key=lambda kv: -kv[1])[:5]
     assert by_burst > max(unplanted.values()), sorted(moved.items(), key=lambda kv: -kv[1])[:5]
     assert burst["text"] == f"{BURST} small payments (card testing) with the card in the last 24 h"
     assert explanation["feature_freshness"]["card_id"]["status"] == "present"
