@@ -1,7 +1,7 @@
 """Real-time features end to end: model v2 over HTTP on a real Redis, fed by the stream consumer.
 
-- a burst of small payments appended to the stream raises the card's next score (the six least
-  risky of twelve quiet cards, against a seventh left alone);
+- a burst of small payments appended to the stream reaches the cards' next answers within
+  minutes (the six least risky of twelve quiet cards, against a seventh left alone);
 - on-demand features are the same in training (Feast, offline) and serving (the service's
   matrix), and the same as Feast's own online computation;
 - the registry refuses a v2 package whose on-demand code or views changed;
@@ -38,11 +38,9 @@ from scoring_service.deployments.packages import load_package
 from scoring_service.stages.features import FeastOnlineReader, StoreLayout
 from scoring_service.stages.on_demand import for_manifest
 from tests.conftest import StreamRig
-from tests.fixtures.service import API_HEADERS, as_request, settings_for
+from tests.fixtures.service import ANALYST_HEADERS, API_HEADERS, as_request, settings_for
 
 pytestmark = [pytest.mark.clock, pytest.mark.redis]
-
-RANK = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2, "uncertain": -1}
 
 
 @pytest.fixture(scope="module")
@@ -253,21 +251,27 @@ def quiet_cards(transactions: pd.DataFrame, data_end: datetime, n: int) -> pd.Da
     return chosen.reset_index(drop=True)
 
 
-def test_a_burst_of_small_payments_raises_the_next_score(
-    loaded: StreamRig, v2_root: Path, transactions: pd.DataFrame, data_end: datetime
+def test_a_burst_of_small_payments_reaches_the_next_score(
+    loaded: StreamRig,
+    v2_root: Path,
+    v2_manifest,  # type: ignore[no-untyped-def]
+    transactions: pd.DataFrame,
+    data_end: datetime,
+    tmp_path: Path,
 ) -> None:
-    """Of twelve quiet cards, the six least risky are probed, each by a tester IP of its own, and
-    the seventh is left alone: every probed card's next payment is riskier after its burst and no
-    label moves down, while the card left alone scores as before.
+    """Of twelve quiet cards, the six least risky are probed with a burst of 20 small payments
+    each, from a tester IP of their own, and the seventh is left alone. Each probed card's next
+    payment is scored on the burst (its logged input, as the explanation shows it, holds the
+    card's 20 payments of the last minutes) and its score moves, while the card left alone reads
+    and scores as before.
 
-    How far a score moves depends on the card, its merchant and the model, trained on data that
-    ends at the hour the test runs at. A card whose tiny payments look like its owner's (transit
-    and app stores overlap card testing in the generated world, as in real traffic) may rise
-    less than twofold, and a card already scored risky (a merchant with a high fraud rate) has
-    little room to rise: a tree model is not monotone, and its score may even fall a little as
-    the burst lowers the card's mean amount. So the probed cards are the least risky ones, and
-    the verdict is the direction of every probed card's move against the control's stillness,
-    not its size."""
+    Which way a score moves is the model's, trained on data that ends at the hour the test runs
+    at, and the test does not bet on it. Over 16 placements of the platform clock, the geometric
+    mean of the six cards' score ratios ran from 1.10x (04:41) to 7.6x (14:38) at 15 of them; at
+    00:41 the model trained there had barely learned card testing from the streaming windows,
+    and the six moved by 0.85x to 1.04x (0.97x). What the test holds to is the pipeline's part:
+    the stream's events reach the model's input within the same minutes, and nothing else
+    moves."""
     cards = quiet_cards(transactions, data_end, 12)
     bodies, testers = [], []
     for k, card in cards.iterrows():
@@ -275,14 +279,30 @@ def test_a_burst_of_small_payments_raises_the_next_score(
         abroad = next(c for c in ("RO", "NG", "BR") if c != card["card_country"])
         testers.append({"ip_address": f"45.77.0.{10 + k}", "ip_country": abroad})
         # The card's next payment: one more small probe from the tester.
-        bodies.append(
-            as_request(card) | testers[-1] | {"transaction_id": f"tx_next_{k}", "amount": 1.5}
-        )
-    settings = settings_for(loaded.repo, v2_root, loaded.yaml.name, model_version="v2")
+        bodies.append(as_request(card) | testers[-1] | {"amount": 1.5})
+    settings = settings_for(
+        loaded.repo, v2_root, loaded.yaml.name, model_version="v2", prediction_log_dir=tmp_path
+    )
     with TestClient(create_app(settings), headers=API_HEADERS) as client:
-        before = [client.post("/v1/transactions/score", json=b).json() for b in bodies]
-        for answer in before:
+
+        def score(k: int, when: str) -> dict:
+            answer: dict = client.post(
+                "/v1/transactions/score", json={**bodies[k], "transaction_id": f"tx_{when}_{k}"}
+            ).json()
             assert answer["model_version"] == "fraud_model/v2", answer
+            return answer
+
+        def inputs(k: int, when: str) -> dict[str, object]:
+            explanation = client.get(
+                f"/v1/transactions/tx_{when}_{k}/explanation",
+                params={"top": len(v2_manifest.features)},
+                headers=ANALYST_HEADERS,
+            )
+            assert explanation.status_code == 200, explanation.text
+            return {c["feature"]: c["value"] for c in explanation.json()["contributions"]}
+
+        before = [score(k, "before") for k in range(len(bodies))]
+        for answer in before:
             # Quiet for hours: no usable streaming row, yet the card is known from its batch
             # snapshot (an entity's status is that of its last view in the FeatureService).
             assert answer["feature_freshness"]["card_id"]["status"] == "present", answer
@@ -304,14 +324,18 @@ def test_a_burst_of_small_payments_raises_the_next_score(
             for i in range(20)
         ]
         consume(loaded, burst)
-        after = {
-            k: client.post("/v1/transactions/score", json=bodies[k]).json()
-            for k in [*probed, control]
-        }
+        after = {k: score(k, "after") for k in [*probed, control]}
+        read = {k: (inputs(k, "before"), inputs(k, "after")) for k in [*probed, control]}
     loaded.reset()  # the bursts must not leak into other tests
     for k in probed:
-        assert after[k]["score"] > before[k]["score"], (before[k], after[k])
-        assert RANK[after[k]["label"]] >= RANK[before[k]["label"]], (before[k], after[k])
+        earlier, later = read[k]
+        # The burst in the card's streaming windows: 20 payments, all small, from one IP.
+        assert later["card_rt_txn_count_5m"] == 20, later
+        assert later["card_rt_small_txn_count_1h"] == 20, later
+        assert later["card_rt_distinct_ips_10m"] == 1, later
+        assert earlier["card_rt_txn_count_5m"] != 20, earlier
+        assert after[k]["score"] != before[k]["score"], (before[k], after[k])
     # The control: the same inputs, so the same score and label.
+    assert read[control][0] == read[control][1]
     assert after[control]["score"] == pytest.approx(before[control]["score"], abs=1e-9)
     assert after[control]["label"] == before[control]["label"]
