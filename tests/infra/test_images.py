@@ -15,7 +15,14 @@ FIRST_PARTY = ("scoring_service", "feature_repo", "feature_pipelines", "models")
 # Training libraries the serving dependency set leaves out.
 TRAINING_ONLY = ("lightgbm", "sklearn", "onnxmltools")
 # The model-package format, the one part of models/ the serving image holds.
-PACKAGE_FORMAT = ("__init__.py", "baselines.py", "manifest.py", "online.py", "seal.py")
+PACKAGE_FORMAT = (
+    "__init__.py",
+    "baselines.py",
+    "manifest.py",
+    "online.py",
+    "seal.py",
+    "segments.py",
+)
 
 
 def copies(dockerfile: Path, stage: str) -> list[tuple[list[str], str]]:
