@@ -318,8 +318,6 @@ def assign(values: Sequence[object], weights: Sequence[float], salt: str) -> np.
 
     A missing value (None) goes to the first variant, the champion.
     """
-    if len(weights) == 1:  # one variant takes every row: nothing to hash
-        return np.zeros(len(values), dtype=np.int64)
     edges = np.cumsum(np.asarray(weights, dtype=np.float64))
     edges[-1] = 1.0  # no value falls past the last variant through rounding
     chosen = np.searchsorted(edges, bucket(values, salt), side="right")
